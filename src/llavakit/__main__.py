@@ -1,0 +1,3 @@
+from llavakit.cli import main
+
+raise SystemExit(main())

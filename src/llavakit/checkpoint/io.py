@@ -1,0 +1,199 @@
+"""Reading and writing checkpoints: native llavakit, transformers (three key layouts), export.
+
+Every write goes to a temporary directory beside the target, renamed into place when complete,
+so a killed process never leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoTokenizer
+
+from llavakit.checkpoint import hf_config, layouts, original
+from llavakit.config import NATIVE_CONFIG_NAME, LlavaConfig
+from llavakit.errors import CheckpointError
+from llavakit.model.llava import LlavaForCausalLM
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+# Weights a checkpoint may carry or lack without changing what the model computes: the vision
+# tower's pooling head and final norm (LLaVA reads hidden states before them).
+_UNUSED_VISION = ("vision_tower.head.", "vision_tower.post_layernorm.", "vision_tower.vision_model.head.",
+                  "vision_tower.vision_model.post_layernorm.")
+
+
+def resolve(path_or_id: str | Path) -> Path:
+    """A local checkpoint directory, or the local snapshot of a hub id (downloaded if allowed)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_id)
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint {text!r}: no such directory")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    try:
+        return Path(snapshot_download(text))
+    except Exception as err:  # the hub client raises many types; all mean "not available"
+        raise CheckpointError(f"checkpoint {text!r}: not a local directory and not downloadable ({err})") from None
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    files = [directory / WEIGHTS_NAME]
+    if (directory / INDEX_NAME).is_file():
+        index = json.loads((directory / INDEX_NAME).read_text())
+        files = [directory / name for name in sorted(set(index["weight_map"].values()))]
+    if not all(f.is_file() for f in files):
+        bins = sorted(directory.glob("pytorch_model*.bin"))
+        if not bins:
+            raise CheckpointError(f"{directory}: no model.safetensors (or pytorch_model.bin) weights found")
+        state = {}
+        for path in bins:
+            state.update(torch.load(path, map_location="cpu", weights_only=True))
+        return state
+    state = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                state[key] = handle.get_tensor(key)
+    return state
+
+
+def config_for(directory: Path, weight_keys: list[str]) -> LlavaConfig:
+    if (directory / NATIVE_CONFIG_NAME).is_file():
+        return LlavaConfig.load(directory)
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory}: neither {NATIVE_CONFIG_NAME} nor config.json found")
+    hf = original.read_config(directory)
+    if original.is_original(hf):
+        return original.from_original(directory, hf, weight_keys)
+    return hf_config.from_hf(directory)
+
+
+def load_tokenizer(directory: Path, config: LlavaConfig) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    missing = [t for t in (config.image_token, config.video_token) if t not in tokenizer.get_vocab()]
+    if missing:  # research checkpoints mark images with id -200, not a token: give them one
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    return tokenizer
+
+
+def load(path_or_id: str | Path, dtype: torch.dtype = torch.float32) -> tuple[LlavaForCausalLM, Any, LlavaConfig]:
+    """Model, tokenizer and config from any supported checkpoint directory or hub id."""
+    directory = resolve(path_or_id)
+    state = read_state_dict(directory)
+    config = config_for(directory, list(state))
+    tokenizer = load_tokenizer(directory, config)
+    updates = {}
+    if config.image_token_id is None or config.image_token_id != tokenizer.convert_tokens_to_ids(config.image_token):
+        updates["image_token_id"] = tokenizer.convert_tokens_to_ids(config.image_token)
+        updates["video_token_id"] = tokenizer.convert_tokens_to_ids(config.video_token)
+    config = config.model_copy(update=updates)
+    model = LlavaForCausalLM.from_config(config)
+    load_weights(model, state, str(directory))
+    return model.to(dtype).eval(), tokenizer, config
+
+
+def load_weights(model: LlavaForCausalLM, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy converted weights in; any missing, unexpected or mis-shaped weight is an error."""
+    own = model.state_dict()
+    has_vision_model = any(k.startswith("vision_tower.vision_model.") for k in own)
+    converted: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, tensor in state.items():
+        native = layouts.to_native(key, has_vision_model)
+        if native is None or native not in own:
+            if not (native or key).startswith(_UNUSED_VISION):
+                unexpected.append(key)
+            continue
+        converted[native] = tensor
+    tied = bool(getattr(model.language_model.config, "tie_word_embeddings", False))
+    missing = [
+        k for k in own
+        if k not in converted and not k.startswith(_UNUSED_VISION) and not (tied and k.endswith("lm_head.weight"))
+    ]
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in converted.items() if tuple(v.shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    for title, items in (("missing weights", missing), ("unexpected weights", unexpected), ("mis-shaped weights", wrong)):
+        if items:
+            problems.append(f"{len(items)} {title}: " + ", ".join(items[:5]) + (" ..." if len(items) > 5 else ""))
+    if problems:
+        raise CheckpointError(f"checkpoint {source}: " + "; ".join(problems))
+    model.load_state_dict(converted, strict=False)
+    if tied:
+        model.language_model.tie_weights()
+
+
+@contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``target`` only if the block completes."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _weights_for_saving(model: LlavaForCausalLM, rename=lambda k: k) -> dict[str, torch.Tensor]:
+    tied = bool(getattr(model.language_model.config, "tie_word_embeddings", False))
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if tied and key.endswith("lm_head.weight"):
+            continue  # shares storage with the input embeddings; safetensors stores it once
+        state[rename(key)] = tensor.detach().contiguous().cpu()
+    return state
+
+
+def save(model: LlavaForCausalLM, tokenizer: Any, directory: str | Path) -> Path:
+    """Native checkpoint: llavakit_config.json, model.safetensors, tokenizer files."""
+    with atomic_directory(directory) as staging:
+        model.config.save(staging)
+        save_file(_weights_for_saving(model), str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(staging))
+    return Path(directory)
+
+
+def export_hf(model: LlavaForCausalLM, tokenizer: Any, directory: str | Path) -> Path:
+    """A transformers checkpoint in the hub layout (config.json + processor files + weights)."""
+    config = model.config
+    hf = hf_config.to_hf(config)  # raises before anything is written if the family cannot express the model
+    with atomic_directory(directory) as staging:
+        (staging / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        for name, content in hf_config.processor_files(config).items():
+            (staging / name).write_text(json.dumps(content, indent=2) + "\n")
+        save_file(_weights_for_saving(model, layouts.to_hub), str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(staging))
+        if getattr(tokenizer, "chat_template", None):
+            (staging / "chat_template.jinja").write_text(tokenizer.chat_template)
+        generation = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+        (staging / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    return Path(directory)

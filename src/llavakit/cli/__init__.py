@@ -1,0 +1,49 @@
+"""The `llavakit` command: one sub-command per module, imported only when used.
+
+Each sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+Keeping the registry as data (name -> module path) means `llavakit --help` stays fast and a
+broken optional dependency of one command never breaks the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module, one-line help)
+    "demo": ("llavakit.cli.demo", "build a tiny model, save, reload and generate (smoke demo)"),
+    "export": ("llavakit.cli.export", "write a checkpoint in the transformers hub layout"),
+    "synth": ("llavakit.synth.cli", "generate the synthetic world (images, videos, LLaVA JSON)"),
+    "score": ("llavakit.evaluation.score_cli", "score saved predictions with a metric, no model needed"),
+    "curate": ("llavakit.curate.cli", "metadata-balanced curation: metadata, match, balance"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llavakit", description="LLaVA-family models: build, train, evaluate, serve.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}; choose from: {', '.join(COMMANDS)}")
+        parser.print_help()
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    sub_parser = argparse.ArgumentParser(prog=f"llavakit {name}", description=COMMANDS[name][1])
+    module.add_arguments(sub_parser)
+    args = sub_parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
