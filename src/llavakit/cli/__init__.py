@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("llavakit.synth.cli", "generate the synthetic world (images, videos, LLaVA JSON)"),
     "score": ("llavakit.evaluation.score_cli", "score saved predictions with a metric, no model needed"),
     "curate": ("llavakit.curate.cli", "metadata-balanced curation: metadata, match, balance"),
+    "data": ("llavakit.data.cli", "inspect and check LLaVA-format data: inspect, stats, check"),
+    "chat": ("llavakit.serving.chat_cli", "chat with a model in the terminal"),
+    "serve": ("llavakit.serving.server_cli", "OpenAI-compatible HTTP server with a web chat page"),
 }
 
 
