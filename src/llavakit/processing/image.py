@@ -29,7 +29,8 @@ def open_image(source: str | Path | bytes | Image.Image, max_pixels: int, name: 
     The pixel limit is checked on the header, before decoding, so a decompression bomb costs
     nothing. Transparency is composited onto white, as transformers does.
     """
-    label = name or (str(source) if isinstance(source, (str, Path)) else type(source).__name__)
+    where = str(source) if isinstance(source, (str, Path)) else None
+    label = f"{name} ({where})" if name and where else (name or where or type(source).__name__)
     if isinstance(source, Image.Image):
         image = source
     else:

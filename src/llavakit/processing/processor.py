@@ -22,7 +22,7 @@ from llavakit.config import LlavaConfig
 from llavakit.errors import PlaceholderError
 from llavakit.layout import VisualItem
 from llavakit.processing import image as image_ops
-from llavakit.processing.video import Frames, read_video
+from llavakit.processing.video import Frames, read_video, uniform_indices
 
 # Used when a tokenizer has no chat template of its own: ChatML, media parts as placeholders.
 DEFAULT_CHAT_TEMPLATE = (
@@ -183,10 +183,13 @@ class LlavaProcessor:
     def load_video(self, source: Any, name: str | None = None) -> Frames:
         if isinstance(source, (str, Path)):
             return read_video(source, self.visual.video_frames)
-        frames = [image_ops.open_image(f, self.visual.max_image_pixels, f"{name} frame {i}") for i, f in enumerate(source)]
-        if not frames:
+        source = list(source)
+        if not source:
             raise PlaceholderError(f"{name}: a video given as frames needs at least one frame")
-        return Frames(frames, [float(i) for i in range(len(frames))], float(len(frames)))
+        # More frames than the model takes: sample them uniformly, as from a file.
+        chosen = uniform_indices(len(source), min(len(source), self.visual.video_frames))
+        frames = [image_ops.open_image(source[i], self.visual.max_image_pixels, f"{name} frame {i}") for i in chosen]
+        return Frames(frames, [float(i) for i in chosen], float(len(source)))
 
     def num_tokens(self, item: VisualItem) -> int:
         return layout.token_count(item, self.visual, self.tokens_per_side)

@@ -1,0 +1,26 @@
+# Two entry points for a fresh machine: `make quickstart` (main job) and `make test`.
+# Both create .venv, install the CPU build of torch from the local wheel store and llavakit.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= runs/quickstart
+
+.PHONY: quickstart test install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[serve,train,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: $(VENV)/.installed
+	$(VENV)/bin/llavakit demo --out $(OUT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs
