@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from llavakit.checkpoint import hf_config, layouts, original
+from llavakit.checkpoint import components, hf_config, layouts, original
 from llavakit.config import NATIVE_CONFIG_NAME, LlavaConfig
 from llavakit.errors import CheckpointError
 from llavakit.model.llava import LlavaForCausalLM
@@ -105,13 +105,27 @@ def load(path_or_id: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Ll
         updates["image_token_id"] = tokenizer.convert_tokens_to_ids(config.image_token)
         updates["video_token_id"] = tokenizer.convert_tokens_to_ids(config.video_token)
     config = config.model_copy(update=updates)
-    model = LlavaForCausalLM.from_config(config)
-    load_weights(model, state, str(directory))
+    partial = _frozen_parts_absent(state, config)
+    if partial:  # a connector-only checkpoint (stage-1): the frozen parts come from their sources
+        model, _ = components.build_from_parts(config.model_dump(mode="json"), str(directory))
+    else:
+        model = LlavaForCausalLM.from_config(config)
+    load_weights(model, state, str(directory), allow_missing=partial)
     return model.to(dtype).eval(), tokenizer, config
 
 
-def load_weights(model: LlavaForCausalLM, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy converted weights in; any missing, unexpected or mis-shaped weight is an error."""
+def _frozen_parts_absent(state: dict[str, torch.Tensor], config: LlavaConfig) -> tuple[str, ...]:
+    if not components.parts_available(config):
+        return ()
+    present = {key.split(".", 1)[0] for key in state}
+    return tuple(p + "." for p in ("vision_tower", "language_model") if p not in present)
+
+
+def load_weights(
+    model: LlavaForCausalLM, state: dict[str, torch.Tensor], source: str, allow_missing: tuple[str, ...] = ()
+) -> None:
+    """Copy converted weights in; any missing, unexpected or mis-shaped weight is an error
+    (except under ``allow_missing`` prefixes, parts already loaded from elsewhere)."""
     own = model.state_dict()
     has_vision_model = any(k.startswith("vision_tower.vision_model.") for k in own)
     converted: dict[str, torch.Tensor] = {}
@@ -126,7 +140,8 @@ def load_weights(model: LlavaForCausalLM, state: dict[str, torch.Tensor], source
     tied = bool(getattr(model.language_model.config, "tie_word_embeddings", False))
     missing = [
         k for k in own
-        if k not in converted and not k.startswith(_UNUSED_VISION) and not (tied and k.endswith("lm_head.weight"))
+        if k not in converted and not k.startswith(_UNUSED_VISION + tuple(allow_missing))
+        and not (tied and k.endswith("lm_head.weight"))
     ]
     wrong = [
         f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
@@ -173,11 +188,20 @@ def _weights_for_saving(model: LlavaForCausalLM, rename=lambda k: k) -> dict[str
     return state
 
 
-def save(model: LlavaForCausalLM, tokenizer: Any, directory: str | Path) -> Path:
-    """Native checkpoint: llavakit_config.json, model.safetensors, tokenizer files."""
+def save(model: LlavaForCausalLM, tokenizer: Any, directory: str | Path, connector_only: bool = False) -> Path:
+    """Native checkpoint: llavakit_config.json, model.safetensors, tokenizer files.
+
+    ``connector_only`` keeps just the projector and newline vector; the config's ``pretrained``
+    paths then supply the vision tower and LLM when the checkpoint is loaded.
+    """
+    if connector_only and not components.parts_available(model.config):
+        raise CheckpointError("connector-only save needs vision.pretrained and llm.pretrained in the model config")
+    weights = _weights_for_saving(model)
+    if connector_only:
+        weights = {k: v for k, v in weights.items() if not k.startswith(("vision_tower.", "language_model."))}
     with atomic_directory(directory) as staging:
         model.config.save(staging)
-        save_file(_weights_for_saving(model), str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(weights, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(staging))
     return Path(directory)
 

@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "demo": ("llavakit.cli.demo", "build a tiny model, save, reload and generate (smoke demo)"),
     "export": ("llavakit.cli.export", "write a checkpoint in the transformers hub layout"),
+    "train": ("llavakit.train.cli", "train a stage (1, 1.5, 2, continue, dpo) from a YAML config"),
+    "plot": ("llavakit.train.plot", "draw loss and learning-rate curves of a run to PNG"),
     "synth": ("llavakit.synth.cli", "generate the synthetic world (images, videos, LLaVA JSON)"),
     "score": ("llavakit.evaluation.score_cli", "score saved predictions with a metric, no model needed"),
     "curate": ("llavakit.curate.cli", "metadata-balanced curation: metadata, match, balance"),

@@ -142,3 +142,20 @@ def _save(directory, model_class, config, tokenizer, image_processor, seed: int)
     tokenizer.save_pretrained(str(directory))
     image_processor.save_pretrained(str(directory))
     return directory
+
+
+def build_parts(directory: str | Path, seed: int = 0, crop: int = 30, patch: int = 7) -> tuple[Path, Path]:
+    """A tiny pretrained-parts pair as stage-1 starts from: a SigLIP vision model and a Qwen2 LM
+    with its tokenizer, each saved on its own like released models."""
+    from transformers import Qwen2ForCausalLM, SiglipVisionModel
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    vision_dir, llm_dir = directory / "vision", directory / "llm"
+    SiglipVisionModel(_siglip(crop, patch)).save_pretrained(str(vision_dir))
+    tokenizer = train_bpe_tokenizer()
+    language_model = Qwen2ForCausalLM(_qwen2(len(tokenizer)))
+    language_model.generation_config.eos_token_id = tokenizer.eos_token_id
+    language_model.save_pretrained(str(llm_dir))
+    tokenizer.save_pretrained(str(llm_dir))
+    return vision_dir, llm_dir

@@ -1,0 +1,27 @@
+"""`llavakit train CONFIG.yaml [--resume] [--set key.path=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="training YAML (stage, model, data, output_dir, ...)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from llavakit.train.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if config.stage == "dpo":
+        from llavakit.train.dpo import DpoTrainer as TrainerClass
+    else:
+        from llavakit.train.loop import Trainer as TrainerClass
+    summary = TrainerClass(config).run(resume=args.resume)
+    if summary:
+        print(json.dumps(summary, indent=2))
+    return 0

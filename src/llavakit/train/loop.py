@@ -1,0 +1,324 @@
+"""The training recipe: setup, train, save. One explicit loop for every stage and backend.
+
+accelerate supplies the distributed engine (DDP, FSDP, DeepSpeed; gloo on CPU) and mixed
+precision; the loop itself stays short: a step takes this process's micro-batches of the global
+batch, normalises the summed token loss by the global token count, and steps once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from llavakit.api import Llava
+from llavakit.checkpoint import components, io
+from llavakit.data import Collator, LlavaDataset, PackingCollator, SkipReport, load_entries
+from llavakit.data.errors import SkippedSample
+from llavakit.model.llava import LlavaForCausalLM
+from llavakit.train import checkpoints, params
+from llavakit.train.config import ParamRule, TrainConfig, TrainConfigError
+from llavakit.train.plan import BatchPlan
+from llavakit.train.telemetry import MetricsLog, Throughput
+
+# Parts of a vision tower that LLaVA never reads (it takes hidden states before them): frozen so
+# they do not count as trainable nor stall DDP waiting for gradients that never come.
+UNUSED_VISION = ParamRule(pattern=r"^vision_tower\.(vision_model\.)?(head|post_layernorm)\.", frozen=True)
+
+
+def build_model(config: TrainConfig) -> tuple[LlavaForCausalLM, Any]:
+    if config.model.checkpoint:
+        model, tokenizer, _ = io.load(config.model.checkpoint)
+        return model, tokenizer
+    return components.build_from_parts(config.model.build, "model.build")
+
+
+def apply_lora(model: LlavaForCausalLM, settings) -> None:
+    if settings.quantize != "none":
+        if not torch.cuda.is_available():
+            raise TrainConfigError(f"lora.quantize={settings.quantize!r} (QLoRA) needs CUDA and bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=settings.target_modules, bias="none")
+    model.language_model = get_peft_model(model.language_model, lora)
+
+
+def merged_copy(model: LlavaForCausalLM) -> LlavaForCausalLM:
+    """A copy with LoRA adapters merged into the base weights (the model itself keeps training)."""
+    merged = copy.deepcopy(model)
+    if hasattr(merged.language_model, "merge_and_unload"):
+        merged.language_model = merged.language_model.merge_and_unload()
+    return merged
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str, min_ratio: float):
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+        return min_ratio + (1 - min_ratio) * decay
+
+    return factor
+
+
+def precision(config: TrainConfig) -> str:
+    if config.precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision]
+
+
+def training_rules(config: TrainConfig) -> list[ParamRule]:
+    rules = [UNUSED_VISION]
+    if config.lora is not None:  # the LLM's own weights stay frozen under LoRA
+        rules.append(ParamRule(pattern=r"^language_model\.", frozen=True))
+    return rules + list(config.trainable)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    tokens: int
+    samples: int
+    skipped: list[SkippedSample] = field(default_factory=list)
+
+
+class Trainer:
+    """``Trainer(config).run(resume=...)``: the whole recipe for one stage."""
+
+    def __init__(self, config: TrainConfig, accelerator: Any | None = None):
+        self.config = config
+        self.run_dir = Path(config.output_dir)
+        self.accelerator = accelerator
+
+    # ---- setup ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        config = self.config
+        self.accelerator = self.accelerator or Accelerator(
+            mixed_precision=precision(config), cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        set_seed(config.seed)
+        model, tokenizer = build_model(config)
+        model.language_model.config._attn_implementation = config.attention
+        self.tokenizer = tokenizer
+        if config.lora is not None:
+            apply_lora(model, config.lora)
+        always = ("lora_",) if config.lora is not None else ()
+        lora_lr = config.lora.lr if config.lora is not None and config.lora.lr else None
+        self.plan_params = params.assign(model, training_rules(config), config.optim.lr, config.optim.weight_decay,
+                                         always)
+        if lora_lr:
+            self.plan_params = [params.Assignment(a.name, lora_lr if "lora_" in a.name else a.lr, a.weight_decay)
+                                for a in self.plan_params]
+        if config.gradient_checkpointing:
+            model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
+            if hasattr(model.vision_tower, "gradient_checkpointing_enable"):
+                model.vision_tower.gradient_checkpointing_enable({"use_reentrant": False})
+        self.model = model
+        self.dataset = self._dataset(model, tokenizer)
+        self.plan = self._plan()
+        self.collate = self._collator(tokenizer)
+        groups = params.param_groups(model, self.plan_params)
+        for group in groups:
+            group.pop("names")
+        fused = torch.cuda.is_available()
+        optimizer = torch.optim.AdamW(groups, betas=config.optim.betas, eps=config.optim.eps, fused=fused or None)
+        self.total_steps = self._total_steps()
+        self.scheduler = LambdaLR(optimizer, lr_lambda(self.total_steps, config.optim.warmup_ratio,
+                                                       config.optim.schedule, config.optim.min_lr_ratio))
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+
+    def _dataset(self, model: LlavaForCausalLM, tokenizer: Any) -> LlavaDataset:
+        entries = []
+        for source in self.config.data.sources:
+            entries += load_entries(source.path, source.image_folder, source.video_folder, self.config.seed).entries
+        llava = Llava(model, tokenizer)
+        dataset = LlavaDataset(entries, llava.processor, self.config.data.settings)
+        self.skips = SkipReport()
+        lengths = dataset.lengths(progress=self.accelerator.is_main_process)
+        self.skips.extend(dataset.prepass_skipped)
+        self.lengths = lengths
+        if not any(info is not None for info in lengths):
+            raise TrainConfigError(f"the dataset has no usable sample ({len(lengths)} read, all refused: "
+                                   f"{self.skips.summary()})")
+        return dataset
+
+    def _plan(self) -> BatchPlan:
+        usable = [i for i, info in enumerate(self.lengths) if info is not None]
+        plan = BatchPlan(
+            tuple(usable), tuple(self.lengths[i].total for i in usable),
+            tuple(self.lengths[i].modality != "text" for i in usable),
+            self.config.global_batch_size, self.config.micro_batch_size, self.accelerator.num_processes,
+            self.config.seed, self.config.data.group_by_length,
+        )
+        if plan.steps_per_epoch == 0:
+            raise TrainConfigError(
+                f"{len(usable)} usable samples cannot fill one global batch of {self.config.global_batch_size}"
+            )
+        return plan
+
+    def _collator(self, tokenizer: Any):
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.config.data.packing:
+            return PackingCollator(self.config.data.settings.max_length, pad)
+        return Collator(pad)
+
+    def _total_steps(self) -> int:
+        by_epochs = math.ceil(self.plan.steps_per_epoch * self.config.epochs)
+        return min(by_epochs, self.config.max_steps) if self.config.max_steps else by_epochs
+
+    # ---- one optimizer step -----------------------------------------------------------------
+    def micro_batches(self, step: int) -> list:
+        return [self.collate([self.dataset[i] for i in indices])
+                for indices in self.plan.micro_batches(step, self.accelerator.process_index)]
+
+    def train_step(self, step: int) -> StepResult:
+        accelerator, model = self.accelerator, self.model
+        batches = self.micro_batches(step)
+        local = torch.tensor(float(sum(int((b.labels[:, 1:] != -100).sum()) for b in batches if not b.is_empty)),
+                             device=accelerator.device)
+        global_tokens = accelerator.reduce(local, "sum").item()
+        world = accelerator.num_processes
+        loss_sum = torch.zeros((), device=accelerator.device)
+        skipped, samples = [], 0
+        for index, batch in enumerate(batches):
+            skipped += batch.skipped
+            if batch.is_empty:
+                continue
+            samples += len(batch.sample_ids)
+            sync = index == len(batches) - 1
+            context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+            batch = batch.to(accelerator.device)
+            with context, accelerator.autocast():
+                out = model(**batch.model_inputs())
+                summed = out.loss * out.num_label_tokens
+                # DDP averages gradients over processes: scale so the update is sum / global tokens.
+                accelerator.backward(summed * world / max(global_tokens, 1.0))
+            loss_sum += summed.detach()
+        if self.config.optim.grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        mean_loss = accelerator.reduce(loss_sum, "sum").item() / max(global_tokens, 1.0)
+        tokens = int(accelerator.reduce(torch.tensor(sum(b.num_tokens for b in batches if not b.is_empty),
+                                                     device=accelerator.device), "sum").item())
+        return StepResult(mean_loss, tokens, samples, skipped)
+
+    # ---- the run ----------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        if self.accelerator is None or not hasattr(self, "model"):
+            self.setup()
+        accelerator = self.accelerator
+        start = self._resume() if resume else 0
+        log = None
+        if accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.config.model_dump(mode="json"), indent=2))
+            print(params.format_summary(params.summary(accelerator.unwrap_model(self.model), self.plan_params)))
+            tensorboard = self.run_dir / "tensorboard" if self.config.tensorboard else None
+            log = MetricsLog(self.run_dir / "metrics.jsonl", start if resume else None, tensorboard)
+        progress = self._progress(start)
+        throughput, started = Throughput(), time.perf_counter()
+        self.model.train()
+        for step in range(start, self.total_steps):
+            result = self.train_step(step)
+            self.skips.extend(result.skipped)
+            rate = throughput.add(result.tokens)
+            record = {"step": step + 1, "loss": result.loss, "tokens": result.tokens, "tokens_per_s": rate,
+                      "epoch": (step + 1) / self.plan.steps_per_epoch, "elapsed_s": time.perf_counter() - started}
+            record |= {f"lr/{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+            if log is not None and ((step + 1) % self.config.log_every == 0 or step + 1 == self.total_steps):
+                log.write(record)
+            if progress is not None:
+                progress.set_postfix(loss=f"{result.loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                     tok_s=f"{rate:,.0f}")
+                progress.update(1)
+            every = self.config.save.every_steps
+            if every and (step + 1) % every == 0 and step + 1 < self.total_steps:
+                self.save_checkpoint(step + 1)
+        if progress is not None:
+            progress.close()
+        self.save_checkpoint(self.total_steps)
+        summary = self._finish(log, time.perf_counter() - started)
+        return summary
+
+    def _progress(self, start: int):
+        if not self.accelerator.is_main_process:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=start, desc=f"train {self.config.stage}", unit="step")
+
+    # ---- saving and resuming ----------------------------------------------------------------
+    def unwrapped(self) -> LlavaForCausalLM:
+        return self.accelerator.unwrap_model(self.model)
+
+    def save_model(self, directory: Path) -> Path:
+        model = self.unwrapped()
+        model = merged_copy(model) if self.config.lora is not None else model
+        return io.save(model, self.tokenizer, directory, connector_only=self.config.save.projector_only)
+
+    def save_checkpoint(self, step: int) -> None:
+        accelerator = self.accelerator
+        staging = checkpoints.staging_dir(self.run_dir, step)
+        if accelerator.is_main_process:
+            checkpoints.clear_staging(self.run_dir)
+            staging.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging / "state"))
+        if accelerator.is_main_process:
+            self.save_model(staging / "model")
+            state = {"step": step, "total_steps": self.total_steps, "stage": self.config.stage,
+                     "skipped": len(self.skips)}
+            checkpoints.publish(self.run_dir, step, state, self.config.save.keep_last)
+        accelerator.wait_for_everyone()
+
+    def _resume(self) -> int:
+        found = checkpoints.latest(self.run_dir)
+        if found is None:
+            if self.accelerator.is_main_process:
+                print(f"no checkpoint in {self.run_dir}: starting from step 0")
+            return 0
+        self.accelerator.load_state(str(found / "state"))
+        step = checkpoints.read_state(found)["step"]
+        if self.accelerator.is_main_process:
+            print(f"resumed from {found} (step {step} of {self.total_steps})")
+        return step
+
+    def _finish(self, log: MetricsLog | None, seconds: float) -> dict[str, Any]:
+        accelerator = self.accelerator
+        summary: dict[str, Any] = {}
+        if accelerator.is_main_process:
+            final = checkpoints.latest(self.run_dir)
+            model_dir = self.run_dir / "model"
+            with io.atomic_directory(model_dir) as staging:
+                for item in (final / "model").iterdir():
+                    (staging / item.name).write_bytes(item.read_bytes())
+            if len(self.skips):
+                self.skips.write(self.run_dir / "skipped.jsonl")
+                print(f"skipped {len(self.skips)} samples: {self.skips.summary()} (see {self.run_dir / 'skipped.jsonl'})")
+            summary = {"stage": self.config.stage, "steps": self.total_steps, "seconds": round(seconds, 2),
+                       "model": str(model_dir), "skipped": len(self.skips)}
+            checkpoints.write_json_atomic(self.run_dir / "summary.json", summary)
+            log.close()
+        accelerator.wait_for_everyone()
+        return summary

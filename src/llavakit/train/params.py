@@ -1,0 +1,98 @@
+"""Which parameters train, at what learning rate and weight decay: rules applied to names.
+
+Rules are matched in order (``re.search`` on the parameter name, first match wins); a parameter no
+rule matches trains at the base learning rate. Groups are keyed by (lr, weight decay), so they
+hold under any distributed wrapper that keeps original parameters (DDP, FSDP with
+use_orig_params, DeepSpeed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llavakit.train.config import ParamRule, TrainConfigError
+
+MODULES = ("vision_tower", "multi_modal_projector", "image_newline", "language_model")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    name: str
+    lr: float
+    weight_decay: float
+
+
+def _no_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases, norm scales and single vectors (image_newline) are not decayed."""
+    return param.ndim < 2
+
+
+def assign(
+    model: nn.Module, rules: list[ParamRule], base_lr: float, weight_decay: float, always_train: tuple[str, ...] = ()
+) -> list[Assignment]:
+    """Freeze/unfreeze every parameter by the rules; return what trains and how.
+
+    ``always_train``: name fragments (e.g. LoRA adapters) that train whatever the rules say.
+    """
+    compiled = [(re.compile(rule.pattern), rule) for rule in rules]
+    plan = []
+    for name, param in model.named_parameters():
+        rule = next((r for pattern, r in compiled if pattern.search(name)), None)
+        forced = any(fragment in name for fragment in always_train)
+        trains = forced or rule is None or not rule.frozen
+        param.requires_grad_(trains)
+        if not trains:
+            continue
+        lr = rule.lr if rule is not None and rule.lr is not None and not forced else base_lr
+        decay = 0.0 if _no_decay(name, param) else (
+            rule.weight_decay if rule is not None and rule.weight_decay is not None else weight_decay
+        )
+        plan.append(Assignment(name, lr, decay))
+    if not plan:
+        raise TrainConfigError("no parameter is trainable: every parameter matched a frozen rule")
+    return plan
+
+
+def param_groups(model: nn.Module, plan: list[Assignment]) -> list[dict]:
+    """Optimizer groups, one per (lr, weight decay)."""
+    params = dict(model.named_parameters())
+    groups: dict[tuple[float, float], dict] = OrderedDict()
+    for entry in plan:
+        key = (entry.lr, entry.weight_decay)
+        group = groups.setdefault(key, {"params": [], "lr": entry.lr, "weight_decay": entry.weight_decay, "names": []})
+        group["params"].append(params[entry.name])
+        group["names"].append(entry.name)
+    return list(groups.values())
+
+
+def module_of(name: str) -> str:
+    for module in MODULES:
+        if name.startswith(module) or f".{module}." in name:
+            return module
+    return name.split(".", 1)[0]
+
+
+def summary(model: nn.Module, plan: list[Assignment]) -> list[dict]:
+    """Per module: total and trainable parameter counts and the learning rates in use."""
+    lrs = {entry.name: entry.lr for entry in plan}
+    rows: dict[str, dict] = OrderedDict((m, {"module": m, "total": 0, "trainable": 0, "lrs": set()}) for m in MODULES)
+    for name, param in model.named_parameters():
+        row = rows.setdefault(module_of(name), {"module": module_of(name), "total": 0, "trainable": 0, "lrs": set()})
+        row["total"] += param.numel()
+        if name in lrs:
+            row["trainable"] += param.numel()
+            row["lrs"].add(lrs[name])
+    return [{**row, "lrs": sorted(row["lrs"])} for row in rows.values() if row["total"]]
+
+
+def format_summary(rows: list[dict]) -> str:
+    lines = [f"{'module':<24}{'parameters':>14}{'trainable':>14}  learning rate"]
+    for row in rows:
+        lrs = ", ".join(f"{lr:g}" for lr in row["lrs"]) or "frozen"
+        lines.append(f"{row['module']:<24}{row['total']:>14,}{row['trainable']:>14,}  {lrs}")
+    return "\n".join(lines)
