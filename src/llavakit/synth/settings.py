@@ -1,0 +1,74 @@
+"""Typed settings of a synthetic world; the same fields back the CLI flags and world.json."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# Bump when a change to the generator changes its output for the same settings, so an old
+# world on disk is regenerated instead of being taken as complete.
+WORLD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    seed: int = 0
+    image_side: int = 64  # side of normal single-image, multi-image and multi-view scenes
+    hires_side: int = 256  # side of hires_detail images (>= 2x image_side)
+    video_frames: int = 8
+    video_side: int = 64
+    video_fps: int = 8
+    stage1_captions: int = 2000  # stage-1 caption samples (before scale)
+    train_per_task: int = 300  # stage-2 samples per task / sample kind (before scale)
+    eval_per_task: int = 100  # held-out samples per eval task (before scale)
+    max_objects: int = 5  # most objects in one scene (count answers go 1..max_objects)
+    scale: float = 1.0  # multiplier on every sample count
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.image_side < 32:
+            problems.append(f"image_side must be >= 32, got {self.image_side}")
+        if self.hires_side < 2 * self.image_side:
+            problems.append(
+                f"hires_side must be >= 2 * image_side ({2 * self.image_side}) so its detail is lost "
+                f"when squashed, got {self.hires_side}"
+            )
+        if self.video_side < 32 or self.video_side % 2:
+            problems.append(f"video_side must be even and >= 32 (yuv420p), got {self.video_side}")
+        if self.video_frames < 2:
+            problems.append(f"video_frames must be >= 2 to show motion, got {self.video_frames}")
+        if self.video_fps < 1:
+            problems.append(f"video_fps must be >= 1, got {self.video_fps}")
+        if not 3 <= self.max_objects <= 6:
+            problems.append(f"max_objects must be in 3..6, got {self.max_objects}")
+        if self.scale <= 0:
+            problems.append(f"scale must be > 0, got {self.scale}")
+        for name in ("stage1_captions", "train_per_task", "eval_per_task"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if problems:
+            raise ValueError("invalid WorldSettings: " + "; ".join(problems))
+
+    def scaled(self, count: int | float) -> int:
+        """A sample count after --scale; never below one so every file exists."""
+        return max(1, round(count * self.scale))
+
+    @property
+    def n_stage1(self) -> int:
+        return self.scaled(self.stage1_captions)
+
+    @property
+    def n_train(self) -> int:
+        return self.scaled(self.train_per_task)
+
+    @property
+    def n_eval(self) -> int:
+        return self.scaled(self.eval_per_task)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> WorldSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

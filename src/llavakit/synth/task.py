@@ -1,0 +1,130 @@
+"""What every task builder gets (a Context) and returns (a Sample), and the Task registry type.
+
+A builder is a function Context -> Sample. It draws everything from `ctx.rng`, a random stream
+of its own keyed by (seed, split, task, index), so a sample never depends on the samples
+generated before it, and it asks `ctx.fresh` for scenes so eval scenes never reach training.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image
+
+from .files import atomic_write_bytes, png_bytes
+from .settings import WorldSettings
+from .video import encode_mp4
+
+ONE_WORD = "Answer with one word."
+A_NUMBER = "Answer with a number."
+ONE_LETTER = "Answer with one letter."
+FIRST_OR_SECOND = "Answer first or second."
+
+IMAGE = "<image>"
+VIDEO = "<video>"
+
+S = TypeVar("S")
+
+
+class HeldOut:
+    """Signatures of eval scenes; training may not draw any of them."""
+
+    def __init__(self) -> None:
+        self._signatures: set[str] = set()
+
+    def admit(self, split: str, signature: str) -> bool:
+        if split == "eval":
+            self._signatures.add(signature)
+            return True
+        return signature not in self._signatures
+
+
+@dataclass
+class Context:
+    settings: WorldSettings
+    out_dir: Path
+    split: str  # "stage1", "train" or "eval"
+    task: str
+    index: int
+    held_out: HeldOut
+
+    def __post_init__(self) -> None:
+        key = [self.settings.seed, zlib.crc32(self.split.encode()), zlib.crc32(self.task.encode()), self.index]
+        self.rng = np.random.default_rng(key)
+
+    @property
+    def stem(self) -> str:
+        return f"{self.split}_{self.task}_{self.index:05d}"
+
+    def cycle(self, classes: Sequence[S]) -> S:
+        """The answer class of this sample: classes in turn, so every split is balanced."""
+        return classes[self.index % len(classes)]
+
+    def fresh(self, draw: Callable[[], S | None], scene_of: Callable[[S], object] = lambda s: s) -> S:
+        """Redraw until `draw` gives a result (not None) whose scene this split may use.
+
+        `scene_of` picks the scene out of a richer result (anything with .signature()).
+        """
+        for _ in range(10_000):
+            result = draw()
+            if result is not None and self.held_out.admit(self.split, scene_of(result).signature()):
+                return result
+        raise RuntimeError(f"{self.stem}: no admissible scene after 10000 draws")
+
+    def save_image(self, image: Image.Image, suffix: str = "") -> str:
+        relative = f"images/{self.stem}{suffix}.png"
+        atomic_write_bytes(self.out_dir / relative, png_bytes(image))
+        return relative
+
+    def save_video(self, frames: Sequence[Image.Image]) -> str:
+        relative = f"videos/{self.stem}.mp4"
+        atomic_write_bytes(self.out_dir / relative, encode_mp4(frames, self.settings.video_fps))
+        return relative
+
+
+@dataclass
+class Sample:
+    conversations: list[dict]
+    image: str | list[str] | None = None
+    video: str | None = None
+    answer: str | None = None  # the short, exact-match answer of a scored question
+    options: tuple[str, ...] | None = None  # the answers this very question allows
+    image_format: str | None = None  # "interleaved" or "front" for multi-image samples
+    annotations: list[dict] = field(default_factory=list)  # single-image scenes, for annotations.jsonl
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    build: Callable[[Context], Sample]
+    choices: Callable[[WorldSettings], tuple[str, ...]] | None = None  # set for scored (eval) tasks
+    train_weight: float = 1.0  # stage-2 samples = weight * settings.n_train
+
+
+def turns(*pairs: tuple[str, str]) -> list[dict]:
+    """[(human, gpt), ...] -> LLaVA conversations."""
+    out = []
+    for human, gpt in pairs:
+        out += [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}]
+    return out
+
+
+def single_image_question(question: str, answer: str, image: str, options: Sequence[str]) -> Sample:
+    return Sample(turns((f"{IMAGE}\n{question}", answer)), image=image, answer=answer, options=tuple(options))
+
+
+def multi_image_prompt(labels: Sequence[str], text: str, image_format: str) -> str:
+    """Interleaved: "Image 1: <image>\\nImage 2: <image>\\n<text>"; front: "<image>\\n<image>\\n<text>"."""
+    if image_format == "interleaved":
+        return "".join(f"{label}: {IMAGE}\n" for label in labels) + text
+    return "".join(f"{IMAGE}\n" for _ in labels) + text
+
+
+def image_format_for(ctx: Context) -> str:
+    """Alternate the two multi-image placements of LLaVA-NeXT-Interleave, half each."""
+    return ("interleaved", "front")[(ctx.index // 2) % 2]

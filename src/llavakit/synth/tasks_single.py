@@ -1,0 +1,125 @@
+"""Scored single-image tasks: color, shape, count, position, hires_detail."""
+
+from __future__ import annotations
+
+from . import vocab
+from .records import annotation_record
+from .render import draw_scene
+from .scene import (
+    Scene,
+    Spec,
+    distinct_specs,
+    horizontal_relation,
+    pick,
+    place,
+    random_spec,
+    separated,
+    vertical_relation,
+)
+from .settings import WorldSettings
+from .task import A_NUMBER, ONE_LETTER, ONE_WORD, Context, Sample, Task, single_image_question
+
+COLOR_NAMES = tuple(vocab.COLORS)
+
+
+def _save(ctx: Context, scene: Scene, sample_of) -> Sample:
+    """Render, save, build the sample, and keep the scene's annotation for training splits."""
+    image = ctx.save_image(draw_scene(scene))
+    sample = sample_of(image)
+    if ctx.split != "eval":
+        sample.annotations.append(annotation_record(scene, image))
+    return sample
+
+
+def build_color(ctx: Context) -> Sample:
+    target = ctx.cycle(COLOR_NAMES)
+    n = int(ctx.rng.integers(1, 4))
+    first = random_spec(ctx.rng, color=target)
+    scene = ctx.fresh(lambda: place(ctx.rng, distinct_specs(ctx.rng, n, ("shape",), [first]), ctx.settings.image_side))
+    subject = "the object" if n == 1 else f"the {first.shape}"
+    question = f"What color is {subject}? {ONE_WORD}"
+    return _save(ctx, scene, lambda image: single_image_question(question, target, image, COLOR_NAMES))
+
+
+def build_shape(ctx: Context) -> Sample:
+    target = ctx.cycle(vocab.SHAPES)
+    n = int(ctx.rng.integers(1, 4))
+    first = random_spec(ctx.rng, shape=target)
+    scene = ctx.fresh(lambda: place(ctx.rng, distinct_specs(ctx.rng, n, ("color",), [first]), ctx.settings.image_side))
+    subject = "the object" if n == 1 else f"the {first.color} object"
+    question = f"What shape is {subject}? {ONE_WORD}"
+    return _save(ctx, scene, lambda image: single_image_question(question, target, image, vocab.SHAPES))
+
+
+def count_choices(settings: WorldSettings) -> tuple[str, ...]:
+    return tuple(str(n) for n in range(1, settings.max_objects + 1))
+
+
+def build_count(ctx: Context) -> Sample:
+    choices = count_choices(ctx.settings)
+    target = ctx.cycle(choices)
+    specs = distinct_specs(ctx.rng, int(target))
+    scene = ctx.fresh(lambda: place(ctx.rng, specs, ctx.settings.image_side))
+    question = f"How many objects are there? {A_NUMBER}"
+    return _save(ctx, scene, lambda image: single_image_question(question, target, image, choices))
+
+
+def build_position(ctx: Context) -> Sample:
+    target = ctx.cycle(vocab.RELATIONS)
+    axis, relation = (0, horizontal_relation) if target in ("left", "right") else (1, vertical_relation)
+    side = ctx.settings.image_side
+
+    def draw() -> Scene | None:
+        scene = place(ctx.rng, distinct_specs(ctx.rng, int(ctx.rng.integers(2, 4)), ("color", "shape")), side)
+        if scene is None:
+            return None
+        a, b = scene.objects[:2]
+        return scene if separated(a, b, axis, side) and relation(a, b) == target else None
+
+    scene = ctx.fresh(draw)
+    a, b = scene.objects[:2]
+    if axis == 0:
+        options, question = ("left", "right"), f"Is the {a.name} left or right of the {b.name}? {ONE_WORD}"
+    else:
+        options, question = ("above", "below"), f"Is the {a.name} above or below the {b.name}? {ONE_WORD}"
+    return _save(ctx, scene, lambda image: single_image_question(question, target, image, options))
+
+
+def hires_choices(settings: WorldSettings) -> tuple[str, ...]:
+    return vocab.LETTERS + COLOR_NAMES
+
+
+def hires_geometry(settings: WorldSettings) -> tuple[int, int]:
+    """(tiny object px, letter cell px) on the large image. Both shrink below two pixels once
+    the image is squashed to the normal side: at 4x, a 6 px object and a 5x7 px letter.
+    (A 2 px cell would leave a 3x4 px blob that a linear probe still reads 97% of the time.)"""
+    ratio = settings.hires_side / settings.image_side
+    tiny_px = max(2, round(vocab.TINY_EXTENT_NORMAL_PX * ratio))
+    return tiny_px, max(1, int(ratio // 4))
+
+
+def build_hires_detail(ctx: Context) -> Sample:
+    asks_letter = ctx.index % 2 == 0
+    turn = ctx.index // 2  # alternate the kind, then cycle through its answers
+    if asks_letter:
+        target = vocab.LETTERS[turn % len(vocab.LETTERS)]
+        detail = Spec("letter", pick(ctx.rng, COLOR_NAMES), "tiny", letter=target)
+        question, options = f"What letter is written in the image? {ONE_LETTER}", vocab.LETTERS
+    else:
+        target = COLOR_NAMES[turn % len(COLOR_NAMES)]
+        detail = Spec(pick(ctx.rng, vocab.SHAPES), target, "tiny")
+        question, options = f"What color is the tiny object? {ONE_WORD}", COLOR_NAMES
+    tiny_px, cell = hires_geometry(ctx.settings)
+    n_others = int(ctx.rng.integers(1, 4))
+    specs = distinct_specs(ctx.rng, n_others) + [detail]
+    scene = ctx.fresh(lambda: place(ctx.rng, specs, ctx.settings.hires_side, tiny_px, cell))
+    return _save(ctx, scene, lambda image: single_image_question(question, target, image, options))
+
+
+TASKS = (
+    Task("color", build_color, lambda s: COLOR_NAMES),
+    Task("shape", build_shape, lambda s: vocab.SHAPES),
+    Task("count", build_count, count_choices),
+    Task("position", build_position, lambda s: vocab.RELATIONS),
+    Task("hires_detail", build_hires_detail, hires_choices),
+)

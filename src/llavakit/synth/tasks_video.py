@@ -1,0 +1,44 @@
+"""Video samples: video_direction (scored) and video_caption (training only)."""
+
+from __future__ import annotations
+
+from . import vocab
+from .language import object_phrase, sentence, with_article
+from .task import ONE_WORD, VIDEO, Context, Sample, Task, turns
+from .video import MovingScene, render_frames, sample_moving_scene
+
+MOTION = {"left": "moves to the left", "right": "moves to the right", "up": "moves up", "down": "moves down"}
+
+
+def _moving_scene(ctx: Context, direction: str) -> MovingScene:
+    n_still = int(ctx.rng.integers(0, 3))
+    side = ctx.settings.video_side
+    return ctx.fresh(lambda: sample_moving_scene(ctx.rng, side, direction, n_still))
+
+
+def build_video_direction(ctx: Context) -> Sample:
+    direction = ctx.cycle(vocab.DIRECTIONS)
+    scene = _moving_scene(ctx, direction)
+    video = ctx.save_video(render_frames(scene, ctx.settings.video_frames))
+    question = f"{VIDEO}\nWhich direction is the {scene.mover.name} moving? {ONE_WORD}"
+    return Sample(turns((question, direction)), video=video, answer=direction, options=vocab.DIRECTIONS)
+
+
+def video_caption(scene: MovingScene) -> str:
+    lines = [sentence(f"{with_article(object_phrase_of(scene))} {MOTION[scene.direction]}")]
+    lines += [sentence(f"{with_article(object_phrase(obj))} does not move") for obj in scene.still.objects]
+    return " ".join(lines)
+
+
+def object_phrase_of(scene: MovingScene) -> str:
+    return f"{scene.mover.size} {scene.mover.name}"
+
+
+def build_video_caption(ctx: Context) -> Sample:
+    scene = _moving_scene(ctx, ctx.cycle(vocab.DIRECTIONS))
+    video = ctx.save_video(render_frames(scene, ctx.settings.video_frames))
+    return Sample(turns((f"{VIDEO}\nDescribe the video.", video_caption(scene))), video=video)
+
+
+TASKS = (Task("video_direction", build_video_direction, lambda s: vocab.DIRECTIONS),)
+TRAIN_ONLY = (Task("video_caption", build_video_caption, train_weight=0.5),)

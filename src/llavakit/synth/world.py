@@ -1,0 +1,215 @@
+"""Generate a whole world into a directory: eval splits first, then stage-2, then stage-1.
+
+Eval goes first so its scene signatures are held out before any training scene is drawn.
+Every file is written atomically and world.json last, so world.json marks a complete world.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import tasks_chat, tasks_multi, tasks_single, tasks_video, vocab
+from .files import atomic_write_text, write_jsonl
+from .records import eval_record, llava_record, with_chance
+from .settings import WORLD_VERSION, WorldSettings
+from .task import IMAGE, VIDEO, Context, HeldOut, Sample, Task
+from .video import video_codec
+
+EVAL_TASKS: tuple[Task, ...] = tasks_single.TASKS + tasks_multi.TASKS + tasks_video.TASKS
+TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video.TRAIN_ONLY
+STAGE1_FILE, STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE = (
+    "stage1_captions.jsonl",
+    "stage2_instruct.jsonl",
+    "annotations.jsonl",
+    "text_corpus.txt",
+    "world.json",
+)
+# Files this generator names; only these are pruned when a world is regenerated.
+GENERATED_MEDIA = re.compile(r"^(stage1|train|eval)_[a-z0-9_]+_\d{5}(_[a-z0-9]+)?\.(png|mp4)$")
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # files.atomic_write_bytes: ".<name>.<random>.tmp"
+
+
+def eval_file(task: str) -> str:
+    return f"eval/{task}.jsonl"
+
+
+def train_count(task: Task, settings: WorldSettings) -> int:
+    return settings.scaled(task.train_weight * settings.train_per_task)
+
+
+def is_complete(out_dir: Path, settings: WorldSettings) -> bool:
+    """True when out_dir holds a finished world generated with these settings by this version."""
+    try:
+        world = json.loads((out_dir / WORLD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    same = world.get("version") == WORLD_VERSION and world.get("settings") == settings.to_dict()
+    return same and all((out_dir / name).is_file() for name in world.get("files", {}))
+
+
+def generate_world(
+    out_dir: str | Path, settings: WorldSettings | None = None, *, progress: bool = True, force: bool = False
+) -> Path:
+    """Write the synthetic world described by `settings` into out_dir and return its path.
+
+    Does nothing when out_dir already holds a complete world with the same settings (unless
+    `force`). Same settings and seed give byte-identical files.
+    """
+    settings = settings or WorldSettings()
+    out = Path(out_dir)
+    if not force and is_complete(out, settings):
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / WORLD_FILE).unlink(missing_ok=True)  # from here on the directory is "incomplete"
+    evals, train, stage1 = _draw_samples(out, settings, progress)
+    _write_world(out, settings, evals, train, stage1)
+    return out
+
+
+def _draw_samples(
+    out: Path, settings: WorldSettings, progress: bool
+) -> tuple[dict[str, list[dict]], dict[str, list[Sample]], list[Sample]]:
+    """Build every sample (media files are written as they are drawn): eval, train, stage-1."""
+    total = len(EVAL_TASKS) * settings.n_eval + sum(train_count(t, settings) for t in TRAIN_KINDS) + settings.n_stage1
+    held_out = HeldOut()
+    with tqdm(total=total, desc="synth", unit="sample", disable=not progress) as bar:
+
+        def run(task: Task, split: str, count: int) -> list[Sample]:
+            samples = []
+            for index in range(count):
+                samples.append(task.build(Context(settings, out, split, task.name, index, held_out)))
+                bar.update(1)
+            return samples
+
+        evals = {t.name: _eval_records(t, run(t, "eval", settings.n_eval), settings) for t in EVAL_TASKS}
+        train = {t.name: run(t, "train", train_count(t, settings)) for t in TRAIN_KINDS}
+        stage1 = run(tasks_chat.STAGE1, "stage1", settings.n_stage1)
+    return evals, train, stage1
+
+
+def _write_world(
+    out: Path,
+    settings: WorldSettings,
+    evals: dict[str, list[dict]],
+    train: dict[str, list[Sample]],
+    stage1: list[Sample],
+) -> None:
+    """Write the JSONL files and the corpus, prune leftovers, then world.json (last)."""
+    stage1_records = [llava_record(f"stage1-{i:05d}", s) for i, s in enumerate(stage1)]
+    stage2_records = _shuffled(
+        [llava_record(f"train-{kind}-{i:05d}", s) for kind, samples in train.items() for i, s in enumerate(samples)],
+        settings.seed,
+    )
+    annotations = [a for s in stage1 + [s for samples in train.values() for s in samples] for a in s.annotations]
+    corpus = corpus_lines(stage1_records + stage2_records, annotations)
+
+    counts = {eval_file(task): write_jsonl(out / eval_file(task), records) for task, records in evals.items()}
+    counts[STAGE2_FILE] = write_jsonl(out / STAGE2_FILE, stage2_records)
+    counts[STAGE1_FILE] = write_jsonl(out / STAGE1_FILE, stage1_records)
+    counts[ANNOTATIONS_FILE] = write_jsonl(out / ANNOTATIONS_FILE, annotations)
+    atomic_write_text(out / CORPUS_FILE, "".join(line + "\n" for line in corpus))
+    counts[CORPUS_FILE] = len(corpus)
+
+    media = _media_paths([r for records in evals.values() for r in records] + stage1_records + stage2_records)
+    _prune(out, media, set(map(eval_file, evals)))
+    manifest = world_manifest(settings, counts, media, evals, {kind: len(samples) for kind, samples in train.items()})
+    atomic_write_text(out / WORLD_FILE, json.dumps(manifest, indent=2) + "\n")
+
+
+def _eval_records(task: Task, samples: Sequence[Sample], settings: WorldSettings) -> list[dict]:
+    choices = task.choices(settings)
+    return with_chance([eval_record(f"eval-{task.name}-{i:05d}", task.name, s, choices) for i, s in enumerate(samples)])
+
+
+def _shuffled(records: list[dict], seed: int) -> list[dict]:
+    """One seeded order, so a `first:N` mixture draws every kind and not only the first."""
+    order = np.random.default_rng([seed, 2]).permutation(len(records))
+    return [records[int(i)] for i in order]
+
+
+def _text_pieces(value: str) -> Iterable[str]:
+    for line in value.split("\n"):
+        line = line.replace(IMAGE, "").replace(VIDEO, "").strip()
+        if line:
+            yield line
+
+
+def corpus_lines(records: Iterable[dict], annotations: Iterable[dict]) -> list[str]:
+    """Every distinct piece of training text, sorted; placeholders removed, one line each."""
+    pieces = {p for r in records for turn in r["conversations"] for p in _text_pieces(turn["value"])}
+    pieces |= {p for a in annotations for caption in a["captions"] for p in _text_pieces(caption)}
+    return sorted(pieces)
+
+
+def _media_paths(records: Iterable[dict]) -> set[str]:
+    paths = set()
+    for record in records:
+        image = record.get("image")
+        paths.update([image] if isinstance(image, str) else image or [])
+        if "video" in record:
+            paths.add(record["video"])
+    return paths
+
+
+def _prune(out: Path, keep_media: set[str], keep_eval: set[str]) -> None:
+    """Remove what a previous, different or killed run left behind: only names this generator makes."""
+    for folder in ("images", "videos"):
+        for path in sorted((out / folder).glob("*")) if (out / folder).is_dir() else []:
+            stale = GENERATED_MEDIA.match(path.name) and f"{folder}/{path.name}" not in keep_media
+            if path.is_file() and (stale or _our_temp_file(path.name)):
+                path.unlink()
+    for path in sorted((out / "eval").glob("*.jsonl")):
+        if f"eval/{path.name}" not in keep_eval:
+            path.unlink()
+    for path in sorted(out.glob(".*.tmp")) + sorted((out / "eval").glob(".*.tmp")):
+        if _our_temp_file(path.name):
+            path.unlink()
+
+
+def _our_temp_file(name: str) -> bool:
+    match = TEMP_FILE.match(name)
+    if not match:
+        return False
+    target = match["name"]
+    return bool(GENERATED_MEDIA.match(target)) or target.endswith(".jsonl") or target in (CORPUS_FILE, WORLD_FILE)
+
+
+def world_manifest(
+    settings: WorldSettings, counts: dict, media: set[str], evals: dict[str, list[dict]], stage2_kinds: dict[str, int]
+) -> dict:
+    return {
+        "generator": "llavakit.synth",
+        "version": WORLD_VERSION,
+        "seed": settings.seed,
+        "settings": settings.to_dict(),
+        "vocab": vocab.as_dict(),
+        "files": dict(sorted(counts.items())),
+        "media": {
+            "images": sum(p.startswith("images/") for p in media),
+            "videos": sum(p.startswith("videos/") for p in media),
+            "video_codec": video_codec(),
+            "video_pix_fmt": "yuv420p",
+            "video_fps": settings.video_fps,
+        },
+        "stage2_kinds": stage2_kinds,
+        "tasks": {
+            task: {
+                "file": eval_file(task),
+                "n": len(records),
+                "choices": records[0]["choices"],
+                "chance": records[0]["chance"],
+            }
+            for task, records in evals.items()
+        },
+    }
+
+
+def load_world(out_dir: str | Path) -> dict:
+    """world.json of a generated world."""
+    return json.loads((Path(out_dir) / WORLD_FILE).read_text(encoding="utf-8"))

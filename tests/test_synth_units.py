@@ -1,0 +1,111 @@
+"""Small pieces of the synthetic world: settings, placement, words, chance, files, video codec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llavakit.synth import WorldSettings
+from llavakit.synth.files import atomic_write_text, read_jsonl, write_jsonl
+from llavakit.synth.language import captions, detailed_description, join_words, with_article
+from llavakit.synth.records import chance_level
+from llavakit.synth.scene import Scene, SceneObject, Spec, distinct_specs, place, position_word
+from llavakit.synth.video import decode_mp4, encode_mp4
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(image_side=16),
+        dict(hires_side=100),
+        dict(video_side=63),
+        dict(video_frames=1),
+        dict(scale=0.0),
+        dict(max_objects=9),
+    ],
+)
+def test_settings_refuse_bad_values(change):
+    with pytest.raises(ValueError, match="invalid WorldSettings"):
+        WorldSettings(**change)
+
+
+def test_settings_scale_counts_and_round_trip():
+    settings = WorldSettings(scale=0.01)
+    assert (settings.n_stage1, settings.n_train, settings.n_eval) == (20, 3, 1)
+    assert WorldSettings().n_stage1 == 2000 and WorldSettings().n_train == 300 and WorldSettings().n_eval == 100
+    assert WorldSettings.from_dict(settings.to_dict()) == settings
+
+
+def test_placement_keeps_objects_apart_and_inside():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scene = place(rng, distinct_specs(rng, 5), 64)
+        if scene is None:
+            continue
+        boxes = [o.box for o in scene.objects]
+        assert all(0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64 for x1, y1, x2, y2 in boxes)
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert a[2] + 2 <= b[0] or b[2] + 2 <= a[0] or a[3] + 2 <= b[1] or b[3] + 2 <= a[1]
+
+
+def test_distinct_specs_respect_uniqueness():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        specs = distinct_specs(rng, 4, unique=("shape", "color"))
+        assert len({s.shape for s in specs}) == 4 and len({s.color for s in specs}) == 4
+
+
+def test_words_are_grammatical():
+    assert with_article("orange circle") == "an orange circle" and with_article("red cube") == "a red cube"
+    assert join_words(["a", "b", "c"]) == "a, b and c" and join_words(["a"]) == "a"
+    scene = Scene(
+        64,
+        (
+            SceneObject(Spec("circle", "red", "small"), (2, 2, 11, 11)),
+            SceneObject(Spec("square", "orange", "large"), (40, 40, 56, 56)),
+        ),
+    )
+    assert captions(scene) == [
+        "A small red circle and a large orange square.",
+        "There are two objects in the image: a small red circle and a large orange square.",
+        "A small red circle at the top left and a large orange square at the bottom right.",
+    ]
+    assert detailed_description(scene).endswith("The red circle is to the left of the orange square and above it.")
+    assert position_word(scene.objects[0], 64) == "top left"
+
+
+def test_chance_level_takes_the_best_blind_guess():
+    def record(answer, options):
+        return {"answer": answer, "options": options, "choices": ["left", "right", "above", "below"]}
+
+    balanced = [record("left", ["left", "right"]), record("above", ["above", "below"])] * 5
+    assert chance_level(balanced) == 0.5  # each question offers two answers
+    skewed = [record("left", ["left", "right", "above", "below"])] * 7 + [
+        record("right", ["left", "right", "above", "below"])
+    ] * 3
+    assert chance_level(skewed) == 0.7  # always answering the majority
+
+
+def test_atomic_jsonl_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "a.jsonl"
+    assert write_jsonl(path, [{"x": 1}, {"x": 2}]) == 2
+    atomic_write_text(path, '{"x": 3}\n')
+    assert read_jsonl(path) == [{"x": 3}]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.jsonl"]
+
+
+def test_video_round_trip_keeps_colour_and_is_deterministic(tmp_path):
+    frames = []
+    for t in range(6):
+        image = Image.new("RGB", (64, 48), (255, 255, 255))
+        image.paste((40, 80, 220), (4 + 6 * t, 10, 20 + 6 * t, 26))
+        frames.append(image)
+    data = encode_mp4(frames, fps=8)
+    assert data == encode_mp4(frames, fps=8)
+    (tmp_path / "v.mp4").write_bytes(data)
+    decoded = decode_mp4(tmp_path / "v.mp4")
+    assert len(decoded) == 6 and decoded[0].shape == (48, 64, 3)
+    centre = decoded[-1][18, 42].astype(int)
+    assert np.abs(centre - np.array([40, 80, 220])).max() <= 12

@@ -1,0 +1,461 @@
+"""The synthetic world, end to end: generate a small world into tmp_path, read the PNGs, MP4s and
+JSONL back, and check that what the text says is what the pixels show."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llavakit.synth import WorldSettings, generate_world, is_complete, render_random_scene, vocab
+from llavakit.synth.files import read_jsonl
+from llavakit.synth.solids import shade
+from llavakit.synth.video import decode_mp4
+
+SMALL = WorldSettings(stage1_captions=40, train_per_task=16, eval_per_task=16)
+EVAL_TASKS = (
+    "color", "shape", "count", "position", "hires_detail",
+    "spot_difference", "which_image", "video_direction", "multiview",
+)  # fmt: skip
+WHITE = (255, 255, 255)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return generate_world(tmp_path_factory.mktemp("world"), SMALL, progress=False)
+
+
+def evals(world: Path, task: str) -> list[dict]:
+    return read_jsonl(world / "eval" / f"{task}.jsonl")
+
+
+def pixels(world: Path, relative: str) -> np.ndarray:
+    return np.asarray(Image.open(world / relative).convert("RGB"))
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ---- pixel analysis, independent of the generator's own geometry ----------------------------
+
+
+def mask_of(image: np.ndarray, rgb) -> np.ndarray:
+    return np.all(image == np.array(rgb, dtype=image.dtype), axis=-1)
+
+
+def components(mask: np.ndarray) -> list[np.ndarray]:
+    """4-connected blobs of a boolean mask, each as a boolean mask."""
+    seen = np.zeros_like(mask, dtype=bool)
+    blobs = []
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        blob = np.zeros_like(mask, dtype=bool)
+        queue = deque([(y, x)])
+        seen[y, x] = True
+        while queue:
+            cy, cx = queue.popleft()
+            blob[cy, cx] = True
+            for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    queue.append((ny, nx))
+        blobs.append(blob)
+    return blobs
+
+
+def classify_shape(blob: np.ndarray) -> str:
+    """Name a flat shape from its pixels: fill ratio and the widths of its top, middle, bottom rows."""
+    ys, xs = np.nonzero(blob)
+    crop = blob[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    h, w = crop.shape
+    fill = crop.mean()
+    top, middle, bottom = crop[0].sum(), crop[h // 2].sum(), crop[-1].sum()
+    if fill > 0.93:
+        return "square"
+    if bottom >= 0.8 * w and top <= 0.4 * w:
+        return "triangle"
+    if fill > 0.68:
+        return "circle"
+    if middle >= 0.9 * w and top >= 3 and bottom >= 3:
+        return "cross"
+    return "diamond"
+
+
+def shapes_of_color(image: np.ndarray, color: str) -> list[str]:
+    return [classify_shape(b) for b in components(mask_of(image, vocab.COLORS[color]))]
+
+
+def object_blobs(image: np.ndarray) -> list[np.ndarray]:
+    return components(~mask_of(image, WHITE))
+
+
+def nearest_color_labels(image: np.ndarray, backgrounds) -> np.ndarray:
+    """Each pixel -> colour name (any shade) or "" for background, by nearest reference colour."""
+    names, refs = [""] * len(backgrounds), list(backgrounds)
+    for name in vocab.COLORS:
+        for part in ("base", "light", "dark"):
+            names.append(name)
+            refs.append(shade(name, part))
+    distance = ((image[:, :, None, :].astype(int) - np.array(refs)[None, None]) ** 2).sum(-1)
+    return np.array(names)[distance.argmin(-1)]
+
+
+def colors_seen(image: np.ndarray, backgrounds, min_pixels: int = 6) -> set[str]:
+    labels = nearest_color_labels(image, backgrounds)
+    return {name for name in vocab.COLORS if (labels == name).sum() >= min_pixels}
+
+
+def quoted_name(question: str, pattern: str) -> tuple[str, str]:
+    match = re.search(pattern, question)
+    assert match, question
+    return match.group(1), match.group(2)
+
+
+# ---- layout and formats ----------------------------------------------------------------------
+
+
+def test_layout_counts_and_media_exist(world):
+    manifest = json.loads((world / "world.json").read_text())
+    assert manifest["settings"] == SMALL.to_dict() and manifest["seed"] == 0
+    assert set(manifest["tasks"]) == set(EVAL_TASKS)
+    for name, count in manifest["files"].items():
+        assert len((world / name).read_text().splitlines()) == count, name
+    assert manifest["files"]["stage1_captions.jsonl"] == SMALL.n_stage1 == 40
+    for task in EVAL_TASKS:
+        assert manifest["files"][f"eval/{task}.jsonl"] == 16
+    media = set()
+    for name in ["stage1_captions.jsonl", "stage2_instruct.jsonl"] + [f"eval/{t}.jsonl" for t in EVAL_TASKS]:
+        for record in read_jsonl(world / name):
+            image = record.get("image", [])
+            media.update([image] if isinstance(image, str) else image)
+            media.update([record["video"]] if "video" in record else [])
+    assert all((world / path).is_file() for path in media)
+    assert {p for p in media if p.startswith("images/")} == {f"images/{p.name}" for p in (world / "images").iterdir()}
+    assert manifest["media"]["images"] == len(list((world / "images").iterdir()))
+    assert manifest["media"]["videos"] == len(list((world / "videos").iterdir()))
+    assert not list(world.rglob("*.tmp"))
+
+
+def placeholder_check(record: dict) -> None:
+    human = " ".join(t["value"] for t in record["conversations"] if t["from"] == "human")
+    images = record.get("image")
+    n_images = 0 if images is None else 1 if isinstance(images, str) else len(images)
+    assert human.count("<image>") == n_images, record["id"]
+    assert human.count("<video>") == (1 if "video" in record else 0), record["id"]
+    assert [t["from"] for t in record["conversations"]] == ["human", "gpt"] * (len(record["conversations"]) // 2)
+    if isinstance(images, list):
+        assert record["image_format"] in ("interleaved", "front")
+        first = record["conversations"][0]["value"]
+        if record["image_format"] == "front":
+            assert first.startswith("<image>\n" * n_images)
+        else:
+            assert re.match(r"(Image|View) 1: <image>\n(Image|View) 2: <image>\n", first)
+
+
+def test_llava_format_placeholders_and_kinds(world):
+    stage2 = read_jsonl(world / "stage2_instruct.jsonl")
+    for record in read_jsonl(world / "stage1_captions.jsonl"):
+        assert record["conversations"][0]["value"] == "<image>"
+        placeholder_check(record)
+    kinds = {}
+    for record in stage2:
+        placeholder_check(record)
+        kinds.setdefault(record["id"].split("-")[1], []).append(record)
+    assert set(EVAL_TASKS) | {"conversation", "detail", "reasoning", "video_caption", "text_only"} == set(kinds)
+    assert all("image" not in r and "video" not in r for r in kinds["text_only"])
+    assert any(len(r["conversations"]) >= 4 for r in kinds["conversation"])  # multi-turn
+    formats = {r["image_format"] for r in stage2 if isinstance(r.get("image"), list)}
+    assert formats == {"interleaved", "front"}
+    # stage-2 is shuffled, so a first:N mixture sees every kind
+    assert len({r["id"].split("-")[1] for r in stage2[:60]}) >= 8
+
+
+def test_eval_records_and_chance(world):
+    for task in EVAL_TASKS:
+        records = evals(world, task)
+        for record in records:
+            placeholder_check(record)
+            assert record["task"] == task
+            assert record["question"] == record["conversations"][0]["value"]
+            assert record["answer"] == record["conversations"][1]["value"]
+            assert record["answer"] in record["options"] and set(record["options"]) <= set(record["choices"])
+            assert record["question"].endswith(
+                ("Answer with one word.", "Answer with a number.", "Answer with one letter.", "Answer first or second.")
+            )
+        answers = [r["answer"] for r in records]
+        majority = max(answers.count(a) for a in set(answers)) / len(answers)
+        chance = records[0]["chance"]
+        assert chance >= max(1 / len(records[0]["choices"]), majority) - 1e-4
+        assert chance <= 0.5 + 1e-9, task  # balanced splits: guessing never does better than a coin
+    assert evals(world, "which_image")[0]["chance"] == 0.5
+    assert evals(world, "position")[0]["chance"] == 0.5
+    assert {r["image_format"] for r in evals(world, "spot_difference")} == {"interleaved", "front"}
+
+
+def test_annotation_boxes_match_pixels(world):
+    annotations = read_jsonl(world / "annotations.jsonl")
+    assert len(annotations) >= SMALL.n_stage1
+    for annotation in annotations:
+        image = pixels(world, annotation["image"])
+        assert image.shape[:2] == (annotation["height"], annotation["width"])
+        assert len(annotation["captions"]) == 3
+        for box in annotation["boxes"]:
+            x1, y1, x2, y2 = box["bbox"]
+            assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+            assert all(round(v, 3) == v for v in box["bbox"])
+            color, kind = box["name"].split(" ")[:2]
+            if kind == "letter":
+                continue  # a glyph's centre may fall between strokes
+            cx, cy = int((x1 + x2) / 2 * image.shape[1]), int((y1 + y2) / 2 * image.shape[0])
+            assert tuple(image[cy, cx]) == vocab.COLORS[color], (annotation["image"], box)
+
+
+# ---- every scored answer agrees with the pixels ------------------------------------------------
+
+
+def test_color_answers(world):
+    for record in evals(world, "color"):
+        image = pixels(world, record["image"])
+        if "the object?" in record["question"]:
+            assert len(object_blobs(image)) == 1
+            assert len(components(mask_of(image, vocab.COLORS[record["answer"]]))) == 1
+        else:
+            shape, _ = quoted_name(record["question"], r"What color is the (\w+)(\?)")
+            assert shape in shapes_of_color(image, record["answer"]), record["id"]
+
+
+def test_shape_answers(world):
+    for record in evals(world, "shape"):
+        image = pixels(world, record["image"])
+        if "the object?" in record["question"]:
+            blobs = object_blobs(image)
+            assert len(blobs) == 1 and classify_shape(blobs[0]) == record["answer"], record["id"]
+        else:
+            color, _ = quoted_name(record["question"], r"What shape is the (\w+)( )object")
+            assert shapes_of_color(image, color) == [record["answer"]], record["id"]
+
+
+def test_count_answers(world):
+    for record in evals(world, "count"):
+        assert len(object_blobs(pixels(world, record["image"]))) == int(record["answer"]), record["id"]
+
+
+def test_position_answers(world):
+    for record in evals(world, "position"):
+        image = pixels(world, record["image"])
+        a, relation, b = re.search(
+            r"Is the (\w+ \w+) (left or right of|above or below) the (\w+ \w+)\?", record["question"]
+        ).groups()
+        (ay, ax), (by, bx) = (np.argwhere(mask_of(image, vocab.COLORS[name.split()[0]])).mean(0) for name in (a, b))
+        if relation.startswith("left"):
+            assert record["answer"] == ("left" if ax < bx else "right")
+            assert abs(ax - bx) >= 0.1 * image.shape[1]
+        else:
+            assert record["answer"] == ("above" if ay < by else "below")
+            assert abs(ay - by) >= 0.1 * image.shape[0]
+
+
+def test_hires_detail_is_readable_only_at_full_size(world):
+    annotations = {a["image"]: a for a in read_jsonl(world / "annotations.jsonl")}
+    hires = [r for r in read_jsonl(world / "stage2_instruct.jsonl") if r["id"].startswith("train-hires_detail")]
+    assert {r["conversations"][1]["value"] in vocab.LETTERS for r in hires} == {True, False}
+    for record in hires:
+        image = pixels(world, record["image"])
+        assert image.shape[:2] == (SMALL.hires_side, SMALL.hires_side)
+        detail = annotations[record["image"]]["boxes"][-1]
+        x1, y1, x2, y2 = (round(v * SMALL.hires_side) for v in detail["bbox"])
+        squashed_px = (y2 - y1) * SMALL.image_side / SMALL.hires_side
+        assert squashed_px <= 2.0, "the detail must shrink to about a pixel at the normal side"
+        answer = record["conversations"][1]["value"]
+        color = detail["name"].split()[0]
+        if answer in vocab.LETTERS:
+            glyph = mask_of(image[y1:y2, x1:x2], vocab.COLORS[color])
+            cell = (x2 - x1) // 5
+            read = tuple("".join("#" if glyph[r * cell, c * cell] else "." for c in range(5)) for r in range(7))
+            assert read == vocab.GLYPHS[answer]
+        else:
+            assert color == answer
+            assert tuple(image[(y1 + y2) // 2, (x1 + x2) // 2]) == vocab.COLORS[answer]
+
+
+def test_spot_difference_answers(world):
+    for record in evals(world, "spot_difference"):
+        before, after = (pixels(world, p) for p in record["image"])
+        changed = np.any(before != after, axis=-1)
+        assert changed.any()
+        blobs = components(changed)
+        assert len(blobs) == 1, record["id"]
+        assert classify_shape(blobs[0]) == record["answer"], record["id"]
+
+
+def test_which_image_answers(world):
+    for record in evals(world, "which_image"):
+        color, shape = quoted_name(record["question"], r"Which image has an? (\w+) (\w+)\?")
+        has = [shape in shapes_of_color(pixels(world, p), color) for p in record["image"]]
+        assert has == ([True, False] if record["answer"] == "first" else [False, True]), record["id"]
+
+
+def test_video_objects_move_in_stated_direction(world):
+    for record in evals(world, "video_direction"):
+        frames = decode_mp4(world / record["video"])
+        assert len(frames) == SMALL.video_frames and frames[0].shape == (SMALL.video_side, SMALL.video_side, 3)
+        color = re.search(r"Which direction is the (\w+) \w+ moving", record["question"]).group(1)
+        centres = [np.argwhere(nearest_color_labels(f, [WHITE]) == color).mean(0) for f in frames]
+        dy, dx = centres[-1] - centres[0]
+        expected = {"left": dx < -10, "right": dx > 10, "up": dy < -10, "down": dy > 10}
+        assert expected[record["answer"]], (record["id"], dx, dy)
+        assert min(abs(dx), abs(dy)) < 2  # a straight line along one axis
+
+
+def test_multiview_answers_need_more_than_one_view(world):
+    backgrounds = [vocab.SKY, vocab.GROUND]
+    hiding_views = set()
+    for record in evals(world, "multiview"):
+        seen = [colors_seen(pixels(world, p), backgrounds) for p in record["image"]]
+        assert 2 <= len(seen) <= 3
+        everything = set().union(*seen)
+        if record["answer"].isdigit():
+            assert len(everything) == int(record["answer"]), record["id"]
+            short = [v for v, colors in enumerate(seen) if len(colors) < len(everything)]
+            assert short, "one object is hidden in some view"
+            hiding_views.update(short)
+        else:
+            match = re.search(r"hidden in (view (\d)|the (\w+) view)", record["question"])
+            view = int(match.group(2)) - 1 if match.group(2) else vocab.ORDINALS.index(match.group(3))
+            assert record["answer"] not in seen[view] and record["answer"] in everything, record["id"]
+            hiding_views.add(view)
+    assert hiding_views - {0}, "the hidden object is not always in the first view"
+
+
+# ---- splits, determinism, reruns ---------------------------------------------------------------
+
+
+def test_eval_scenes_never_in_training(world):
+    def decoded_digest(path: Path) -> str:
+        return hashlib.sha256(np.asarray(Image.open(path).convert("RGB")).tobytes()).hexdigest()
+
+    train, held_out = set(), set()
+    for path in sorted((world / "images").iterdir()):
+        (held_out if path.name.startswith("eval_") else train).add(decoded_digest(path))
+    assert held_out and train and not held_out & train
+    train_videos = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (world / "videos").glob("train_*")}
+    eval_videos = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (world / "videos").glob("eval_*")}
+    assert eval_videos and not eval_videos & train_videos
+
+
+def test_same_seed_same_bytes_different_seed_different(world, tmp_path):
+    again = generate_world(tmp_path / "again", SMALL, progress=False)
+    assert file_digests(again) == file_digests(world)
+    other = generate_world(
+        tmp_path / "other",
+        WorldSettings(seed=1, stage1_captions=40, train_per_task=16, eval_per_task=16),
+        progress=False,
+    )
+    for name in ("stage1_captions.jsonl", "stage2_instruct.jsonl", "eval/color.jsonl", "images/eval_color_00000.png"):
+        assert (other / name).read_bytes() != (world / name).read_bytes(), name
+
+
+def test_text_corpus_covers_every_eval_word(world):
+    corpus = (world / "text_corpus.txt").read_text().splitlines()
+    assert corpus == sorted(set(corpus)) and all(line.strip() == line and line for line in corpus)
+    assert not any("<image>" in line or "<video>" in line for line in corpus)
+    words = {w for line in corpus for w in re.findall(r"[\w]+", line)}
+    for task in EVAL_TASKS:
+        for record in evals(world, task):
+            text = record["question"].replace("<image>", "").replace("<video>", "") + " " + record["answer"]
+            assert set(re.findall(r"[\w]+", text)) <= words, record["id"]
+
+
+def test_rerun_with_same_settings_does_nothing(world, capsys):
+    from llavakit.synth import cli
+
+    before = (world / "world.json").stat().st_mtime_ns
+    parser = __import__("argparse").ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--out", str(world), "--stage1-captions", "40", "--train-per-task", "16", "--eval-per-task", "16"]
+    )
+    assert cli.settings_from_args(args) == SMALL
+    assert cli.run(args) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert (world / "world.json").stat().st_mtime_ns == before
+
+
+def test_killed_run_leaves_no_complete_marker_and_no_partial_files(tmp_path, monkeypatch):
+    from llavakit.synth import world as world_module
+
+    settings = WorldSettings(stage1_captions=4, train_per_task=4, eval_per_task=4)
+    out = generate_world(tmp_path / "w", settings, progress=False)
+    bigger = WorldSettings(stage1_captions=4, train_per_task=6, eval_per_task=4)
+
+    def crash(ctx):
+        raise KeyboardInterrupt("killed")
+
+    broken = tuple(
+        t if t.name != "which_image" else type(t)(t.name, crash, t.choices) for t in world_module.TRAIN_KINDS
+    )
+    monkeypatch.setattr(world_module, "TRAIN_KINDS", broken)
+    with pytest.raises(KeyboardInterrupt):
+        generate_world(out, bigger, progress=False)
+    assert not (out / "world.json").exists() and not is_complete(out, settings)
+    assert not list(out.rglob("*.tmp"))
+    for path in out.rglob("*.jsonl"):  # the old world's files, whole
+        assert all(json.loads(line) for line in path.read_text().splitlines())
+    monkeypatch.undo()
+    generate_world(out, settings, progress=False)
+    assert is_complete(out, settings)
+    assert not list((out / "images").glob("train_color_00004*")), "files of the interrupted run are pruned"
+
+
+def test_regenerating_smaller_world_prunes_stale_files(tmp_path):
+    out = generate_world(
+        tmp_path / "w", WorldSettings(stage1_captions=6, train_per_task=3, eval_per_task=3), progress=False
+    )
+    assert (out / "images" / "stage1_caption_00005.png").exists()
+    # what a SIGKILL during an atomic write leaves, and a user's own file, which must survive
+    (out / ".stage2_instruct.jsonl.k2j4_x9a.tmp").write_text("half")
+    (out / "images" / ".train_color_00000.png.abc123de.tmp").write_bytes(b"half")
+    (out / "images" / "my_photo.png").write_bytes(b"mine")
+    generate_world(out, WorldSettings(stage1_captions=2, train_per_task=3, eval_per_task=3), progress=False)
+    assert not (out / "images" / "stage1_caption_00005.png").exists()
+    assert not list(out.rglob("*.tmp"))
+    assert (out / "images" / "my_photo.png").read_bytes() == b"mine"
+    n_images = json.loads((out / "world.json").read_text())["media"]["images"]
+    assert len(list((out / "images").iterdir())) == n_images + 1
+
+
+# ---- the one-scene API -------------------------------------------------------------------------
+
+
+def test_render_random_scene_is_seeded_and_annotated():
+    first, again, other = render_random_scene(3), render_random_scene(3), render_random_scene(4)
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+    assert first.annotation == again.annotation and first.annotation != other.annotation
+    image = np.asarray(first.image)
+    lines = first.symbolic().splitlines()
+    assert lines[:3] == first.annotation["captions"]
+    for line, box in zip(lines[3:], first.annotation["boxes"]):
+        assert re.fullmatch(r"\w+ \w+: \[\d\.\d{3}, \d\.\d{3}, \d\.\d{3}, \d\.\d{3}\]", line)
+        color, shape = box["name"].split()
+        assert shape in shapes_of_color(image, color)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_shape_classifier_agrees_with_renderer(seed):
+    """Guards the test helper itself: every shape and size is recognised from pixels."""
+    scene = render_random_scene(seed, side=64)
+    image = np.asarray(scene.image)
+    for obj in scene.scene.objects:
+        assert obj.shape in shapes_of_color(image, obj.color)
