@@ -39,7 +39,8 @@ def read_video(path: str | Path, num_frames: int) -> Frames:
             stream = container.streams.video[0]
             # Count packets rather than trusting the header's frame count, which can be absent or wrong.
             total = sum(1 for packet in container.demux(stream) if packet.size)
-            wanted = uniform_indices(total, num_frames)
+            # A clip shorter than the frame budget gives each frame once rather than repeating frames.
+            wanted = uniform_indices(total, min(total, num_frames))
             container.seek(0)
             decoded: dict[int, tuple[Image.Image, float]] = {}
             for index, frame in enumerate(container.decode(stream)):

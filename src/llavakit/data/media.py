@@ -1,0 +1,133 @@
+"""Media of a sample: sizes from file headers (no decoding), pixels through the model's processor.
+
+Token counts come from ``llavakit.layout`` and pixels from ``LlavaProcessor``, so the data pipeline
+and the model can never disagree on how many placeholder tokens an image or a video needs. Any
+failure becomes a DataError naming the sample, its data file and the media file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from llavakit import layout
+from llavakit.data.errors import CORRUPT_MEDIA, MISSING_MEDIA
+from llavakit.data.records import Entry, Sample, Turn
+from llavakit.errors import MediaError, PlaceholderError
+from llavakit.layout import VisualItem
+
+
+@dataclass
+class LoadedMedia:
+    """Visual items and crops in placeholder order, plus the video's timing when there is one."""
+
+    items: list[VisualItem]
+    pixels: list[np.ndarray]  # one (crops, 3, S, S) array per item
+    duration: float | None = None
+    timestamps: list[float] | None = None
+
+
+def media_order(sample: Sample) -> list[tuple[str, Path]]:
+    """(kind, path) in the order the placeholders appear in the conversation."""
+    image_token, video_token = sample.tokens
+    text = "".join(t.text for t in sample.turns)
+    images = iter(sample.images)
+    order, position = [], 0
+    while True:
+        i, v = text.find(image_token, position), text.find(video_token, position)
+        hits = [(p, kind) for p, kind in ((i, "image"), (v, "video")) if p >= 0]
+        if not hits:
+            return order
+        start, kind = min(hits)
+        order.append((kind, next(images) if kind == "image" else sample.video))
+        position = start + len(image_token if kind == "image" else video_token)
+
+
+def _media_error(entry: Entry, path: Path, err: Exception):
+    code = MISSING_MEDIA if not path.is_file() else CORRUPT_MEDIA
+    return entry.error(code, str(err), str(path))
+
+
+def header_size(path: Path, kind: str, max_pixels: int) -> tuple[int, int]:
+    """(height, width) of an image, or of a video's frames, read from the header only."""
+    if not path.is_file():
+        raise MediaError(f"{kind} {path}: file not found")
+    if kind == "video":
+        import av  # only video users pay for FFmpeg
+
+        try:
+            with av.open(str(path)) as container:
+                codec = container.streams.video[0].codec_context
+                return int(codec.height), int(codec.width)
+        except (av.error.FFmpegError, IndexError, ValueError) as err:
+            raise MediaError(f"video {path}: cannot read the header ({err})") from None
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise MediaError(f"image {path}: not a readable image ({err})") from None
+    if width * height > max_pixels:
+        raise MediaError(f"image {path}: {width}x{height} pixels exceeds the limit of {max_pixels}")
+    return height, width
+
+
+def planned_items(entry: Entry, sample: Sample, processor: Any) -> list[VisualItem]:
+    """Visual items from headers alone: what the token counts will be, without decoding pixels."""
+    visual = processor.visual
+    multi_image = len(sample.images) > 1
+    items = []
+    for kind, path in media_order(sample):
+        try:
+            size = header_size(path, kind, visual.max_image_pixels)
+        except MediaError as err:
+            raise _media_error(entry, path, err) from None
+        if kind == "image":
+            items.append(layout.plan_image(visual, size, multi_image))
+        else:
+            items.append(layout.plan_video(visual, size, visual.video_frames))
+    return items
+
+
+def load_media(entry: Entry, sample: Sample, processor: Any) -> LoadedMedia:
+    """Decode every image and video of a sample through the processor, in placeholder order."""
+    multi_image = len(sample.images) > 1
+    loaded = LoadedMedia([], [])
+    for position, (kind, path) in enumerate(media_order(sample)):
+        name = f"sample {sample.sample_id}, {kind} {position} ({path})"
+        try:
+            if kind == "image":
+                item, crops = processor.image_pixels(path, multi_image, name)
+            else:
+                frames = processor.load_video(path, name)
+                item, crops = processor.video_pixels(frames.images, name)
+                loaded.duration, loaded.timestamps = frames.duration, frames.timestamps
+        except (MediaError, PlaceholderError) as err:
+            raise _media_error(entry, path, err) from None
+        loaded.items.append(item)
+        loaded.pixels.append(crops)
+    return loaded
+
+
+def time_instruction(duration: float, timestamps: list[float]) -> str:
+    """LLaVA-Video's time instruction, word for word (the released models were trained on it)."""
+    frame_time = ",".join(f"{t:.2f}s" for t in timestamps)
+    return (
+        f"The video lasts for {duration:.2f} seconds, and {len(timestamps)} frames are uniformly sampled from it. "
+        f"These frames are located at {frame_time}.Please answer the following questions related to this video."
+    )
+
+
+def with_time_instruction(sample: Sample, duration: float, timestamps: list[float]) -> Sample:
+    """The video placeholder first in its turn, then the time instruction, as LLaVA-Video writes it."""
+    video_token = sample.tokens[1]
+    instruction = time_instruction(duration, timestamps)
+    turns = [
+        Turn(t.role, f"{video_token}\n{instruction}\n{t.text.replace(video_token, '')}") if video_token in t.text else t
+        for t in sample.turns
+    ]
+    return dataclasses.replace(sample, turns=tuple(turns))
