@@ -178,17 +178,22 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         raise
 
 
-def _weights_for_saving(model: LlavaForCausalLM, rename=lambda k: k) -> dict[str, torch.Tensor]:
+def _weights_for_saving(
+    model: LlavaForCausalLM, rename=lambda k: k, state_dict: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     tied = bool(getattr(model.language_model.config, "tie_word_embeddings", False))
     state = {}
-    for key, tensor in model.state_dict().items():
+    for key, tensor in (state_dict if state_dict is not None else model.state_dict()).items():
         if tied and key.endswith("lm_head.weight"):
             continue  # shares storage with the input embeddings; safetensors stores it once
         state[rename(key)] = tensor.detach().contiguous().cpu()
     return state
 
 
-def save(model: LlavaForCausalLM, tokenizer: Any, directory: str | Path, connector_only: bool = False) -> Path:
+def save(
+    model: LlavaForCausalLM, tokenizer: Any, directory: str | Path, connector_only: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Native checkpoint: llavakit_config.json, model.safetensors, tokenizer files.
 
     ``connector_only`` keeps just the projector and newline vector; the config's ``pretrained``
@@ -196,7 +201,7 @@ def save(model: LlavaForCausalLM, tokenizer: Any, directory: str | Path, connect
     """
     if connector_only and not components.parts_available(model.config):
         raise CheckpointError("connector-only save needs vision.pretrained and llm.pretrained in the model config")
-    weights = _weights_for_saving(model)
+    weights = _weights_for_saving(model, state_dict=state_dict)  # state_dict: gathered from shards
     if connector_only:
         weights = {k: v for k, v in weights.items() if not k.startswith(("vision_tower.", "language_model."))}
     with atomic_directory(directory) as staging:

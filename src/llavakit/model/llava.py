@@ -150,7 +150,7 @@ class LlavaForCausalLM(nn.Module):
         if not visual_items:
             if placeholders:
                 raise PlaceholderError(f"the input has {placeholders} visual placeholder tokens but no images or videos")
-            return embeds
+            return embeds + self._connector_anchor(embeds) if self.training else embeds
         features = self.encode_visual(pixel_values.to(embeds.device), list(visual_items))
         if features.shape[0] != placeholders:
             raise PlaceholderError(
@@ -158,6 +158,19 @@ class LlavaForCausalLM(nn.Module):
                 f"{features.shape[0]} vectors; build inputs with LlavaProcessor so the counts agree"
             )
         return embeds.masked_scatter(mask[..., None], features.to(embeds.dtype))
+
+    def _connector_anchor(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Zero that depends on the projector and newline vector.
+
+        A text-only batch never reaches the connector; without this its loss would have no path to
+        the trainable parameters of stage-1 (nothing to backpropagate), and under DDP one process
+        would wait forever for gradients another never computes.
+        """
+        width = self.multi_modal_projector.linear_1.in_features
+        zero = self.multi_modal_projector(embeds.new_zeros(1, width)).sum() * 0.0
+        if self.image_newline is not None:
+            zero = zero + self.image_newline.sum() * 0.0
+        return zero.to(embeds.dtype)
 
     def forward(
         self,

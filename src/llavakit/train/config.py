@@ -118,6 +118,9 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # auto: whatever the launcher set up (one process, DDP, or accelerate's FSDP/DeepSpeed config);
+    # fsdp: shard parameters, gradients and optimizer state (FSDP2), on GPUs or CPU processes.
+    distributed: Literal["auto", "fsdp"] = "auto"
     save: SaveConfig = SaveConfig()
     log_every: int = Field(1, ge=1)
     tensorboard: bool = True

@@ -7,7 +7,6 @@ batch, normalises the summed token loss by the global token count, and steps onc
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -26,6 +25,7 @@ from llavakit.data.errors import SkippedSample
 from llavakit.model.llava import LlavaForCausalLM
 from llavakit.train import checkpoints, params
 from llavakit.train.config import ParamRule, TrainConfig, TrainConfigError
+from llavakit.train.distributed import AccelerateBackend, CpuFsdpBackend
 from llavakit.train.plan import BatchPlan
 from llavakit.train.telemetry import MetricsLog, Throughput
 
@@ -107,12 +107,14 @@ class Trainer:
     # ---- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin, set_seed
 
         config = self.config
+        gpu_fsdp = config.distributed == "fsdp" and torch.cuda.is_available()
         self.accelerator = self.accelerator or Accelerator(
             mixed_precision=precision(config), cpu=not torch.cuda.is_available(),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2) if gpu_fsdp else None,
         )
         set_seed(config.seed)
         model, tokenizer = build_model(config)
@@ -135,16 +137,28 @@ class Trainer:
         self.dataset = self._dataset(model, tokenizer)
         self.plan = self._plan()
         self.collate = self._collator(tokenizer)
+        self.total_steps = self._total_steps()
+        cpu_fsdp = config.distributed == "fsdp" and not torch.cuda.is_available()
+        if cpu_fsdp and self.accelerator.num_processes > 1:
+            self.backend = CpuFsdpBackend(self.accelerator)
+            self.model, self.optimizer, self.scheduler = self.backend.prepare(model, self._optimizer, self._scheduler)
+        else:
+            self.backend = AccelerateBackend(self.accelerator)
+            optimizer = self._optimizer(model)
+            self.scheduler = self._scheduler(optimizer)
+            self.model, self.optimizer = self.backend.prepare(model, optimizer, self.scheduler)
+
+    def _optimizer(self, model: LlavaForCausalLM) -> torch.optim.Optimizer:
         groups = params.param_groups(model, self.plan_params)
         for group in groups:
             group.pop("names")
-        fused = torch.cuda.is_available()
-        optimizer = torch.optim.AdamW(groups, betas=config.optim.betas, eps=config.optim.eps, fused=fused or None)
-        self.total_steps = self._total_steps()
-        self.scheduler = LambdaLR(optimizer, lr_lambda(self.total_steps, config.optim.warmup_ratio,
-                                                       config.optim.schedule, config.optim.min_lr_ratio))
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.accelerator.register_for_checkpointing(self.scheduler)
+        optim = self.config.optim
+        fused = torch.cuda.is_available() or None
+        return torch.optim.AdamW(groups, betas=optim.betas, eps=optim.eps, fused=fused)
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> LambdaLR:
+        optim = self.config.optim
+        return LambdaLR(optimizer, lr_lambda(self.total_steps, optim.warmup_ratio, optim.schedule, optim.min_lr_ratio))
 
     def _dataset(self, model: LlavaForCausalLM, tokenizer: Any) -> LlavaDataset:
         entries = []
@@ -182,8 +196,8 @@ class Trainer:
         return Collator(pad)
 
     def _total_steps(self) -> int:
-        by_epochs = math.ceil(self.plan.steps_per_epoch * self.config.epochs)
-        return min(by_epochs, self.config.max_steps) if self.config.max_steps else by_epochs
+        """``max_steps`` when given (it overrides ``epochs``, as in transformers), else the epochs."""
+        return self.config.max_steps or math.ceil(self.plan.steps_per_epoch * self.config.epochs)
 
     # ---- one optimizer step -----------------------------------------------------------------
     def micro_batches(self, step: int) -> list:
@@ -204,8 +218,7 @@ class Trainer:
             if batch.is_empty:
                 continue
             samples += len(batch.sample_ids)
-            sync = index == len(batches) - 1
-            context = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+            context = self.backend.sync_context(model, sync=index == len(batches) - 1)
             batch = batch.to(accelerator.device)
             with context, accelerator.autocast():
                 out = model(**batch.model_inputs())
@@ -213,15 +226,22 @@ class Trainer:
                 # DDP averages gradients over processes: scale so the update is sum / global tokens.
                 accelerator.backward(summed * world / max(global_tokens, 1.0))
             loss_sum += summed.detach()
-        if self.config.optim.grad_clip:
-            accelerator.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step()
         mean_loss = accelerator.reduce(loss_sum, "sum").item() / max(global_tokens, 1.0)
         tokens = int(accelerator.reduce(torch.tensor(sum(b.num_tokens for b in batches if not b.is_empty),
                                                      device=accelerator.device), "sum").item())
         return StepResult(mean_loss, tokens, samples, skipped)
+
+    def step_record(self) -> dict[str, Any]:
+        """Extra per-step metrics of a recipe (DPO adds rewards and margins)."""
+        return {}
+
+    def optimizer_step(self) -> None:
+        if self.config.optim.grad_clip:
+            self.backend.clip(self.model, self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -246,6 +266,7 @@ class Trainer:
             record = {"step": step + 1, "loss": result.loss, "tokens": result.tokens, "tokens_per_s": rate,
                       "epoch": (step + 1) / self.plan.steps_per_epoch, "elapsed_s": time.perf_counter() - started}
             record |= {f"lr/{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+            record |= self.step_record()
             if log is not None and ((step + 1) % self.config.log_every == 0 or step + 1 == self.total_steps):
                 log.write(record)
             if progress is not None:
@@ -270,12 +291,13 @@ class Trainer:
 
     # ---- saving and resuming ----------------------------------------------------------------
     def unwrapped(self) -> LlavaForCausalLM:
-        return self.accelerator.unwrap_model(self.model)
+        return self.backend.unwrap(self.model)
 
-    def save_model(self, directory: Path) -> Path:
+    def save_model(self, directory: Path, state_dict: dict | None = None) -> Path:
         model = self.unwrapped()
         model = merged_copy(model) if self.config.lora is not None else model
-        return io.save(model, self.tokenizer, directory, connector_only=self.config.save.projector_only)
+        return io.save(model, self.tokenizer, directory, connector_only=self.config.save.projector_only,
+                       state_dict=state_dict)
 
     def save_checkpoint(self, step: int) -> None:
         accelerator = self.accelerator
@@ -284,9 +306,10 @@ class Trainer:
             checkpoints.clear_staging(self.run_dir)
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging / "state"))
+        self.backend.save_state(staging / "state", self.model, self.optimizer, self.scheduler)
+        gathered = self.backend.full_state_dict(self.model)  # collective: every process takes part
         if accelerator.is_main_process:
-            self.save_model(staging / "model")
+            self.save_model(staging / "model", gathered)
             state = {"step": step, "total_steps": self.total_steps, "stage": self.config.stage,
                      "skipped": len(self.skips)}
             checkpoints.publish(self.run_dir, step, state, self.config.save.keep_last)
@@ -298,7 +321,7 @@ class Trainer:
             if self.accelerator.is_main_process:
                 print(f"no checkpoint in {self.run_dir}: starting from step 0")
             return 0
-        self.accelerator.load_state(str(found / "state"))
+        self.backend.load_state(found / "state", self.model, self.optimizer, self.scheduler)
         step = checkpoints.read_state(found)["step"]
         if self.accelerator.is_main_process:
             print(f"resumed from {found} (step {step} of {self.total_steps})")

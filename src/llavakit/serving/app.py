@@ -1,0 +1,113 @@
+"""The HTTP app: OpenAI chat completions, /v1/models, /health and the web chat page at /."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llavakit.api import Llava
+from llavakit.serving.completions import Answer, complete, stream
+from llavakit.serving.engine import Engine, EngineClosed, Job, QueueFull
+from llavakit.serving.errors import APIError, validation_error
+from llavakit.serving.middleware import ApiKey, BodyLimit
+from llavakit.serving.prepare import RequestPreparer
+from llavakit.serving.protocol import ChatCompletionRequest, ModelCard, ModelList
+from llavakit.serving.results import ResultQueue
+from llavakit.serving.settings import ServerSettings
+
+
+def chat_page() -> str:
+    return resources.files("llavakit.serving").joinpath("static/chat.html").read_text(encoding="utf-8")
+
+
+def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
+    """An app serving ``llava``; the engine starts and drains with the app's lifespan."""
+    engine = engine or Engine(llava, settings.engine)
+    preparer = RequestPreparer(llava, settings)
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        # The HTTP server has finished its in-flight responses; let the scheduler finish too.
+        await run_in_threadpool(engine.close, True, settings.request_timeout_s)
+
+    app = FastAPI(title="llavakit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKey, key=settings.api_key)  # added last = runs first
+    _install_error_handlers(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(chat_page())
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if engine.closed:
+            raise APIError(503, "the server is shutting down", "shutting_down")
+        return JSONResponse({"status": "ok", "model": settings.model_name, "queued": engine.queued,
+                             "running": engine.running, "batches": engine.batches})
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        card = ModelCard(id=settings.model_name, created=started, max_model_len=settings.max_model_len)
+        return ModelList(data=[card])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.request_timeout_s
+        if engine.closed:
+            raise APIError(503, "the server is shutting down; retry on another instance", "shutting_down")
+        prepared = await preparer(body)
+        results = ResultQueue(loop, prepared.n)
+        job = Job(prepared.inputs, prepared.settings, results, prepared.n, prepared.stop)
+        try:
+            engine.submit(job)
+        except QueueFull as err:
+            raise APIError(429, f"the server is busy: {err}; retry shortly", "queue_full",
+                           headers={"Retry-After": "1"}) from None
+        except EngineClosed:
+            raise APIError(503, "the server is shutting down; retry on another instance", "shutting_down") from None
+        answer = Answer(job, results, settings.model_name, prepared.prompt_tokens, deadline)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(stream(answer, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await complete(answer)
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return validation_error(list(error.errors())).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path
+        messages = {404: f"no route {path}", 405: f"method {request.method} is not allowed on {path}"}
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
+        return APIError(error.status_code, messages.get(error.status_code, str(error.detail)), code).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        # Starlette logs the traceback after this response is sent; the server keeps running.
+        return APIError(500, f"internal error ({type(error).__name__}); the request was not answered",
+                        "internal_error").response()

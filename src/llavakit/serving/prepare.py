@@ -1,0 +1,156 @@
+"""An OpenAI request -> a prepared prompt: limits checked, media read and decoded, tokens counted.
+
+Everything that can refuse a request happens here, before it is queued: too many images, a URL the
+operator did not allow, an image that is not PNG/JPEG/WebP or has too many pixels, and a prompt
+plus completion (visual tokens included) longer than the context. The model never sees a request
+that could fail for its input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from llavakit.api import Llava
+from llavakit.errors import LlavakitError
+from llavakit.model.generation import SamplingSettings
+from llavakit.processing.processor import ModelInputs
+from llavakit.serving import media
+from llavakit.serving.errors import APIError, invalid
+from llavakit.serving.protocol import (
+    ChatCompletionRequest,
+    ImagePart,
+    TextPart,
+    VideoPart,
+)
+from llavakit.serving.settings import ServerSettings
+
+
+@dataclass
+class PreparedRequest:
+    inputs: ModelInputs  # one prompt
+    settings: SamplingSettings
+    stop: list[str]
+    n: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.inputs.prompt_tokens[0])
+
+
+@dataclass
+class _Fetched:
+    kind: str  # "image" or "video"
+    mime: str | None
+    data: bytes
+    param: str
+
+
+class RequestPreparer:
+    def __init__(self, llava: Llava, settings: ServerSettings):
+        self.llava = llava
+        self.settings = settings
+        self.visual_ids = {i for i in (llava.config.image_token_id, llava.config.video_token_id) if i is not None}
+
+    async def __call__(self, request: ChatCompletionRequest) -> PreparedRequest:
+        self._check_request(request)
+        fetched = await self._fetch(request)
+        inputs = await run_in_threadpool(self._build_inputs, request, fetched)
+        return PreparedRequest(inputs, self._sampling(request, inputs), list(request.stop), request.n)
+
+    # ---- cheap checks first ---------------------------------------------------------------
+    def _check_request(self, request: ChatCompletionRequest) -> None:
+        limits = self.settings
+        if request.model != limits.model_name:
+            raise APIError(404, f"the model {request.model!r} does not exist; this server serves "
+                                f"{limits.model_name!r}", "model_not_found", "model")
+        if request.n > limits.max_n:
+            raise invalid(f"n = {request.n} is more than this server allows ({limits.max_n})", "n", "invalid_value")
+        parts = [p for m in request.messages if isinstance(m.content, list) for p in m.content]
+        images = sum(isinstance(p, ImagePart) for p in parts)
+        videos = sum(isinstance(p, VideoPart) for p in parts)
+        if images > limits.max_images:
+            raise invalid(f"the request has {images} images; this server accepts at most {limits.max_images} "
+                          "per request", "messages", "too_many_images")
+        if videos > limits.max_videos:
+            raise invalid(f"the request has {videos} videos; this server accepts at most {limits.max_videos} "
+                          "per request", "messages", "too_many_videos")
+        self._check_text(request)
+
+    def _check_text(self, request: ChatCompletionRequest) -> None:
+        """Typed placeholder tokens would claim media the request does not have: say so plainly."""
+        reserved = [t for t in (self.llava.config.image_token, self.llava.config.video_token) if t]
+        for m, message in enumerate(request.messages):
+            listed = isinstance(message.content, list)
+            content = message.content if listed else [TextPart(type="text", text=message.content or "")]
+            for p, part in enumerate(content):
+                token = next((t for t in reserved if isinstance(part, TextPart) and t in part.text), None)
+                if token:
+                    param = f"messages.{m}.content" + (f".{p}.text" if listed else "")
+                    raise invalid(f"{param}: the text contains {token!r}, which this model reserves for media; "
+                                  "send images as image_url parts and remove it from the text", param, "reserved_token")
+
+    # ---- media ------------------------------------------------------------------------------
+    async def _fetch(self, request: ChatCompletionRequest) -> dict[tuple[int, int], _Fetched]:
+        fetched = {}
+        for m, message in enumerate(request.messages):
+            for p, part in enumerate(message.content if isinstance(message.content, list) else []):
+                if isinstance(part, TextPart):
+                    continue
+                kind = "image" if isinstance(part, ImagePart) else "video"
+                url = part.image_url.url if kind == "image" else part.video_url.url
+                param = f"messages.{m}.content.{p}.{kind}_url.url"
+                try:
+                    mime, data = await media.read_url(url, self.settings.media, f"{kind} {param}")
+                except LlavakitError as err:
+                    raise invalid(str(err), param, "invalid_media") from None
+                fetched[m, p] = _Fetched(kind, mime, data, param)
+        return fetched
+
+    def _decode(self, item: _Fetched) -> dict[str, Any]:
+        policy = self.settings.media
+        try:
+            if item.kind == "image":
+                image = media.decode_image(item.data, item.mime, policy, f"image {item.param}")
+                return {"type": "image", "image": image}
+            frames = media.decode_video(item.data, item.mime, self.llava.config.visual.video_frames, policy,
+                                        f"video {item.param}")
+            return {"type": "video", "video": frames}
+        except LlavakitError as err:
+            raise invalid(str(err), item.param, "invalid_media") from None
+
+    # ---- conversation -> inputs (in a worker thread: decoding and tiling cost CPU) -------------
+    def _build_inputs(self, request: ChatCompletionRequest, fetched: dict[tuple[int, int], _Fetched]) -> ModelInputs:
+        conversation = []
+        for m, message in enumerate(request.messages):
+            role = "system" if message.role == "developer" else message.role
+            if not isinstance(message.content, list):
+                conversation.append({"role": role, "content": message.content or ""})
+                continue
+            content = [
+                {"type": "text", "text": part.text} if isinstance(part, TextPart) else self._decode(fetched[m, p])
+                for p, part in enumerate(message.content)
+            ]
+            conversation.append({"role": role, "content": content})
+        try:
+            return self.llava.prepare([conversation])
+        except LlavakitError as err:
+            raise invalid(str(err), "messages", "invalid_messages") from None
+
+    # ---- the context budget ---------------------------------------------------------------------
+    def _sampling(self, request: ChatCompletionRequest, inputs: ModelInputs) -> SamplingSettings:
+        context, prompt = self.settings.max_model_len, int(inputs.prompt_tokens[0])
+        visual = sum(int((inputs.input_ids == i).sum()) for i in self.visual_ids)
+        wanted = request.completion_limit
+        completion = wanted if wanted is not None else min(self.settings.default_max_tokens, context - prompt)
+        if prompt + max(completion, 1) > context:
+            raise invalid(
+                f"this model's maximum context length is {context} tokens, but the request needs "
+                f"{prompt + max(completion, 1)}: {prompt} in the messages ({visual} of them visual tokens) and "
+                f"{max(completion, 1)} for the completion. Shorten the messages, send fewer or smaller images, "
+                "or lower max_tokens.", "messages", "context_length_exceeded")
+        top_k = max(request.top_k, 0)
+        return SamplingSettings(completion, request.temperature, request.top_p, top_k, request.repetition_penalty,
+                                request.seed)

@@ -1,0 +1,70 @@
+"""Job results, from the scheduler thread to the request's event loop.
+
+The scheduler calls the listener methods; each puts an event on an asyncio queue through
+``call_soon_threadsafe``. A listener never raises into the scheduler: when the loop is gone (server
+stopping) the event is dropped, nobody is waiting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from llavakit.serving.errors import APIError
+
+
+@dataclass
+class TextEvent:
+    choice: int
+    delta: str
+
+
+@dataclass
+class FinishEvent:
+    choice: int
+    reason: str
+    token_ids: list[int]
+
+
+class ResultQueue:
+    """A JobListener whose events an async handler reads with :meth:`events`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, choices: int):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._open = choices
+
+    def _put(self, event: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the event loop has closed
+            pass
+
+    def on_text(self, choice: int, delta: str) -> None:
+        self._put(TextEvent(choice, delta))
+
+    def on_finish(self, choice: int, reason: str, token_ids: list[int]) -> None:
+        self._put(FinishEvent(choice, reason, token_ids))
+
+    def on_error(self, error: Exception) -> None:
+        self._put(error)
+
+    async def events(self, deadline: float, cancel: Callable[[], None]) -> AsyncIterator[TextEvent | FinishEvent]:
+        """Events until every choice has finished; a timeout or a failed batch raises APIError."""
+        while self._open:
+            left = deadline - self._loop.time()
+            try:
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                event = await asyncio.wait_for(self._queue.get(), left)
+            except asyncio.TimeoutError:
+                cancel()
+                raise APIError(504, "the request did not finish within the server's time limit "
+                                    "(--request-timeout); try a smaller max_tokens", "request_timeout") from None
+            if isinstance(event, Exception):
+                raise APIError(500, f"generation failed ({type(event).__name__}); the request was not answered",
+                               "generation_failed")
+            if isinstance(event, FinishEvent):
+                self._open -= 1
+            yield event
