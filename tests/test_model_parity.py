@@ -119,8 +119,14 @@ def test_video_file_decodes_through_pyav(onevision, tmp_path):
             container.mux(packet)
     out = ours.generate(_user_video(path), max_new_tokens=3)
     frames = ours.processor.load_video(path)
-    assert len(frames.images) == ours.config.visual.video_frames
-    assert out.prompt_tokens > ours.config.visual.video_frames * 4  # 2x2 pooled tokens per frame
+    # 20 frames in the clip, 32 in the budget: each frame is used once, none repeated
+    assert len(frames.images) == 20
+    # the bar moves right: its column in the sampled frames grows
+    columns = [int(np.asarray(f.convert("L")).mean(axis=0).argmax()) for f in frames.images]
+    assert columns == sorted(columns) and columns[-1] > columns[0]
+    inputs = ours.prepare([_user_video(path)])
+    assert int((inputs.input_ids == ours.config.video_token_id).sum()) == 20 * 2 * 2 + 1  # 2x2 pooled per frame
+    assert out.prompt_tokens == inputs.input_ids.shape[1]
 
 
 def _user_video(path):

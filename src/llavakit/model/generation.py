@@ -37,11 +37,18 @@ class SamplingSettings:
             raise ValueError("top_k must be >= 0 and repetition_penalty > 0")
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL-style penalty on every token already in the sequence (prompt and output)."""
-    picked = logits.gather(1, seen)
-    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
-    return logits.scatter(1, seen, picked)
+def apply_repetition_penalty(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: float, real: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CTRL-style penalty on every token already in the sequence (prompt and output).
+
+    ``real`` (B, L) marks real tokens: left padding must not be penalised, or a padded row would
+    answer differently in a batch than alone.
+    """
+    weights = torch.ones_like(seen, dtype=logits.dtype) if real is None else real.to(logits.dtype)
+    occurrences = torch.zeros_like(logits).scatter_add_(1, seen, weights)
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(occurrences > 0, penalised, logits)
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -57,11 +64,12 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
 
 
 def next_tokens(
-    logits: torch.Tensor, history: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None
+    logits: torch.Tensor, history: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None,
+    real: torch.Tensor | None = None,
 ) -> torch.Tensor:
     logits = logits.float()
     if settings.repetition_penalty != 1.0:
-        logits = apply_repetition_penalty(logits, history, settings.repetition_penalty)
+        logits = apply_repetition_penalty(logits, history, settings.repetition_penalty, real)
     if settings.temperature == 0:
         return logits.argmax(-1)
     logits = filter_top_k_top_p(logits / settings.temperature, settings.top_k, settings.top_p)
@@ -101,7 +109,7 @@ def generate_ids(
     produced: list[torch.Tensor] = []
     last_position = positions[:, -1:]
     for _ in range(settings.max_new_tokens):
-        token = next_tokens(out.logits[:, -1], history, settings, generator)
+        token = next_tokens(out.logits[:, -1], history, settings, generator, mask)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         produced.append(token)
         history = torch.cat((history, token[:, None]), dim=1)

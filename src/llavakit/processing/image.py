@@ -41,6 +41,8 @@ def open_image(source: str | Path | bytes | Image.Image, max_pixels: int, name: 
             image = Image.open(raw)
         except (UnidentifiedImageError, OSError) as err:
             raise MediaError(f"image {label}: not a readable image ({err})") from None
+        except Image.DecompressionBombError as err:  # PIL's own guard fires before ours on huge headers
+            raise MediaError(f"image {label}: refused as a decompression bomb ({err})") from None
     width, height = image.size
     if width < 1 or height < 1:
         raise MediaError(f"image {label}: has zero size {width}x{height}")
