@@ -14,7 +14,7 @@ Three steps, each a sub-command of ``llavakit curate`` and a plain function here
 
 from llavakit.curate.balance import BalanceOptions, balance_files, keep_pair, keep_probabilities, uniform
 from llavakit.curate.errors import CurationError
-from llavakit.curate.match import MatchOptions, count_entries, load_counts
+from llavakit.curate.match import MatchOptions, count_entries, load_counts, merge_counts
 from llavakit.curate.matcher import Matcher
 from llavakit.curate.metadata import MetadataOptions, build_metadata, load_entries, write_metadata
 from llavakit.curate.ngrams import NgramCounts, count_corpus, pmi
@@ -34,6 +34,7 @@ __all__ = [
     "keep_probabilities",
     "load_counts",
     "load_entries",
+    "merge_counts",
     "pmi",
     "uniform",
     "write_metadata",

@@ -131,3 +131,26 @@ def load_counts(path: str | Path, entries: list[str]) -> tuple[np.ndarray, dict]
             "run 'llavakit curate match' again with this metadata"
         )
     return np.asarray(doc["counts"], dtype=np.int64), doc
+
+
+def merge_counts(paths: list[str | Path], out: str | Path) -> dict:
+    """Sum the counts files of shards of one pool (same metadata and match options) into one."""
+    docs = []
+    for p in paths:
+        doc = json.loads(Path(p).read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise CurationError(f"{p}: not a counts file written by 'llavakit curate match'")
+        if docs and (doc["metadata_sha256"], doc["match_options"]) != (
+            docs[0]["metadata_sha256"],
+            docs[0]["match_options"],
+        ):
+            raise CurationError(f"{p}: other metadata or match options than {paths[0]}")
+        docs.append(doc)
+    if not docs:
+        raise CurationError("no counts files to merge")
+    merged = {**docs[0], "inputs": [i for d in docs for i in d["inputs"]]}
+    for key in ("pairs", "pairs_matched", "matches", "seconds"):
+        merged[key] = sum(d[key] for d in docs)
+    merged["counts"] = np.sum([d["counts"] for d in docs], axis=0, dtype=np.int64).tolist()
+    atomic_write_json(out, merged, indent=None)
+    return merged

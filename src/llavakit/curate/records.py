@@ -85,7 +85,7 @@ def _iter_jsonl(path, offset: int, line: int) -> Iterator[Record]:
 
 
 class _ArrayReader:
-    """A str window on a UTF-8 file that knows the byte offset and line of its first character."""
+    """A str window on a UTF-8 file; ``offset`` and ``line`` are those of ``buf[pos]``, the next unread character."""
 
     def __init__(self, path, f, offset: int, line: int):
         self.path, self.f, self.offset, self.line = path, f, offset, line
