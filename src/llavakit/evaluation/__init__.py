@@ -6,6 +6,9 @@ Per-sample scorers: `vqa_accuracy`, `exact_match`, `short_answer_accuracy`, `anl
 `METRICS` maps the names tasks use to `Metric` objects that score whole lists of records; see
 docs/evaluation_metrics.md for the definitions and where they follow lmms-eval or the official
 scorers.
+
+Model-driven evaluation (docs/evaluation.md): `evaluate` (runner), task files (`load_task`,
+`TaskSpec`), the LLM judge (`JudgeSettings`); imported on first use, since they need torch.
 """
 
 from llavakit.evaluation.choice import answer_letter, extract_choice_letter, scienceqa_letter
@@ -56,3 +59,18 @@ __all__ = [
     "vqa_accuracy",
     "write_predictions",
 ]
+
+_LAZY = {
+    "evaluate": "llavakit.evaluation.runner",
+    "load_task": "llavakit.evaluation.task_spec",
+    "TaskSpec": "llavakit.evaluation.task_spec",
+    "JudgeSettings": "llavakit.evaluation.judge_client",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
