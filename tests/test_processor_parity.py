@@ -6,7 +6,6 @@ five pinpoints) geometries; the tokenizer is tiny, the image processing is full 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -8,7 +8,7 @@ import torch
 
 import llavakit
 from llavakit.tiny import checkpoints
-from llavakit.train.config import TrainConfigError, build_config
+from llavakit.train.config import build_config
 from llavakit.train.loop import Trainer
 from train_fixtures import base_config, write_caption_data
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -13,29 +12,7 @@ from typing import IO, Any
 from typing_extensions import Self
 
 from llavakit.datagen.errors import DatagenError
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Readers see the old file or the whole new one, never a part (temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+from llavakit.utils.atomic import atomic_write_text  # noqa: F401 (re-exported)
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from llavakit import layout
 from llavakit.config import LlavaConfig

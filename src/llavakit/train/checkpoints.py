@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llavakit.utils.atomic import atomic_write_json
+
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -63,10 +65,7 @@ def clear_staging(run_dir: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    atomic_write_json(path, data)
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:
