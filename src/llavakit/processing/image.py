@@ -1,9 +1,14 @@
 """Pixels: opening images safely, AnyRes tiling, padding to square, normalisation.
 
 Resizing uses PIL on uint8 RGB images, as transformers' PIL image processors do, so our pixel
-values are bit-identical to theirs. Normalisation is a 256-entry lookup table per channel built
-with the same float operations (uint8 -> float64 * 1/255 -> float32, then (x - mean) / std in
-float32), which gives identical values for a fraction of the arithmetic.
+values are bit-identical to theirs. The reference rescales in float64 (x * 1/255, then float32) and
+normalises in float32 ((x - mean) / std); we do the float32 part with the same operations, in
+place, one crop at a time (it stays in cache), and the rescale as float32(x) / 255, which equals the
+float64 route for each of the 256 byte values (``_RESCALE_IS_EXACT``; a lookup table otherwise).
+
+Speed (bench/preprocess.py): the grid is cut from one uint8 array of the padded canvas (views, no
+copies), an image that already fits its canvas is not resized, and crops are normalised straight
+from those views into the preallocated output.
 """
 
 from __future__ import annotations
@@ -80,18 +85,32 @@ def pad_to(image: Image.Image, canvas: tuple[int, int], color: tuple[int, int, i
     return out
 
 
-def anyres_views(image: Image.Image, item: VisualItem, visual: VisualConfig) -> list[Image.Image]:
-    """Base view (whole image squashed to one crop) then the grid crops, row-major."""
+def anyres_views(image: Image.Image, item: VisualItem, visual: VisualConfig) -> list[np.ndarray | Image.Image]:
+    """Base view (whole image squashed to one crop) then the grid crops, row-major.
+
+    The crops are (crop, crop, 3) uint8 views into one array of the padded canvas.
+    """
     crop = visual.crop_size
     canvas = (item.grid[0] * crop, item.grid[1] * crop)
-    fitted = resize(image, geometry.fit_inside((image.height, image.width), canvas), visual.resample)
-    padded = pad_to(fitted, canvas, (0, 0, 0))
+    fit = geometry.fit_inside((image.height, image.width), canvas)
+    fitted = image if fit == (image.height, image.width) else resize(image, fit, visual.resample)
+    padded = pad_array(np.asarray(fitted), canvas)
     crops = [
-        padded.crop((col * crop, row * crop, (col + 1) * crop, (row + 1) * crop))
+        padded[row * crop:(row + 1) * crop, col * crop:(col + 1) * crop]
         for row in range(item.grid[0])
         for col in range(item.grid[1])
     ]
     return [resize(image, (crop, crop), visual.resample), *crops]
+
+
+def pad_array(pixels: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) uint8 pasted centered on a black (height, width, 3) canvas, as ``pad_to`` does."""
+    if pixels.shape[:2] == canvas:
+        return pixels
+    top, left = geometry.paste_offset(pixels.shape[:2], canvas)
+    out = np.zeros((*canvas, 3), dtype=np.uint8)
+    out[top:top + pixels.shape[0], left:left + pixels.shape[1]] = pixels
+    return out
 
 
 def shortest_edge_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
@@ -121,11 +140,23 @@ def single_view(image: Image.Image, visual: VisualConfig, mode: str) -> Image.Im
     return resize(image, (crop, crop), visual.resample)
 
 
-def views_for(image: Image.Image, item: VisualItem, visual: VisualConfig, multi_image: bool) -> list[Image.Image]:
+def views_for(
+    image: Image.Image, item: VisualItem, visual: VisualConfig, multi_image: bool
+) -> list[np.ndarray | Image.Image]:
     if item.kind == "anyres":
         return anyres_views(image, item, visual)
     mode = visual.multi_image_mode if multi_image else visual.image_mode
     return [single_view(image, visual, mode)]
+
+
+def _rescale_is_exact() -> bool:
+    """float32(x) / 255 in float32 equals the reference's float32(x * (1/255) in float64), for every byte."""
+    levels = np.arange(256)
+    return bool(np.array_equal(levels.astype(np.float32) / np.float32(255),
+                               (levels.astype(np.float64) * (1 / 255)).astype(np.float32)))
+
+
+_RESCALE_IS_EXACT = _rescale_is_exact()  # True under IEEE-754 arithmetic
 
 
 @lru_cache(maxsize=16)
@@ -136,12 +167,26 @@ def _lookup_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray
     return ((levels[None, :] - mean32[:, None]) / std32[:, None]).astype(np.float32)
 
 
-def normalize(views: list[Image.Image], visual: VisualConfig) -> np.ndarray:
-    """Stack RGB views into a float32 (N, 3, H, W) array of normalised pixels."""
-    table = _lookup_table(tuple(visual.image_mean), tuple(visual.image_std))
-    stacked = np.stack([np.asarray(view, dtype=np.uint8) for view in views])  # (N, H, W, 3)
-    channels_first = stacked.transpose(0, 3, 1, 2)
-    out = np.empty(channels_first.shape, dtype=np.float32)
-    for channel in range(3):
-        np.take(table[channel], channels_first[:, channel], out=out[:, channel])
+def normalize(views: list[np.ndarray | Image.Image], visual: VisualConfig) -> np.ndarray:
+    """RGB views (PIL images or (H, W, 3) uint8 arrays) -> a float32 (N, 3, H, W) array of normalised pixels."""
+    arrays = [np.asarray(view, dtype=np.uint8) for view in views]
+    out = np.empty((len(arrays), 3, *arrays[0].shape[:2]), dtype=np.float32)
+    mean = np.array(visual.image_mean, dtype=np.float32)[:, None, None]
+    std = np.array(visual.image_std, dtype=np.float32)[:, None, None]
+    for target, pixels in zip(out, arrays):
+        _normalize_crop(target, pixels.transpose(2, 0, 1), mean, std, visual)
     return out
+
+
+def _normalize_crop(out: np.ndarray, pixels: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                    visual: VisualConfig) -> None:
+    """(3, H, W) uint8 -> ``out`` (3, H, W) float32, in place."""
+    if not _RESCALE_IS_EXACT:
+        table = _lookup_table(tuple(visual.image_mean), tuple(visual.image_std))
+        for channel in range(3):
+            np.take(table[channel], pixels[channel], out=out[channel], mode="clip")  # clip: no buffered copy
+        return
+    np.copyto(out, pixels, casting="unsafe")  # uint8 -> float32 is exact
+    np.divide(out, np.float32(255), out=out)
+    np.subtract(out, mean, out=out)
+    np.divide(out, std, out=out)

@@ -112,31 +112,60 @@ class CaptionEncoder(nn.Module):
         return self.proj(pooled)
 
 
+def box_weights(boxes: Sequence[tuple[float, float, float, float]], grid: int) -> torch.Tensor:
+    """(n, grid * grid) share of each box's area in each patch (row-major), rows summing to 1."""
+    if not boxes:
+        return torch.zeros(0, grid * grid)
+    b = torch.tensor(boxes, dtype=torch.float32)  # (n, 4): x1, y1, x2, y2 in 0..1
+    edges = torch.linspace(0, 1, grid + 1)
+    lo, hi = edges[:-1], edges[1:]  # (grid,)
+    wx = (torch.minimum(hi, b[:, 2:3]) - torch.maximum(lo, b[:, 0:1])).clamp(min=0)  # (n, grid) overlap per column
+    wy = (torch.minimum(hi, b[:, 3:4]) - torch.maximum(lo, b[:, 1:2])).clamp(min=0)  # (n, grid) overlap per row
+    area = (wy[:, :, None] * wx[:, None, :]).flatten(1)  # (n, grid * grid)
+    return area / area.sum(1, keepdim=True).clamp(min=1e-9)
+
+
 class DualEncoder(nn.Module):
-    """SigLIP tower (mean-pooled patch tokens) and caption encoder in one embedding space."""
+    """SigLIP tower and caption encoder in one embedding space, at two levels.
+
+    Image level: the mean of the patch tokens against the whole caption (CLIP / SigLIP).
+    Region level: the tokens under each annotated box, area-weighted, against the object's name
+    ("red circle") among all the world's object names, a CLIP-style image-to-text loss. LLaVA reads
+    the patch tokens one by one, so this trains what it reads: each token says what covers it.
+    """
 
     def __init__(self, settings: VisionSettings, vocab_size: int, max_words: int):
         super().__init__()
         self.tower = SiglipVisionModel(tower_config(settings))
         self.image_proj = nn.Linear(settings.hidden_size, settings.embed_dim)
+        self.region_proj = nn.Linear(settings.hidden_size, settings.embed_dim)
         self.text = CaptionEncoder(vocab_size, settings.text_hidden_size, settings.text_layers, max_words,
                                    settings.embed_dim)
         sigmoid = settings.loss == "sigmoid"
         # SigLIP starts at t = 10, b = -10; CLIP at t = 1 / 0.07 with no bias.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0 if sigmoid else 1 / 0.07)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0 if sigmoid else 0.0), requires_grad=sigmoid)
+        self.region_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) -> (B, E)
-        # Mean pooling makes every patch token carry what it shows, which is what LLaVA reads.
-        tokens = self.tower(pixel_values=pixel_values).last_hidden_state  # (B, T, H)
+    def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) -> (B, T, H)
+        return self.tower(pixel_values=pixel_values).last_hidden_state
+
+    def image_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, E)
         return F.normalize(self.image_proj(tokens.mean(1)), dim=-1)
 
-    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+    def region_embeddings(self, tokens: torch.Tensor, image_index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(R, E) for R boxes: ``weights`` (R, T) pools the tokens of image ``image_index[r]``."""
+        pooled = (weights[:, :, None] * tokens[image_index]).sum(1)  # (R, H)
+        return F.normalize(self.region_proj(pooled), dim=-1)
+
+    def text_embeddings(self, ids: torch.Tensor) -> torch.Tensor:  # (C, L) -> (C, E)
         return F.normalize(self.text(ids), dim=-1)
 
-    def logits(self, pixel_values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # (B, C)
-        scale = self.logit_scale.exp().clamp(max=100.0)
-        return self.encode_image(pixel_values) @ self.encode_text(ids).T * scale + self.logit_bias
+    def caption_logits(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:  # (B, C)
+        return images @ texts.T * self.logit_scale.exp().clamp(max=100.0) + self.logit_bias
+
+    def region_logits(self, regions: torch.Tensor, names: torch.Tensor) -> torch.Tensor:  # (R, K)
+        return regions @ names.T * self.region_scale.exp().clamp(max=100.0)
 
 
 def contrastive_loss(logits: torch.Tensor, positives: torch.Tensor, kind: str) -> torch.Tensor:

@@ -2,8 +2,11 @@
 
 Probe scenes are drawn fresh with the world's own drawing code and a seed stream of their own, so
 they are held out from the tower's training images. Features are the tower's hidden states at the
-layer LLaVA reads, mean-pooled over patch tokens. The same probe on the untrained tower gives the
-baseline that shows what training added (colour is easy even for random weights; shape is not).
+layer LLaVA reads. Colour and shape are read from the tokens under the object (area-weighted, as
+LLaVA's language model can attend to them); count from the mean of all tokens; position from all
+tokens side by side, since LLaVA gets position from which tokens (in row-major order) show what. The
+same probe on the untrained tower is the baseline that shows what training added (colour is easy
+even for random weights; shape is not).
 """
 
 from __future__ import annotations
@@ -14,13 +17,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from llavakit.quickstart.contrastive import to_pixel_values
+from llavakit.quickstart.contrastive import box_weights, to_pixel_values
 from llavakit.synth import vocab
 from llavakit.synth.render import draw_scene
-from llavakit.synth.scene import distinct_specs, place_until_fits, position_word, random_spec
+from llavakit.synth.scene import (
+    distinct_specs,
+    place_until_fits,
+    position_word,
+    random_spec,
+)
 
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 PROBE_STREAM = 104729  # keeps probe scenes apart from every stream the world generator uses
+
+
+# Which token pooling each probe reads.
+POOLING = {"color": "object", "shape": "object", "position": "grid", "count": "mean"}
 
 
 @dataclass
@@ -28,22 +40,24 @@ class ProbeSet:
     pixels: np.ndarray  # (N, S, S, 3) uint8
     labels: dict[str, np.ndarray]  # task -> (N,) class ids
     classes: dict[str, int]  # task -> number of classes
+    boxes: list[tuple[float, float, float, float]] | None = None  # the one object's box, 0..1 (single-object sets)
 
 
 def single_object_scenes(n: int, side: int, seed: int, split: int) -> ProbeSet:
     """One object per image: its colour, shape and 3x3 position cell."""
     rng = np.random.default_rng([seed, PROBE_STREAM, split, 0])
     colors, shapes = list(vocab.COLORS), list(vocab.SHAPES)
-    pixels, labels = [], {"color": [], "shape": [], "position": []}
+    pixels, boxes, labels = [], [], {"color": [], "shape": [], "position": []}
     for _ in range(n):
         scene = place_until_fits(rng, [random_spec(rng)], side)
         obj = scene.objects[0]
+        boxes.append(tuple(v / side for v in obj.box))
         pixels.append(np.asarray(draw_scene(scene)))
         labels["color"].append(colors.index(obj.color))
         labels["shape"].append(shapes.index(obj.shape))
         labels["position"].append(POSITIONS.index(position_word(obj, side)))
     classes = {"color": len(colors), "shape": len(shapes), "position": len(POSITIONS)}
-    return ProbeSet(np.stack(pixels), {k: np.array(v) for k, v in labels.items()}, classes)
+    return ProbeSet(np.stack(pixels), {k: np.array(v) for k, v in labels.items()}, classes, boxes)
 
 
 def count_scenes(n: int, side: int, seed: int, split: int, max_objects: int) -> ProbeSet:
@@ -58,15 +72,21 @@ def count_scenes(n: int, side: int, seed: int, split: int, max_objects: int) -> 
 
 
 @torch.no_grad()
-def pooled_features(tower: nn.Module, pixels: np.ndarray, layer: int, device: torch.device, batch: int = 256) -> torch.Tensor:
-    """(N, H) mean over patch tokens of hidden_states[layer]: the states LLaVA's projector reads."""
+def pooled_features(tower: nn.Module, probe_set: ProbeSet, layer: int, device: torch.device,
+                    batch: int = 256) -> dict[str, torch.Tensor]:
+    """{"mean": (N, H), "grid": (N, T * H), "object": (N, H)} from hidden_states[layer], which LLaVA reads."""
     tower.eval()
-    chunks = []
-    for start in range(0, len(pixels), batch):
-        images = torch.from_numpy(pixels[start : start + batch]).to(device)
+    tokens = []
+    for start in range(0, len(probe_set.pixels), batch):
+        images = torch.from_numpy(probe_set.pixels[start : start + batch]).to(device)
         out = tower(pixel_values=to_pixel_values(images), output_hidden_states=True)
-        chunks.append(out.hidden_states[layer].mean(1).float().cpu())
-    return torch.cat(chunks)
+        tokens.append(out.hidden_states[layer].float().cpu())
+    states = torch.cat(tokens)  # (N, T, H)
+    features = {"mean": states.mean(1), "grid": states.flatten(1)}
+    if probe_set.boxes is not None:
+        weights = box_weights(probe_set.boxes, round(states.shape[1] ** 0.5))  # (N, T)
+        features["object"] = (weights[:, :, None] * states).sum(1)
+    return features
 
 
 def linear_probe_accuracy(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, test_y: np.ndarray,
@@ -101,9 +121,10 @@ def run_probes(towers: dict[str, nn.Module], n: int, side: int, seed: int, max_o
         for task, classes in train.classes.items():
             results[task] = {"chance": round(1 / classes, 4)}
         for name, tower in towers.items():
-            train_x = pooled_features(tower, train.pixels, layer, device)
-            test_x = pooled_features(tower, test.pixels, layer, device)
+            train_x = pooled_features(tower, train, layer, device)
+            test_x = pooled_features(tower, test, layer, device)
             for task, classes in train.classes.items():
-                accuracy = linear_probe_accuracy(train_x, train.labels[task], test_x, test.labels[task], classes)
+                pool = POOLING[task]
+                accuracy = linear_probe_accuracy(train_x[pool], train.labels[task], test_x[pool], test.labels[task], classes)
                 results[task][name] = round(accuracy, 4)
     return results

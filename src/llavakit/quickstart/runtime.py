@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -36,9 +34,7 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed the global RNGs (weight init) and return a generator for data order."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+    """Seed torch's global RNG (weight init draws from it) and return a generator for data order."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
@@ -60,3 +56,13 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     """A step bar; tqdm's default format shows the rate and the ETA."""
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True, leave=True)
+
+
+def loss_curve(losses: list[float], points: int = 20) -> list[list[float]]:
+    """[[step, mean loss over the steps since the previous point], ...]: a small curve for reports."""
+    every = max(1, len(losses) // points)
+    return [
+        [min(end, len(losses)), round(sum(losses[end - every : end]) / len(losses[end - every : end]), 4)]
+        for end in range(every, len(losses) + every, every)
+        if losses[end - every : end]
+    ]

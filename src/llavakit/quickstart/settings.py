@@ -31,20 +31,21 @@ class VisionSettings:
 
     image_size: int = 64
     patch_size: int = 8  # 64 / 8 -> 8x8 = 64 tokens per crop
-    hidden_size: int = 96
-    num_layers: int = 3
+    hidden_size: int = 64
+    num_layers: int = 2
     num_heads: int = 4
     mlp_ratio: int = 4
-    text_hidden_size: int = 96  # the caption encoder, discarded after training
-    text_layers: int = 2
+    text_hidden_size: int = 64  # the caption encoder, discarded after training
+    text_layers: int = 1
     embed_dim: int = 64  # shared image-text embedding
-    loss: Literal["sigmoid", "softmax"] = "sigmoid"  # SigLIP or CLIP
-    steps: int = 240
-    batch_size: int = 128
-    lr: float = 2e-3
+    loss: Literal["sigmoid", "softmax"] = "sigmoid"  # SigLIP or CLIP, image-caption level
+    region_weight: float = 1.0  # box-name contrastive term (0: whole captions only)
+    steps: int = 560
+    batch_size: int = 64
+    lr: float = 3e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
-    probe_images: int = 600  # rendered per probe split (train and test)
+    probe_images: int = 500  # rendered per probe split (train and test)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -58,6 +59,7 @@ class VisionSettings:
         _check(problems, self.batch_size >= 2, f"batch_size must be >= 2 for a contrastive loss, got {self.batch_size}")
         _check(problems, self.loss in ("sigmoid", "softmax"), f"loss must be 'sigmoid' or 'softmax', got {self.loss!r}")
         _check(problems, 0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        _check(problems, self.region_weight >= 0, f"region_weight must be >= 0, got {self.region_weight}")
         _raise("VisionSettings", problems)
 
 
@@ -74,8 +76,8 @@ class LanguageSettings:
     # Positions up to seq_len are trained; LLaVA prompts with AnyRes images run to a few hundred tokens.
     seq_len: int = 512
     max_position_embeddings: int = 4096
-    steps: int = 160
-    batch_size: int = 8
+    steps: int = 100
+    batch_size: int = 6
     lr: float = 3e-3
     weight_decay: float = 0.1
     warmup_fraction: float = 0.05

@@ -36,6 +36,7 @@ def world_identity(manifest: dict) -> dict:
 class CaptionedImages:
     pixels: np.ndarray  # (N, S, S, 3) uint8
     captions: list[list[str]]  # every caption of image i
+    boxes: list[list[tuple[str, tuple[float, float, float, float]]]]  # (name, [x1, y1, x2, y2] in 0..1)
 
 
 def captioned_images(world_dir: Path, image_size: int) -> CaptionedImages:
@@ -51,7 +52,8 @@ def captioned_images(world_dir: Path, image_size: int) -> CaptionedImages:
     if not records:
         raise ValueError(f"{world_dir}/annotations.jsonl has no {side}px scenes to train the vision tower on")
     pixels = np.stack([_load_rgb(world_dir / r["image"], image_size) for r in records])
-    return CaptionedImages(pixels, [list(r["captions"]) for r in records])
+    boxes = [[(b["name"], tuple(b["bbox"])) for b in r["boxes"]] for r in records]
+    return CaptionedImages(pixels, [list(r["captions"]) for r in records], boxes)
 
 
 def _load_rgb(path: Path, size: int) -> np.ndarray:
