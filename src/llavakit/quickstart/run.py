@@ -47,12 +47,12 @@ def visual_settings(anyres: bool) -> dict[str, Any]:
 
 
 def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale: float, seed: int,
-                  stage2_epochs: float | None, anyres: bool) -> dict[str, dict[str, Any]]:
+                  stage2_epochs: float | None, anyres: bool, feature_layer: int = -1) -> dict[str, dict[str, Any]]:
     common = {"seed": seed, "tensorboard": False, "log_every": 1, "save": {"keep_last": 1}}
     stage1 = {
         **common,
         "stage": "stage1",
-        "model": {"build": {"vision": {"pretrained": str(vision_dir)}, "llm": {"pretrained": str(llm_dir)},
+        "model": {"build": {"vision": {"pretrained": str(vision_dir), "feature_layer": feature_layer}, "llm": {"pretrained": str(llm_dir)},
                             "visual": visual_settings(anyres)}},
         "data": {"sources": [{"path": str(world / "stage1_captions.jsonl"), "image_folder": str(world)}],
                  "settings": {"template": "plain", "max_length": 2048}},
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     configs_dir = out / "configs"
     configs_dir.mkdir(exist_ok=True)
     configs = stage_configs(out, world, components.vision_dir, components.llm_dir, args.scale, args.seed,
-                            args.stage2_epochs, args.anyres == "on")
+                            args.stage2_epochs, args.anyres == "on", components.vision_feature_layer)
     stages = {name: run_stage(name, data, configs_dir) for name, data in configs.items()}
     with atomic_directory(out / "model") as staging:
         for item in (out / "stage2" / "model").iterdir():
