@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 quickstart: $(VENV)/.installed
-	$(VENV)/bin/llavakit demo --out $(OUT)
+	$(VENV)/bin/llavakit quickstart --out $(OUT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -59,7 +59,7 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
         "output_dir": str(out / "stage1"),
         "micro_batch_size": 16, "global_batch_size": 32, "epochs": 1,
         # alignment converges long before an epoch of captions at this size
-        "max_steps": max(10, int(40 * scale)),
+        "max_steps": max(10, int(150 * scale)),
         "optim": {"lr": 2e-3, "warmup_ratio": 0.03},
         "trainable": [{"pattern": r"^(multi_modal_projector\.|image_newline$)", "lr": 2e-3},
                       {"pattern": ".", "frozen": True}],
