@@ -159,13 +159,15 @@ def run(args: argparse.Namespace) -> int:
     from llavakit.synth import EVAL_TASK_NAMES
 
     started = time.perf_counter()
-    out = Path(args.out)
+    # Absolute paths: the stage configs written under OUT/configs resolve relative paths against
+    # their own folder, as any `llavakit train` config does.
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    world = Path(args.world) if args.world else out / "world"
+    world = Path(args.world).resolve() if args.world else out / "world"
     print(f"== world: {world}")
     generate_world(world, WorldSettings(seed=args.seed, scale=args.scale))
     print("== components (tiny vision encoder and language model, cached)")
-    components = prepare_components(world, Path(args.cache) if args.cache else out / "cache",
+    components = prepare_components(world, Path(args.cache).resolve() if args.cache else out / "cache",
                                     ComponentSettings(seed=args.seed, scale=args.scale))
     configs_dir = out / "configs"
     configs_dir.mkdir(exist_ok=True)
