@@ -136,7 +136,7 @@ def test_layout_counts_and_media_exist(world):
     for task in EVAL_TASKS:
         assert manifest["files"][f"eval/{task}.jsonl"] == 16
     media = set()
-    for name in ["stage1_captions.jsonl", "stage2_instruct.jsonl"] + [f"eval/{t}.jsonl" for t in EVAL_TASKS]:
+    for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", "stage2_instruct.jsonl"] + [f"eval/{t}.jsonl" for t in EVAL_TASKS]:
         for record in read_jsonl(world / name):
             image = record.get("image", [])
             media.update([image] if isinstance(image, str) else image)
@@ -180,6 +180,71 @@ def test_llava_format_placeholders_and_kinds(world):
     assert formats == {"interleaved", "front"}
     # stage-2 is shuffled, so a first:N mixture sees every kind
     assert len({r["id"].split("-")[1] for r in stage2[:60]}) >= 8
+
+
+def annotation_by_image(world: Path) -> dict[str, dict]:
+    return {a["image"]: a for a in read_jsonl(world / "annotations.jsonl")}
+
+
+def center(bbox: list[float]) -> tuple[float, float]:
+    return (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
+
+
+def expected_answer(question: str, boxes: list[dict]) -> str:
+    """What a follow-up question's answer must be, from the scene's boxes (checked against pixels
+    in test_annotation_boxes_match_pixels)."""
+    names = [b["name"].split() for b in boxes]  # [color, shape]
+    if question.startswith("How many objects"):
+        return str(len(boxes))
+    if m := re.match(r"What color is the (object|\w+)\?", question):
+        return next(c for c, s in names if m.group(1) in (s, "object"))
+    if m := re.match(r"What shape is the (\w+) object\?|What shape is the object\?", question):
+        return next(s for c, s in names if m.group(1) in (c, None))
+    m = re.match(r"Is the (\w+ \w+) (left or right|above or below) of the (\w+ \w+)\?|"
+                 r"Is the (\w+ \w+) above or below the (\w+ \w+)\?", question)
+    assert m, question
+    a_name, b_name = (m.group(1), m.group(3)) if m.group(1) else (m.group(4), m.group(5))
+    by_name = {b["name"]: center(b["bbox"]) for b in boxes}
+    (ax, ay), (bx, by) = by_name[a_name], by_name[b_name]
+    if m.group(2) == "left or right":
+        return "left" if ax < bx else "right"
+    return "above" if ay < by else "below"
+
+
+def test_single_image_training_samples_ask_follow_ups_that_match_the_scene(world):
+    annotations = annotation_by_image(world)
+    checked = 0
+    for record in read_jsonl(world / "stage2_instruct.jsonl"):
+        kind = record["id"].split("-")[1]
+        if kind not in ("color", "shape", "count", "position", "hires_detail"):
+            continue
+        turns = record["conversations"]
+        questions = [t["value"].removeprefix("<image>\n") for t in turns[::2]]
+        if kind == "hires_detail":
+            assert len(turns) == 2, record["id"]  # the tiny detail is the point: no follow-ups
+            continue
+        assert 2 <= len(turns) <= 2 * (1 + SMALL.follow_ups), record["id"]
+        assert len(set(questions)) == len(questions), record["id"]  # never the same question twice
+        boxes = annotations[record["image"]]["boxes"]
+        for question, answer in zip(questions, [t["value"] for t in turns[1::2]]):
+            assert answer == expected_answer(question, boxes), (record["id"], question)
+            checked += 1
+    assert checked > 4 * 16 * 2  # most samples carry follow-ups
+    for record in evals(world, "color") + evals(world, "count"):
+        assert len(record["conversations"]) == 2  # eval asks exactly one question
+
+
+def test_stage15_recaptions_describe_every_object_of_the_stage1_images(world):
+    stage1 = read_jsonl(world / "stage1_captions.jsonl")
+    stage15 = read_jsonl(world / "stage15_recap.jsonl")
+    annotations = annotation_by_image(world)
+    assert [r["image"] for r in stage15] == [r["image"] for r in stage1]
+    for record in stage15:
+        prompt, description = (t["value"] for t in record["conversations"])
+        assert prompt == "<image>\nPlease generate detailed descriptions of the given image."
+        boxes = annotations[record["image"]]["boxes"]
+        assert all(b["name"] in description for b in boxes), record["id"]
+        assert description.startswith(f"There {'is' if len(boxes) == 1 else 'are'} ")
 
 
 def test_eval_records_and_chance(world):

@@ -23,6 +23,7 @@ FLAGS = {
     "train_per_task": "stage-2 samples per task and sample kind (before --scale)",
     "eval_per_task": "held-out eval samples per task (before --scale)",
     "max_objects": "most objects in one scene",
+    "follow_ups": "extra short-answer questions per single-image training sample",
     "scale": "multiplier on every sample count",
 }
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 # Bump when a change to the generator changes its output for the same settings, so an old
 # world on disk is regenerated instead of being taken as complete.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class WorldSettings:
     train_per_task: int = 300  # stage-2 samples per task / sample kind (before scale)
     eval_per_task: int = 100  # held-out samples per eval task (before scale)
     max_objects: int = 5  # most objects in one scene (count answers go 1..max_objects)
+    follow_ups: int = 4  # extra short-answer questions per single-image training sample
     scale: float = 1.0  # multiplier on every sample count
 
     def __post_init__(self) -> None:
@@ -41,6 +42,8 @@ class WorldSettings:
             problems.append(f"video_fps must be >= 1, got {self.video_fps}")
         if not 3 <= self.max_objects <= 6:
             problems.append(f"max_objects must be in 3..6, got {self.max_objects}")
+        if self.follow_ups < 0:
+            problems.append(f"follow_ups must be >= 0, got {self.follow_ups}")
         if self.scale <= 0:
             problems.append(f"scale must be > 0, got {self.scale}")
         for name in ("stage1_captions", "train_per_task", "eval_per_task"):

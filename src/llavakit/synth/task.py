@@ -96,6 +96,7 @@ class Sample:
     options: tuple[str, ...] | None = None  # the answers this very question allows
     image_format: str | None = None  # "interleaved" or "front" for multi-image samples
     annotations: list[dict] = field(default_factory=list)  # single-image scenes, for annotations.jsonl
+    description: str | None = None  # a detailed description of the image (stage-1 samples: stage-1.5 data)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,8 @@ def build_stage1_caption(ctx: Context) -> Sample:
     scene = _scene(ctx)
     image = ctx.save_image(draw_scene(scene))
     caption = pick(ctx.rng, captions(scene))
-    return Sample(turns((IMAGE, caption)), image=image, annotations=[annotation_record(scene, image)])
+    return Sample(turns((IMAGE, caption)), image=image, annotations=[annotation_record(scene, image)],
+                  description=detailed_description(scene))
 
 
 # ---- conversations -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import vocab
+from .followups import follow_up_pairs
 from .records import annotation_record
 from .render import draw_scene
 from .scene import (
@@ -17,17 +18,31 @@ from .scene import (
     vertical_relation,
 )
 from .settings import WorldSettings
-from .task import A_NUMBER, ONE_LETTER, ONE_WORD, Context, Sample, Task, single_image_question
+from .task import (
+    A_NUMBER,
+    IMAGE,
+    ONE_LETTER,
+    ONE_WORD,
+    Context,
+    Sample,
+    Task,
+    single_image_question,
+    turns,
+)
 
 COLOR_NAMES = tuple(vocab.COLORS)
 
 
-def _save(ctx: Context, scene: Scene, sample_of) -> Sample:
-    """Render, save, build the sample, and keep the scene's annotation for training splits."""
+def _save(ctx: Context, scene: Scene, sample_of, follow_ups: bool = True) -> Sample:
+    """Render, save, build the sample; training samples also keep the scene's annotation and ask
+    a few follow-up questions about the same image (eval samples ask exactly one)."""
     image = ctx.save_image(draw_scene(scene))
     sample = sample_of(image)
     if ctx.split != "eval":
         sample.annotations.append(annotation_record(scene, image))
+        if follow_ups and ctx.settings.follow_ups:
+            asked = sample.conversations[0]["value"].removeprefix(f"{IMAGE}\n")
+            sample.conversations += turns(*follow_up_pairs(scene, ctx.rng, ctx.settings.follow_ups, asked))
     return sample
 
 
@@ -113,7 +128,8 @@ def build_hires_detail(ctx: Context) -> Sample:
     n_others = int(ctx.rng.integers(1, 4))
     specs = distinct_specs(ctx.rng, n_others) + [detail]
     scene = ctx.fresh(lambda: place(ctx.rng, specs, ctx.settings.hires_side, tiny_px, cell))
-    return _save(ctx, scene, lambda image: single_image_question(question, target, image, options))
+    # The tiny detail is what this task is about; the others are context, so no follow-ups.
+    return _save(ctx, scene, lambda image: single_image_question(question, target, image, options), follow_ups=False)
 
 
 TASKS = (

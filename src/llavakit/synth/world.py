@@ -16,15 +16,17 @@ from tqdm import tqdm
 
 from . import tasks_chat, tasks_multi, tasks_single, tasks_video, vocab
 from .files import atomic_write_text, write_jsonl
+from .language import RECAP_PROMPT
 from .records import eval_record, llava_record, with_chance
 from .settings import WORLD_VERSION, WorldSettings
-from .task import IMAGE, VIDEO, Context, HeldOut, Sample, Task
+from .task import IMAGE, VIDEO, Context, HeldOut, Sample, Task, turns
 from .video import video_codec
 
 EVAL_TASKS: tuple[Task, ...] = tasks_single.TASKS + tasks_multi.TASKS + tasks_video.TASKS
 TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video.TRAIN_ONLY
-STAGE1_FILE, STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE = (
+STAGE1_FILE, STAGE15_FILE, STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE = (
     "stage1_captions.jsonl",
+    "stage15_recap.jsonl",
     "stage2_instruct.jsonl",
     "annotations.jsonl",
     "text_corpus.txt",
@@ -102,16 +104,18 @@ def _write_world(
 ) -> None:
     """Write the JSONL files and the corpus, prune leftovers, then world.json (last)."""
     stage1_records = [llava_record(f"stage1-{i:05d}", s) for i, s in enumerate(stage1)]
+    stage15_records = [recap_record(f"stage15-{i:05d}", s) for i, s in enumerate(stage1)]
     stage2_records = _shuffled(
         [llava_record(f"train-{kind}-{i:05d}", s) for kind, samples in train.items() for i, s in enumerate(samples)],
         settings.seed,
     )
     annotations = [a for s in stage1 + [s for samples in train.values() for s in samples] for a in s.annotations]
-    corpus = corpus_lines(stage1_records + stage2_records, annotations)
+    corpus = corpus_lines(stage1_records + stage15_records + stage2_records, annotations)
 
     counts = {eval_file(task): write_jsonl(out / eval_file(task), records) for task, records in evals.items()}
     counts[STAGE2_FILE] = write_jsonl(out / STAGE2_FILE, stage2_records)
     counts[STAGE1_FILE] = write_jsonl(out / STAGE1_FILE, stage1_records)
+    counts[STAGE15_FILE] = write_jsonl(out / STAGE15_FILE, stage15_records)
     counts[ANNOTATIONS_FILE] = write_jsonl(out / ANNOTATIONS_FILE, annotations)
     atomic_write_text(out / CORPUS_FILE, "".join(line + "\n" for line in corpus))
     counts[CORPUS_FILE] = len(corpus)
@@ -120,6 +124,13 @@ def _write_world(
     _prune(out, media, set(map(eval_file, evals)))
     manifest = world_manifest(settings, counts, media, evals, {kind: len(samples) for kind, samples in train.items()})
     atomic_write_text(out / WORLD_FILE, json.dumps(manifest, indent=2) + "\n")
+
+
+def recap_record(sample_id: str, stage1: Sample) -> dict:
+    """Stage-1.5 data: a stage-1 image with its detailed description, asked with the ReCap prompt
+    (the high-quality re-captioned knowledge of LLaVA-OneVision's stage 1.5; here exact)."""
+    return {"id": sample_id, "image": stage1.image,
+            "conversations": turns((f"{IMAGE}\n{RECAP_PROMPT}", stage1.description))}
 
 
 def _eval_records(task: Task, samples: Sequence[Sample], settings: WorldSettings) -> list[dict]:
