@@ -49,37 +49,58 @@ def visual_settings(anyres: bool) -> dict[str, Any]:
 def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale: float, seed: int,
                   stage2_epochs: float | None, anyres: bool, feature_layer: int = -1) -> dict[str, dict[str, Any]]:
     common = {"seed": seed, "tensorboard": False, "log_every": 1, "save": {"keep_last": 1}}
+    build = {"vision": {"pretrained": str(vision_dir), "feature_layer": feature_layer},
+             "llm": {"pretrained": str(llm_dir)}, "visual": visual_settings(anyres)}
+    # Stage-1 (LLaVA's alignment): the projector alone, on short captions, frozen parts. A tiny LM
+    # cannot be steered by its inputs the way a 7B one is, so this stage only initialises the
+    # projector; a long one drives its outputs to a large norm that stage-2 must undo first.
     stage1 = {
         **common,
         "stage": "stage1",
-        "model": {"build": {"vision": {"pretrained": str(vision_dir), "feature_layer": feature_layer}, "llm": {"pretrained": str(llm_dir)},
-                            "visual": visual_settings(anyres)}},
+        "model": {"build": build},
         "data": {"sources": [{"path": str(world / "stage1_captions.jsonl"), "image_folder": str(world)}],
                  "settings": {"template": "plain", "max_length": 2048}},
         "output_dir": str(out / "stage1"),
         "micro_batch_size": 16, "global_batch_size": 32, "epochs": 1,
-        # alignment converges long before an epoch of captions at this size
-        "max_steps": max(10, int(150 * scale)),
-        "optim": {"lr": 2e-3, "warmup_ratio": 0.03},
-        "trainable": [{"pattern": r"^(multi_modal_projector\.|image_newline$)", "lr": 2e-3},
+        "max_steps": max(10, int(40 * scale)),
+        "optim": {"lr": 1e-3, "warmup_ratio": 0.03},
+        "trainable": [{"pattern": r"^(multi_modal_projector\.|image_newline$)", "lr": 1e-3},
                       {"pattern": ".", "frozen": True}],
     }
-    # Stage-2 trains everything; the tiny parts learn far faster than a 7B model, so the rates are
-    # higher than the seeds' 1e-5, keeping their ratio (vision tower 5x slower).
+    # Stage-1.5 (LLaVA-OneVision): the whole model on detailed re-captions of the stage-1 images,
+    # where every object's colour, shape, size and place is named: the LM learns to read the image.
+    # The tiny parts learn far faster than a 7B model, so the rates are higher than the seeds' 1e-5,
+    # keeping their ratio (vision tower 5x slower).
+    rates = [{"pattern": r"^vision_tower\.", "lr": 2e-4}, {"pattern": ".", "lr": 1e-3}]
+    stage1_5 = {
+        **common,
+        "stage": "stage1.5",
+        "model": {"checkpoint": str(out / "stage1" / "model")},
+        "data": {"sources": [{"path": str(world / "stage15_recap.jsonl"), "image_folder": str(world)}],
+                 "settings": {"template": "auto", "max_length": 2048}},
+        "output_dir": str(out / "stage1_5"),
+        "micro_batch_size": 8, "global_batch_size": 16, "epochs": 1,
+        "optim": {"lr": 1e-3, "warmup_ratio": 0.03, "weight_decay": 0.0},
+        "trainable": rates,
+    }
+    # Stage-2: instruction tuning of the LM and projector on every task of the world. The tower
+    # stays frozen here (as in LLaVA-1.5): training it as well cost 15% more time and scored lower
+    # (two epochs: colour 0.54 against 0.61, counting 0.55 against 0.62).
     stage2 = {
         **common,
         "stage": "stage2",
-        "model": {"checkpoint": str(out / "stage1" / "model")},
+        "model": {"checkpoint": str(out / "stage1_5" / "model")},
         "data": {"sources": [{"path": str(world / "stage2_instruct.jsonl"), "image_folder": str(world),
                               "video_folder": str(world)}],
                  "settings": {"template": "auto", "max_length": 2048}},
         "output_dir": str(out / "stage2"),
         "micro_batch_size": 8, "global_batch_size": 16,
-        "epochs": stage2_epochs if stage2_epochs is not None else max(1.0, scale ** 0.5),
+        # a second epoch took colour from 0.37 to 0.54 and counting from 0.30 to 0.55
+        "epochs": stage2_epochs if stage2_epochs is not None else max(2.0, 2 * scale ** 0.5),
         "optim": {"lr": 1e-3, "warmup_ratio": 0.03, "weight_decay": 0.0},
-        "trainable": [{"pattern": r"^vision_tower\.", "lr": 2e-4}, {"pattern": ".", "lr": 1e-3}],
+        "trainable": [{"pattern": r"^vision_tower\.", "frozen": True}, {"pattern": ".", "lr": 1e-3}],
     }
-    return {"stage1": stage1, "stage2": stage2}
+    return {"stage1": stage1, "stage1_5": stage1_5, "stage2": stage2}
 
 
 def run_stage(name: str, data: dict[str, Any], configs_dir: Path) -> dict[str, Any]:
@@ -126,7 +147,7 @@ def write_report(out: Path, results: dict[str, Any], table: str) -> Path:
     from llavakit.train.plot import plot_runs
 
     figures = out / "figures"
-    plot_runs([out / "stage1", out / "stage2"], figures)
+    plot_runs([out / name for name in results["stages"]], figures)
     stages = results["stages"]
     lines = [
         "# llavakit quickstart report", "",

@@ -76,7 +76,9 @@ class LanguageSettings:
     # Positions up to seq_len are trained; LLaVA prompts with AnyRes images run to a few hundred tokens.
     seq_len: int = 512
     max_position_embeddings: int = 4096
-    steps: int = 100
+    # 100 steps (300K tokens) left an LM whose answer ignored the question (the same colour, number
+    # and direction words whatever was asked); by 400 it answers each question with its own kind.
+    steps: int = 400
     batch_size: int = 6
     lr: float = 3e-3
     weight_decay: float = 0.1
