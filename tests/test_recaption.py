@@ -1,8 +1,8 @@
 """``llavakit recaption``: a tiny llavakit model re-captions generated scenes (batched, resumable), and
 the output trains through ``llavakit train`` as stage-1.5 data.
 
-The quickstart model does not exist yet: these tests use a tiny random checkpoint, whose captions
-are noise, with --keep-truncated (they never reach EOS). Re-run with the quickstart model later.
+These tests use a tiny random checkpoint, whose captions are noise, with --keep-truncated (they
+never reach EOS). tests/test_quickstart.py re-captions scenes with the trained quickstart model.
 """
 
 from __future__ import annotations
