@@ -186,33 +186,35 @@ def annotation_by_image(world: Path) -> dict[str, dict]:
     return {a["image"]: a for a in read_jsonl(world / "annotations.jsonl")}
 
 
-def center(bbox: list[float]) -> tuple[float, float]:
-    return (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
+def blob_named(image: np.ndarray, name: str) -> np.ndarray:
+    """The one blob of this colour and shape ("red circle")."""
+    color, shape = name.split()
+    [blob] = [b for b in components(mask_of(image, vocab.COLORS[color])) if classify_shape(b) == shape]
+    return blob
 
 
-def expected_answer(question: str, boxes: list[dict]) -> str:
-    """What a follow-up question's answer must be, from the scene's boxes (checked against pixels
-    in test_annotation_boxes_match_pixels)."""
-    names = [b["name"].split() for b in boxes]  # [color, shape]
+def answer_from_pixels(image: np.ndarray, question: str) -> str:
+    """What the pixels say the answer to a single-image question is."""
+    blobs = object_blobs(image)
     if question.startswith("How many objects"):
-        return str(len(boxes))
-    if m := re.match(r"What color is the (object|\w+)\?", question):
-        return next(c for c, s in names if m.group(1) in (s, "object"))
-    if m := re.match(r"What shape is the (\w+) object\?|What shape is the object\?", question):
-        return next(s for c, s in names if m.group(1) in (c, None))
-    m = re.match(r"Is the (\w+ \w+) (left or right|above or below) of the (\w+ \w+)\?|"
-                 r"Is the (\w+ \w+) above or below the (\w+ \w+)\?", question)
+        return str(len(blobs))
+    if m := re.match(r"What color is the (\w+)\?", question):
+        colors = [c for c in vocab.COLORS for b in components(mask_of(image, vocab.COLORS[c]))
+                  if m[1] in ("object", classify_shape(b))]
+        assert len(colors) == 1, question
+        return colors[0]
+    if m := re.match(r"What shape is the (?:(\w+) )?object\?", question):
+        [blob] = components(mask_of(image, vocab.COLORS[m[1]])) if m[1] else blobs
+        return classify_shape(blob)
+    m = re.match(r"Is the (\w+ \w+) (left or right of|above or below) the (\w+ \w+)\?", question)
     assert m, question
-    a_name, b_name = (m.group(1), m.group(3)) if m.group(1) else (m.group(4), m.group(5))
-    by_name = {b["name"]: center(b["bbox"]) for b in boxes}
-    (ax, ay), (bx, by) = by_name[a_name], by_name[b_name]
-    if m.group(2) == "left or right":
+    (ay, ax), (by, bx) = (np.argwhere(blob_named(image, name)).mean(0) for name in (m[1], m[3]))
+    if m[2].startswith("left"):
         return "left" if ax < bx else "right"
     return "above" if ay < by else "below"
 
 
-def test_single_image_training_samples_ask_follow_ups_that_match_the_scene(world):
-    annotations = annotation_by_image(world)
+def test_single_image_training_samples_ask_follow_ups_that_match_the_pixels(world):
     checked = 0
     for record in read_jsonl(world / "stage2_instruct.jsonl"):
         kind = record["id"].split("-")[1]
@@ -225,9 +227,9 @@ def test_single_image_training_samples_ask_follow_ups_that_match_the_scene(world
             continue
         assert 2 <= len(turns) <= 2 * (1 + SMALL.follow_ups), record["id"]
         assert len(set(questions)) == len(questions), record["id"]  # never the same question twice
-        boxes = annotations[record["image"]]["boxes"]
+        image = pixels(world, record["image"])
         for question, answer in zip(questions, [t["value"] for t in turns[1::2]]):
-            assert answer == expected_answer(question, boxes), (record["id"], question)
+            assert answer == answer_from_pixels(image, question), (record["id"], question)
             checked += 1
     assert checked > 4 * 16 * 2  # most samples carry follow-ups
     for record in evals(world, "color") + evals(world, "count"):

@@ -45,11 +45,14 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     for name, anyres in VARIANTS.items():
         print(f"\n===== {name} (--anyres {anyres})")
-        variant = argparse.Namespace(
-            out=str(out / name), scale=args.scale, seed=args.seed, world=str(out / "world"), cache=str(out / "cache"),
-            stage2_epochs=None, eval_limit=args.eval_limit, anyres=anyres,
-        )
-        quickstart.run(variant)
+        # the quickstart's own parser, so every other option keeps its default
+        parser = argparse.ArgumentParser()
+        quickstart.add_arguments(parser)
+        flags = ["--out", str(out / name), "--scale", str(args.scale), "--seed", str(args.seed), "--anyres", anyres,
+                 "--world", str(out / "world"), "--cache", str(out / "cache")]
+        if args.eval_limit is not None:
+            flags += ["--eval-limit", str(args.eval_limit)]
+        quickstart.run(parser.parse_args(flags))
         results[name] = json.loads((out / name / "results.json").read_text())
     table = comparison_table(results)
     atomic_write_text(out / "ablation.md", "# AnyRes against a single 1x1 crop\n\n" + table + "\n")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .questions import COUNT_QUESTION, color_question, relation_question, shape_question
 from .scene import Scene, horizontal_relation, separated, vertical_relation
-from .task import A_NUMBER, ONE_WORD
 
 
 def candidate_pairs(scene: Scene) -> list[tuple[str, str]]:
@@ -21,21 +21,18 @@ def candidate_pairs(scene: Scene) -> list[tuple[str, str]]:
     pairs = []
     for obj in objects:
         if sum(o.shape == obj.shape for o in objects) == 1:
-            subject = "the object" if alone else f"the {obj.shape}"
-            pairs.append((f"What color is {subject}? {ONE_WORD}", obj.color))
+            pairs.append((color_question(None if alone else obj.shape), obj.color))
         if sum(o.color == obj.color for o in objects) == 1:
-            subject = "the object" if alone else f"the {obj.color} object"
-            pairs.append((f"What shape is {subject}? {ONE_WORD}", obj.shape))
-    pairs.append((f"How many objects are there? {A_NUMBER}", str(len(objects))))
-    names_unique = len({o.name for o in objects}) == len(objects)
-    for a in objects if names_unique else ():
+            pairs.append((shape_question(None if alone else obj.color), obj.shape))
+    pairs.append((COUNT_QUESTION, str(len(objects))))
+    if len({o.name for o in objects}) < len(objects):
+        return pairs  # a relation needs each object named unambiguously
+    relations = ((0, horizontal_relation), (1, vertical_relation))
+    for a in objects:
         for b in objects:
-            if a is b:
-                continue
-            if separated(a, b, 0, scene.side):
-                pairs.append((f"Is the {a.name} left or right of the {b.name}? {ONE_WORD}", horizontal_relation(a, b)))
-            if separated(a, b, 1, scene.side):
-                pairs.append((f"Is the {a.name} above or below the {b.name}? {ONE_WORD}", vertical_relation(a, b)))
+            for axis, relation in relations:
+                if a is not b and separated(a, b, axis, scene.side):
+                    pairs.append((relation_question(a.name, b.name, axis), relation(a, b)))
     return pairs
 
 

@@ -18,8 +18,6 @@ DETAIL_PROMPTS: tuple[str, ...] = (
     "What do you see in the image? Describe it in detail.",
 )
 CAPTION_PROMPT = "Describe the image briefly."
-# The re-captioning prompt of LLaVA-NeXT's ReCap data (seed 003): the world's stage-1.5 file asks it.
-RECAP_PROMPT = "Please generate detailed descriptions of the given image."
 
 
 def with_article(phrase: str) -> str:

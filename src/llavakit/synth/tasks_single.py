@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import vocab
 from .followups import follow_up_pairs
+from .questions import COUNT_QUESTION, color_question, relation_question, shape_question
 from .records import annotation_record
 from .render import draw_scene
 from .scene import (
@@ -19,8 +20,6 @@ from .scene import (
 )
 from .settings import WorldSettings
 from .task import (
-    A_NUMBER,
-    IMAGE,
     ONE_LETTER,
     ONE_WORD,
     Context,
@@ -33,16 +32,16 @@ from .task import (
 COLOR_NAMES = tuple(vocab.COLORS)
 
 
-def _save(ctx: Context, scene: Scene, sample_of, follow_ups: bool = True) -> Sample:
-    """Render, save, build the sample; training samples also keep the scene's annotation and ask
-    a few follow-up questions about the same image (eval samples ask exactly one)."""
+def _save(ctx: Context, scene: Scene, question: str, answer: str, options: tuple[str, ...],
+          follow_ups: bool = True) -> Sample:
+    """Render and save the scene and ask the question; training samples also keep the scene's
+    annotation and ask a few follow-up questions about the same image (eval samples ask one)."""
     image = ctx.save_image(draw_scene(scene))
-    sample = sample_of(image)
+    sample = single_image_question(question, answer, image, options)
     if ctx.split != "eval":
         sample.annotations.append(annotation_record(scene, image))
         if follow_ups and ctx.settings.follow_ups:
-            asked = sample.conversations[0]["value"].removeprefix(f"{IMAGE}\n")
-            sample.conversations += turns(*follow_up_pairs(scene, ctx.rng, ctx.settings.follow_ups, asked))
+            sample.conversations += turns(*follow_up_pairs(scene, ctx.rng, ctx.settings.follow_ups, question))
     return sample
 
 
@@ -51,9 +50,7 @@ def build_color(ctx: Context) -> Sample:
     n = int(ctx.rng.integers(1, 4))
     first = random_spec(ctx.rng, color=target)
     scene = ctx.fresh(lambda: place(ctx.rng, distinct_specs(ctx.rng, n, ("shape",), [first]), ctx.settings.image_side))
-    subject = "the object" if n == 1 else f"the {first.shape}"
-    question = f"What color is {subject}? {ONE_WORD}"
-    return _save(ctx, scene, lambda image: single_image_question(question, target, image, COLOR_NAMES))
+    return _save(ctx, scene, color_question(None if n == 1 else first.shape), target, COLOR_NAMES)
 
 
 def build_shape(ctx: Context) -> Sample:
@@ -61,9 +58,7 @@ def build_shape(ctx: Context) -> Sample:
     n = int(ctx.rng.integers(1, 4))
     first = random_spec(ctx.rng, shape=target)
     scene = ctx.fresh(lambda: place(ctx.rng, distinct_specs(ctx.rng, n, ("color",), [first]), ctx.settings.image_side))
-    subject = "the object" if n == 1 else f"the {first.color} object"
-    question = f"What shape is {subject}? {ONE_WORD}"
-    return _save(ctx, scene, lambda image: single_image_question(question, target, image, vocab.SHAPES))
+    return _save(ctx, scene, shape_question(None if n == 1 else first.color), target, vocab.SHAPES)
 
 
 def count_choices(settings: WorldSettings) -> tuple[str, ...]:
@@ -75,8 +70,7 @@ def build_count(ctx: Context) -> Sample:
     target = ctx.cycle(choices)
     specs = distinct_specs(ctx.rng, int(target))
     scene = ctx.fresh(lambda: place(ctx.rng, specs, ctx.settings.image_side))
-    question = f"How many objects are there? {A_NUMBER}"
-    return _save(ctx, scene, lambda image: single_image_question(question, target, image, choices))
+    return _save(ctx, scene, COUNT_QUESTION, target, choices)
 
 
 def build_position(ctx: Context) -> Sample:
@@ -93,11 +87,8 @@ def build_position(ctx: Context) -> Sample:
 
     scene = ctx.fresh(draw)
     a, b = scene.objects[:2]
-    if axis == 0:
-        options, question = ("left", "right"), f"Is the {a.name} left or right of the {b.name}? {ONE_WORD}"
-    else:
-        options, question = ("above", "below"), f"Is the {a.name} above or below the {b.name}? {ONE_WORD}"
-    return _save(ctx, scene, lambda image: single_image_question(question, target, image, options))
+    options = ("left", "right") if axis == 0 else ("above", "below")
+    return _save(ctx, scene, relation_question(a.name, b.name, axis), target, options)
 
 
 def hires_choices(settings: WorldSettings) -> tuple[str, ...]:
@@ -129,7 +120,7 @@ def build_hires_detail(ctx: Context) -> Sample:
     specs = distinct_specs(ctx.rng, n_others) + [detail]
     scene = ctx.fresh(lambda: place(ctx.rng, specs, ctx.settings.hires_side, tiny_px, cell))
     # The tiny detail is what this task is about; the others are context, so no follow-ups.
-    return _save(ctx, scene, lambda image: single_image_question(question, target, image, options), follow_ups=False)
+    return _save(ctx, scene, question, target, options, follow_ups=False)
 
 
 TASKS = (

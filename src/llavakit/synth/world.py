@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+# stage-1.5 data asks what `llavakit recaption` asks
+from llavakit.datagen.recaption import RECAP_PROMPT
+
 from . import tasks_chat, tasks_multi, tasks_single, tasks_video, vocab
 from .files import atomic_write_text, write_jsonl
-from .language import RECAP_PROMPT
 from .records import eval_record, llava_record, with_chance
 from .settings import WORLD_VERSION, WorldSettings
 from .task import IMAGE, VIDEO, Context, HeldOut, Sample, Task, turns

@@ -1,0 +1,25 @@
+"""The wording of the scored single-image questions, shared by the eval tasks and the follow-up
+questions of training samples, so training asks exactly what evaluation asks."""
+
+from __future__ import annotations
+
+from .task import A_NUMBER, ONE_WORD
+
+COUNT_QUESTION = f"How many objects are there? {A_NUMBER}"
+
+
+def color_question(shape: str | None) -> str:
+    """The colour of the object of this shape (None: of the only object)."""
+    return f"What color is {'the object' if shape is None else f'the {shape}'}? {ONE_WORD}"
+
+
+def shape_question(color: str | None) -> str:
+    """The shape of the object of this colour (None: of the only object)."""
+    return f"What shape is {'the object' if color is None else f'the {color} object'}? {ONE_WORD}"
+
+
+def relation_question(a_name: str, b_name: str, axis: int) -> str:
+    """Where object a is against object b: axis 0 left or right, axis 1 above or below."""
+    if axis == 0:
+        return f"Is the {a_name} left or right of the {b_name}? {ONE_WORD}"
+    return f"Is the {a_name} above or below the {b_name}? {ONE_WORD}"
