@@ -108,7 +108,26 @@ def test_vision_probe_beats_chance_by_a_wide_margin(parts):
     assert probe["shape"]["trained"] >= probe["shape"]["chance"] + 0.1  # chance 1/5
     assert probe["shape"]["trained"] >= probe["shape"]["untrained"] + 0.05  # learned, not just pixels
     assert probe["count"]["trained"] >= probe["count"]["chance"] + 0.1
+    assert probe["shape_token"]["chance"] == probe["shape"]["chance"]  # the same labels, one token
+    assert 0.0 <= probe["shape_token"]["trained"] <= 1.0
     assert parts.metrics["vision"]["final_loss"] < parts.metrics["vision"]["initial_loss"]
+
+
+def test_center_token_pooling_reads_the_token_most_covered_by_the_box(parts):
+    from llavakit.quickstart.probe import pooled_features, single_object_scenes
+
+    tower = SiglipVisionModel.from_pretrained(parts.vision_dir)
+    probe_set = single_object_scenes(4, 64, seed=0, split=0)
+    features = pooled_features(tower, probe_set, layer=-1, device=torch.device("cpu"))
+    with torch.no_grad():
+        states = tower(pixel_values=torch.from_numpy(probe_set.pixels).permute(0, 3, 1, 2).float() / 127.5 - 1,
+                       output_hidden_states=True).hidden_states[-1]
+    for i, (x1, y1, x2, y2) in enumerate(probe_set.boxes):
+        # the 8 px cell (8x8 grid) holding most of the box, found from the box directly
+        areas = {(r, c): max(0.0, min(x2, (c + 1) / 8) - max(x1, c / 8)) * max(0.0, min(y2, (r + 1) / 8) - max(y1, r / 8))
+                 for r in range(8) for c in range(8)}
+        row, col = max(areas, key=areas.get)
+        torch.testing.assert_close(features["center"][i], states[i, row * 8 + col], rtol=1e-5, atol=1e-5)
 
 
 # ---- cache -------------------------------------------------------------------------------------

@@ -130,8 +130,9 @@ class DualEncoder(nn.Module):
 
     Image level: the mean of the patch tokens against the whole caption (CLIP / SigLIP).
     Region level: the tokens under each annotated box, area-weighted, against the object's name
-    ("red circle") among all the world's object names, a CLIP-style image-to-text loss. LLaVA reads
-    the patch tokens one by one, so this trains what it reads: each token says what covers it.
+    ("red circle") among all the world's object names, a CLIP-style image-to-text loss.
+    Token level: each of those tokens alone against the same names. LLaVA reads the patch tokens
+    one by one, so this trains what it reads: each token says what covers it.
     """
 
     def __init__(self, settings: VisionSettings, vocab_size: int, max_words: int):
@@ -157,6 +158,12 @@ class DualEncoder(nn.Module):
         """(R, E) for R boxes: ``weights`` (R, T) pools the tokens of image ``image_index[r]``."""
         pooled = (weights[:, :, None] * tokens[image_index]).sum(1)  # (R, H)
         return F.normalize(self.region_proj(pooled), dim=-1)
+
+    def token_logits(self, tokens: torch.Tensor, image_index: torch.Tensor, names: torch.Tensor) -> torch.Tensor:
+        """(R, T, K): every token of box r's image, on its own, against every object name. Weighted
+        by the box's area share per token, this asks each token under an object to say what it is."""
+        embedded = F.normalize(self.region_proj(tokens), dim=-1)[image_index]  # (R, T, E)
+        return embedded @ names.T * self.region_scale.exp().clamp(max=100.0)
 
     def text_embeddings(self, ids: torch.Tensor) -> torch.Tensor:  # (C, L) -> (C, E)
         return F.normalize(self.text(ids), dim=-1)

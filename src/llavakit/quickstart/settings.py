@@ -32,7 +32,9 @@ class VisionSettings:
     image_size: int = 64
     patch_size: int = 8  # 64 / 8 -> 8x8 = 64 tokens per crop
     hidden_size: int = 64
-    num_layers: int = 2
+    # 4 layers, not 2: with the token-name term below, the shape a single token carries (probe
+    # "shape_token") went from 0.49 to 0.69 and the quickstart's shape score from 0.16 to 0.34.
+    num_layers: int = 4
     num_heads: int = 4
     mlp_ratio: int = 4
     text_hidden_size: int = 64  # the caption encoder, discarded after training
@@ -40,6 +42,10 @@ class VisionSettings:
     embed_dim: int = 64  # shared image-text embedding
     loss: Literal["sigmoid", "softmax"] = "sigmoid"  # SigLIP or CLIP, image-caption level
     region_weight: float = 1.0  # box-name contrastive term (0: whole captions only)
+    # Token-name term: each token under a box names the box's object on its own, weighted by its
+    # share of the box. LLaVA's LM reads tokens one by one; pooled box features read shape at 0.92
+    # while a single token read it at 0.49 (0: off).
+    token_weight: float = 1.0
     steps: int = 560
     batch_size: int = 64
     lr: float = 3e-3
@@ -60,6 +66,7 @@ class VisionSettings:
         _check(problems, self.loss in ("sigmoid", "softmax"), f"loss must be 'sigmoid' or 'softmax', got {self.loss!r}")
         _check(problems, 0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         _check(problems, self.region_weight >= 0, f"region_weight must be >= 0, got {self.region_weight}")
+        _check(problems, self.token_weight >= 0, f"token_weight must be >= 0, got {self.token_weight}")
         _raise("VisionSettings", problems)
 
 

@@ -110,6 +110,11 @@ def batch_loss(model: DualEncoder, batch: Batch, names: torch.Tensor, vision: Vi
         regions = model.region_embeddings(tokens, batch.box_image, batch.box_weights)
         logits = model.region_logits(regions, model.text_embeddings(names))
         loss = loss + vision.region_weight * F.cross_entropy(logits, batch.box_names)
+    if vision.token_weight > 0 and len(batch.box_names):
+        logits = model.token_logits(tokens, batch.box_image, model.text_embeddings(names))  # (R, T, K)
+        targets = batch.box_names[:, None].expand(logits.shape[:2])  # (R, T): every token, its box's name
+        per_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (R, T)
+        loss = loss + vision.token_weight * (per_token * batch.box_weights).sum(1).mean()
     return loss
 
 
