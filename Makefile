@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make quickstart` (main job) and `make test`.
-# Both create .venv, install the CPU build of torch from the local wheel store and llavakit.
+# Both create .venv and install the CPU build of torch from the local wheel store and llavakit.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,10 +7,16 @@ OUT ?= runs/quickstart
 
 .PHONY: quickstart test install clean
 
-$(VENV)/.installed: pyproject.toml
+# The quickstart needs llavakit with its training extra only; the tests add serving, the dev tools
+# and lmms-eval on top (a second stamp), so `make quickstart` on a fresh machine installs less.
+$(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[train]"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.core
 	$(PY) -m pip install -q -e ".[serve,train,dev]"
 	# lmms-eval sources are read by the metric-equivalence tests (its harness deps are not needed)
 	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
@@ -19,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-quickstart: $(VENV)/.installed
+quickstart: $(VENV)/.core
 	$(VENV)/bin/llavakit quickstart --out $(OUT)
 
 test: $(VENV)/.installed
