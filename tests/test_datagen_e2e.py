@@ -224,7 +224,10 @@ def test_ctrl_c_writes_what_is_finished_and_a_rerun_completes(world, tmp_path):
         command = [sys.executable, "-m", "llavakit", "datagen", "instruct", "--annotations", *map(str, coco),
                    "--out", str(out), "--base-url", server.base_url, "--model", "scripted", "--concurrency", "2",
                    *FAST]
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler:
+        # in the full suite this child once ran to the end (exit 0) through the SIGINT below.
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         while not journal.exists() or journal.read_text().count("\n") < 5:
             assert child.poll() is None, child.stderr.read().decode()
             time.sleep(0.005)
