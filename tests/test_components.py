@@ -109,7 +109,6 @@ def test_vision_probe_beats_chance_by_a_wide_margin(parts):
     assert probe["shape"]["trained"] >= probe["shape"]["untrained"] + 0.05  # learned, not just pixels
     assert probe["count"]["trained"] >= probe["count"]["chance"] + 0.1
     assert probe["shape_token"]["chance"] == probe["shape"]["chance"]  # the same labels, one token
-    assert 0.0 <= probe["shape_token"]["trained"] <= 1.0
     assert parts.metrics["vision"]["final_loss"] < parts.metrics["vision"]["initial_loss"]
 
 
