@@ -95,10 +95,10 @@ def test_language_model_loss_drops_well_below_its_start(parts):
 
 def test_vision_tower_loads_as_a_siglip_tower(parts):
     tower = SiglipVisionModel.from_pretrained(parts.vision_dir)
-    assert (tower.config.image_size, tower.config.patch_size) == (64, 8)
+    assert (tower.config.image_size, tower.config.patch_size) == (64, 16)
     assert tower.config.vision_use_head is False
     out = tower(pixel_values=torch.zeros(1, 3, 64, 64), output_hidden_states=True)
-    assert out.hidden_states[-1].shape == (1, 64, SETTINGS.vision.hidden_size)
+    assert out.hidden_states[-1].shape == (1, 16, SETTINGS.vision.hidden_size)
     assert (parts.vision_dir / "preprocessor_config.json").is_file()
 
 
@@ -121,12 +121,13 @@ def test_center_token_pooling_reads_the_token_most_covered_by_the_box(parts):
     with torch.no_grad():
         states = tower(pixel_values=torch.from_numpy(probe_set.pixels).permute(0, 3, 1, 2).float() / 127.5 - 1,
                        output_hidden_states=True).hidden_states[-1]
+    n = 64 // tower.config.patch_size  # tokens per side
     for i, (x1, y1, x2, y2) in enumerate(probe_set.boxes):
-        # the 8 px cell (8x8 grid) holding most of the box, found from the box directly
-        areas = {(r, c): max(0.0, min(x2, (c + 1) / 8) - max(x1, c / 8)) * max(0.0, min(y2, (r + 1) / 8) - max(y1, r / 8))
-                 for r in range(8) for c in range(8)}
+        # the patch (n x n grid) holding most of the box, found from the box directly
+        areas = {(r, c): max(0.0, min(x2, (c + 1) / n) - max(x1, c / n)) * max(0.0, min(y2, (r + 1) / n) - max(y1, r / n))
+                 for r in range(n) for c in range(n)}
         row, col = max(areas, key=areas.get)
-        torch.testing.assert_close(features["center"][i], states[i, row * 8 + col], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(features["center"][i], states[i, row * n + col], rtol=1e-5, atol=1e-5)
 
 
 # ---- cache -------------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def test_llava_built_from_the_components_generates(world, parts):
         "llm": {"pretrained": str(parts.llm_dir)},
         "visual": {"grid_pinpoints": "(1x1),...,(4x4)"},
     })
-    assert model.config.visual.crop_size == 64 and model.config.tokens_per_side == 8
+    assert model.config.visual.crop_size == 64 and model.config.tokens_per_side == 4
     assert len(tokenizer) == model.language_model.get_input_embeddings().weight.shape[0]  # nothing added
     llava = Llava(model.eval(), tokenizer)
     image = Image.open(world / "images" / "eval_color_00000.png")
@@ -234,5 +235,10 @@ def test_llava_built_from_the_components_generates(world, parts):
                                       {"type": "text", "text": "What color is the object? Answer with one word."}]}],
         max_new_tokens=4,
     )
-    assert out.prompt_tokens > 2 * 64  # base view + one crop of 64 visual tokens each, plus text
+    # the one <image> placeholder becomes the base view (16 tokens) + one crop (16 tokens and a
+    # newline per row)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "<image>\nWhat color is the object? Answer with one word."}],
+        tokenize=False, add_generation_prompt=True)
+    assert out.prompt_tokens == len(tokenizer(text).input_ids) - 1 + 16 + 4 * (4 + 1)
     assert 1 <= len(out.token_ids) <= 4 and isinstance(out.text, str)

@@ -10,7 +10,7 @@ from llavakit.synth import WorldSettings
 from llavakit.synth.files import atomic_write_text, read_jsonl, write_jsonl
 from llavakit.synth.language import captions, detailed_description, join_words, with_article
 from llavakit.synth.records import chance_level
-from llavakit.synth.scene import Scene, SceneObject, Spec, distinct_specs, place, position_word
+from llavakit.synth.scene import Scene, SceneObject, Spec, distinct_specs, grid_cell, place, position_word
 from llavakit.synth.video import decode_mp4, encode_mp4
 
 
@@ -23,6 +23,8 @@ from llavakit.synth.video import decode_mp4, encode_mp4
         dict(video_frames=1),
         dict(scale=0.0),
         dict(max_objects=9),
+        dict(grid=24),  # does not divide image_side 64
+        dict(grid=-1),
     ],
 )
 def test_settings_refuse_bad_values(change):
@@ -48,6 +50,36 @@ def test_placement_keeps_objects_apart_and_inside():
         for i, a in enumerate(boxes):
             for b in boxes[i + 1 :]:
                 assert a[2] + 2 <= b[0] or b[2] + 2 <= a[0] or a[3] + 2 <= b[1] or b[3] + 2 <= a[1]
+
+
+@pytest.mark.parametrize(("side", "tiny_px"), [(64, 0), (256, 6)])
+def test_grid_placement_puts_each_object_inside_one_aligned_cell(side, tiny_px):
+    rng = np.random.default_rng(2)
+    placed = 0
+    for _ in range(40):
+        specs = distinct_specs(rng, 4) + [Spec("letter", "red", "tiny", letter="K"), Spec("circle", "blue", "tiny")]
+        scene = place(rng, specs if tiny_px else specs[:4], side, tiny_px=tiny_px, grid=16)
+        if scene is None:
+            continue
+        placed += 1
+        for obj in scene.objects:
+            x1, y1, x2, y2 = obj.box
+            cell = grid_cell(max(x2 - x1, y2 - y1), 16)
+            assert cell % 16 == 0 and cell >= max(x2 - x1, y2 - y1) + 2
+            # first and last pixel in the same cell, with a 1 px margin inside it
+            assert x1 // cell == (x2 - 1) // cell and y1 // cell == (y2 - 1) // cell, (obj, cell)
+            assert x1 % cell >= 1 and y1 % cell >= 1 and (x2 - 1) % cell <= cell - 2 and (y2 - 1) % cell <= cell - 2
+    assert placed >= 30
+    # one 16 px cell for a 64 px scene's objects (a 16 px patch sees the whole object), 64 px
+    # cells (a 64 px AnyRes crop) for the context objects of a 256 px detail image
+    assert grid_cell(round(0.22 * 64), 16) == 16 and grid_cell(round(0.22 * 256), 16) == 64
+    assert grid_cell(round(0.16 * 256), 16) == 64  # not 48: a 48 px cell would straddle two crops
+
+
+def test_grid_placement_refuses_objects_larger_than_the_canvas_cells():
+    rng = np.random.default_rng(3)
+    assert place(rng, [Spec("square", "red", "large")], 64, grid=16) is not None
+    assert place(rng, [Spec("letter", "red", "tiny", letter="A")], 16, letter_cell=3, grid=16) is None
 
 
 def test_distinct_specs_respect_uniqueness():

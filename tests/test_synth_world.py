@@ -289,6 +289,22 @@ def test_annotation_boxes_match_pixels(world):
             assert tuple(image[cy, cx]) == vocab.COLORS[color], (annotation["image"], box)
 
 
+def test_every_object_of_a_normal_scene_lies_inside_one_grid_cell(world):
+    """What a 16 px patch of the quickstart tower sees: each drawn object whole, in one cell."""
+    grid, checked = SMALL.grid, 0
+    for annotation in read_jsonl(world / "annotations.jsonl"):
+        if annotation["width"] != SMALL.image_side:
+            continue
+        image = pixels(world, annotation["image"])
+        blobs = object_blobs(image)
+        assert len(blobs) == len(annotation["boxes"]), annotation["image"]
+        for blob in blobs:
+            ys, xs = np.nonzero(blob)
+            assert xs.min() // grid == xs.max() // grid and ys.min() // grid == ys.max() // grid, annotation["image"]
+            checked += 1
+    assert checked > 100
+
+
 # ---- every scored answer agrees with the pixels ------------------------------------------------
 
 

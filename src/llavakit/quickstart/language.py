@@ -38,7 +38,7 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 
 def documents(world_dir: Path, tokenizer: Any) -> list[str]:
-    chats = [tokenizer.apply_chat_template(c, tokenize=False) for c in chat_conversations(world_dir)]
+    chats = [tokenizer.apply_chat_template(c, tokenize=False) for c in chat_conversations(world_dir, grounded=True)]
     return chats + corpus_lines(world_dir)
 
 
@@ -96,7 +96,9 @@ def train_language(world_dir: Path, out_dir: Path, settings: ComponentSettings, 
     device = runtime.pick_device(settings.device)
     generator = runtime.seed_everything(settings.seed)
     lines = corpus_lines(world_dir)
-    tokenizer = build_tokenizer(lines + [m["content"] for c in chat_conversations(world_dir) for m in c], lm.vocab_size)
+    tokenizer = build_tokenizer(
+        lines + [m["content"] for c in chat_conversations(world_dir, grounded=True) for m in c], lm.vocab_size
+    )
     tokenizer.model_max_length = lm.max_position_embeddings
     train_texts, val_texts = split_documents(documents(world_dir, tokenizer), lm.val_fraction, generator)
     train_stream, val_stream = token_stream(train_texts, tokenizer), token_stream(val_texts, tokenizer)

@@ -52,13 +52,14 @@ class ProbeSet:
     boxes: list[tuple[float, float, float, float]] | None = None  # the one object's box, 0..1 (single-object sets)
 
 
-def single_object_scenes(n: int, side: int, seed: int, split: int) -> ProbeSet:
-    """One object per image: its colour, shape and 3x3 position cell."""
+def single_object_scenes(n: int, side: int, seed: int, split: int, grid: int = 0) -> ProbeSet:
+    """One object per image (placed as the world places it, see scene.place): its colour, shape
+    and 3x3 position cell."""
     rng = np.random.default_rng([seed, PROBE_STREAM, split, 0])
     colors, shapes = list(vocab.COLORS), list(vocab.SHAPES)
     pixels, boxes, labels = [], [], {"color": [], "shape": [], "position": []}
     for _ in range(n):
-        scene = place_until_fits(rng, [random_spec(rng)], side)
+        scene = place_until_fits(rng, [random_spec(rng)], side, grid=grid)
         obj = scene.objects[0]
         boxes.append(tuple(v / side for v in obj.box))
         pixels.append(np.asarray(draw_scene(scene)))
@@ -69,13 +70,13 @@ def single_object_scenes(n: int, side: int, seed: int, split: int) -> ProbeSet:
     return ProbeSet(np.stack(pixels), {k: np.array(v) for k, v in labels.items()}, classes, boxes)
 
 
-def count_scenes(n: int, side: int, seed: int, split: int, max_objects: int) -> ProbeSet:
+def count_scenes(n: int, side: int, seed: int, split: int, max_objects: int, grid: int = 0) -> ProbeSet:
     """1..max_objects distinct objects per image (names unique, as in the world)."""
     rng = np.random.default_rng([seed, PROBE_STREAM, split, 1])
     pixels, counts = [], []
     for i in range(n):
         count = 1 + i % max_objects  # balanced classes
-        pixels.append(np.asarray(draw_scene(place_until_fits(rng, distinct_specs(rng, count), side))))
+        pixels.append(np.asarray(draw_scene(place_until_fits(rng, distinct_specs(rng, count), side, grid=grid))))
         counts.append(count - 1)
     return ProbeSet(np.stack(pixels), {"count": np.array(counts)}, {"count": max_objects})
 
@@ -121,11 +122,11 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: np.ndarray, test_x: to
 
 
 def run_probes(towers: dict[str, nn.Module], n: int, side: int, seed: int, max_objects: int, layer: int,
-               device: torch.device) -> dict[str, dict[str, float]]:
+               device: torch.device, grid: int = 0) -> dict[str, dict[str, float]]:
     """{task: {tower name: test accuracy, ..., "chance": 1 / classes}} for each probe task."""
     sets = [
-        (single_object_scenes(n, side, seed, 0), single_object_scenes(n, side, seed, 1)),
-        (count_scenes(n, side, seed, 0, max_objects), count_scenes(n, side, seed, 1, max_objects)),
+        (single_object_scenes(n, side, seed, 0, grid), single_object_scenes(n, side, seed, 1, grid)),
+        (count_scenes(n, side, seed, 0, max_objects, grid), count_scenes(n, side, seed, 1, max_objects, grid)),
     ]
     results: dict[str, dict[str, float]] = {}
     for train, test in sets:

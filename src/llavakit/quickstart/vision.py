@@ -151,9 +151,10 @@ def train_vision(world_dir: Path, out_dir: Path, settings: ComponentSettings, pr
 
     _save_tower(model.tower, vision.image_size, out_dir)
     probe_start = time.perf_counter()
-    max_objects = read_manifest(world_dir)["settings"]["max_objects"]
+    world = read_manifest(world_dir)["settings"]
     probes = run_probes({"trained": model.tower, "untrained": untrained_tower.to(device)}, vision.probe_images,
-                        vision.image_size, settings.seed, max_objects, FEATURE_LAYER, device)
+                        vision.image_size, settings.seed, world["max_objects"], FEATURE_LAYER, device,
+                        grid=world.get("grid", 0))
     return {
         "images": len(data.pixels),
         "captions": len(batches.tokens),

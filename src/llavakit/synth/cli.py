@@ -16,6 +16,7 @@ FLAGS = {
     "seed": "random seed; the same seed gives byte-identical files",
     "image_side": "side in pixels of normal images and multi-view images",
     "hires_side": "side in pixels of hires_detail images (>= 2x --image-side)",
+    "grid": "objects sit inside the cells of a grid this many pixels wide (0: anywhere)",
     "video_frames": "frames per video",
     "video_side": "side in pixels of video frames (even)",
     "video_fps": "frames per second written into the MP4",

@@ -135,6 +135,28 @@ def box_size(spec: Spec, side: int, tiny_px: int = 0, letter_cell: int = 1) -> t
     return extent, extent
 
 
+def grid_cell(extent: int, grid: int) -> int:
+    """The side of the grid-aligned cell an object of `extent` px gets: the smallest `grid` * 2^k
+    that holds it with a 1 px margin on each side (so neighbours keep GAP_PX apart). Powers of
+    two nest: a cell never straddles a larger one, nor a 64 px AnyRes crop of a 256 px image."""
+    cell = grid
+    while cell < extent + GAP_PX:
+        cell *= 2
+    return cell
+
+
+def _corner(rng: np.random.Generator, side: int, extent: int, grid: int) -> int | None:
+    """One coordinate of a box's top-left corner: anywhere on the canvas, or inside a random
+    grid cell (cells start at multiples of their own side) when `grid` > 0."""
+    if not grid:
+        return int(rng.integers(1, side - extent))
+    cell = grid_cell(extent, grid)
+    if cell > side:
+        return None
+    origin = int(rng.integers(side // cell)) * cell
+    return origin + 1 + int(rng.integers(cell - extent - GAP_PX + 1))
+
+
 def place(
     rng: np.random.Generator,
     specs: Sequence[Spec],
@@ -143,15 +165,22 @@ def place(
     letter_cell: int = 1,
     avoid: Sequence[tuple[int, int, int, int]] = (),
     tries: int = 60,
+    grid: int = 0,
 ) -> Scene | None:
-    """Drop objects at random spots clear of each other and of `avoid`; None when too crowded."""
+    """Drop objects at random spots clear of each other and of `avoid`; None when too crowded.
+
+    With `grid` > 0 each object lies inside one cell of a `grid`-px lattice (a larger object in an
+    aligned block of cells), so that a vision tower with `grid`-px patches sees it whole in one
+    token instead of in pieces spread over two to four.
+    """
     placed: list[SceneObject] = []
     taken = list(avoid)
     for spec in specs:
         w, h = box_size(spec, side, tiny_px, letter_cell)
         for _ in range(tries):
-            x1 = int(rng.integers(1, side - w))
-            y1 = int(rng.integers(1, side - h))
+            x1, y1 = _corner(rng, side, w, grid), _corner(rng, side, h, grid)
+            if x1 is None or y1 is None:
+                return None
             box = (x1, y1, x1 + w, y1 + h)
             if not any(_overlaps(box, other, GAP_PX) for other in taken):
                 break
@@ -163,11 +192,16 @@ def place(
 
 
 def place_until_fits(
-    rng: np.random.Generator, specs: Sequence[Spec], side: int, tiny_px: int = 0, letter_cell: int = 1
+    rng: np.random.Generator,
+    specs: Sequence[Spec],
+    side: int,
+    tiny_px: int = 0,
+    letter_cell: int = 1,
+    grid: int = 0,
 ) -> Scene:
     """place() with retries: crowding is rare at the default sizes and the retry keeps it seeded."""
     for _ in range(1000):
-        scene = place(rng, specs, side, tiny_px, letter_cell)
+        scene = place(rng, specs, side, tiny_px, letter_cell, grid=grid)
         if scene is not None:
             return scene
     raise RuntimeError(f"could not place {len(specs)} objects on a {side}px canvas")

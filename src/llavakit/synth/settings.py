@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 # Bump when a change to the generator changes its output for the same settings, so an old
 # world on disk is regenerated instead of being taken as complete.
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,9 @@ class WorldSettings:
     seed: int = 0
     image_side: int = 64  # side of normal single-image, multi-image and multi-view scenes
     hires_side: int = 256  # side of hires_detail images (>= 2x image_side)
+    # Objects sit in the cells of a grid this many pixels wide (0: anywhere). 16 matches the
+    # quickstart tower's patches, so each object is one whole token (see scene.place).
+    grid: int = 16
     video_frames: int = 8
     video_side: int = 64
     video_fps: int = 8
@@ -40,6 +43,8 @@ class WorldSettings:
             problems.append(f"video_frames must be >= 2 to show motion, got {self.video_frames}")
         if self.video_fps < 1:
             problems.append(f"video_fps must be >= 1, got {self.video_fps}")
+        if self.grid < 0 or (self.grid and self.image_side % self.grid):
+            problems.append(f"grid must be 0 or divide image_side ({self.image_side}), got {self.grid}")
         if not 3 <= self.max_objects <= 6:
             problems.append(f"max_objects must be in 3..6, got {self.max_objects}")
         if self.follow_ups < 0:
@@ -52,7 +57,7 @@ class WorldSettings:
         if problems:
             raise ValueError("invalid WorldSettings: " + "; ".join(problems))
 
-    def scaled(self, count: int | float) -> int:
+    def scaled(self, count: float) -> int:
         """A sample count after --scale; never below one so every file exists."""
         return max(1, round(count * self.scale))
 

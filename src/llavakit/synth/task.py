@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .files import atomic_write_bytes, png_bytes
+from .scene import Scene, Spec, place
 from .settings import WorldSettings
 from .video import encode_mp4
 
@@ -37,11 +38,13 @@ class HeldOut:
     def __init__(self) -> None:
         self._signatures: set[str] = set()
 
-    def admit(self, split: str, signature: str) -> bool:
+    def admit(self, split: str, signatures: Sequence[str]) -> bool:
+        """Eval scenes are recorded and always admitted; a training sample is admitted only when
+        none of its scenes (a spot-the-difference pair has two) is an eval scene."""
         if split == "eval":
-            self._signatures.add(signature)
+            self._signatures.update(signatures)
             return True
-        return signature not in self._signatures
+        return not self._signatures.intersection(signatures)
 
 
 @dataclass
@@ -66,15 +69,24 @@ class Context:
         return classes[self.index % len(classes)]
 
     def fresh(self, draw: Callable[[], S | None], scene_of: Callable[[S], object] = lambda s: s) -> S:
-        """Redraw until `draw` gives a result (not None) whose scene this split may use.
+        """Redraw until `draw` gives a result (not None) whose scenes this split may use.
 
-        `scene_of` picks the scene out of a richer result (anything with .signature()).
+        `scene_of` picks the scene (anything with .signature()), or a tuple of scenes, out of a
+        richer result.
         """
         for _ in range(10_000):
             result = draw()
-            if result is not None and self.held_out.admit(self.split, scene_of(result).signature()):
+            if result is None:
+                continue
+            scenes = scene_of(result)
+            signatures = [s.signature() for s in (scenes if isinstance(scenes, tuple) else (scenes,))]
+            if self.held_out.admit(self.split, signatures):
                 return result
         raise RuntimeError(f"{self.stem}: no admissible scene after 10000 draws")
+
+    def place(self, specs: Sequence[Spec], side: int | None = None, **options) -> Scene | None:
+        """scene.place() on this sample's generator and the world's grid (side: image_side)."""
+        return place(self.rng, specs, side or self.settings.image_side, grid=self.settings.grid, **options)
 
     def save_image(self, image: Image.Image, suffix: str = "") -> str:
         relative = f"images/{self.stem}{suffix}.png"

@@ -28,7 +28,6 @@ from .scene import (
     distinct_specs,
     horizontal_relation,
     pick,
-    place,
     position_word,
     random_spec,
     separated,
@@ -40,11 +39,8 @@ QA = tuple[str, str]
 
 
 def _scene(ctx: Context, least: int = 1) -> Scene:
-    side = ctx.settings.image_side
     return ctx.fresh(
-        lambda: place(
-            ctx.rng, distinct_specs(ctx.rng, int(ctx.rng.integers(least, ctx.settings.max_objects + 1))), side
-        )
+        lambda: ctx.place(distinct_specs(ctx.rng, int(ctx.rng.integers(least, ctx.settings.max_objects + 1))))
     )
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from . import vocab
 from .language import with_article
+from .records import annotation_record
 from .render import draw_scene
-from .scene import Scene, Spec, distinct_specs, pick, place, random_spec
+from .scene import Scene, Spec, distinct_specs, pick, random_spec
 from .settings import WorldSettings
 from .solids import render_view, sample_hidden_scene
 from .task import (
@@ -28,11 +29,16 @@ COLOR_NAMES = tuple(vocab.COLORS)
 WHICH = ("first", "second")
 
 
-def _multi_image_sample(ctx: Context, images: list[str], labels: list[str], text: str, answer: str, options) -> Sample:
+def _multi_image_sample(
+    ctx: Context, images: list[str], labels: list[str], text: str, answer: str, options, scenes: tuple[Scene, ...] = ()
+) -> Sample:
+    """`scenes` (flat scenes, one per image) are annotated for training splits, as single images are."""
     image_format = image_format_for(ctx)
     prompt = multi_image_prompt(labels, text[image_format], image_format)
+    annotations = [annotation_record(s, i) for s, i in zip(scenes, images)] if ctx.split != "eval" else []
     return Sample(
-        turns((prompt, answer)), image=images, answer=answer, options=tuple(options), image_format=image_format
+        turns((prompt, answer)), image=images, answer=answer, options=tuple(options), image_format=image_format,
+        annotations=annotations,
     )
 
 
@@ -40,33 +46,38 @@ def build_spot_difference(ctx: Context) -> Sample:
     target = ctx.cycle(vocab.SHAPES)
     first = random_spec(ctx.rng, shape=target)
     n = int(ctx.rng.integers(2, 5))
-    side = ctx.settings.image_side
-    before = ctx.fresh(lambda: place(ctx.rng, distinct_specs(ctx.rng, n, ("shape",), [first]), side))
-    if ctx.rng.random() < 0.5:
-        after = before.without(0)
-    else:
-        after = before.recolored(0, pick(ctx.rng, [c for c in COLOR_NAMES if c != first.color]))
+
+    def draw() -> tuple[Scene, Scene] | None:
+        before = ctx.place(distinct_specs(ctx.rng, n, ("shape",), [first]))
+        if before is None:
+            return None
+        if ctx.rng.random() < 0.5:
+            return before, before.without(0)
+        return before, before.recolored(0, pick(ctx.rng, [c for c in COLOR_NAMES if c != first.color]))
+
+    # Both images are checked against the held-out scenes: on the grid, the changed image of a
+    # training pair can be pixel for pixel an eval scene.
+    before, after = ctx.fresh(draw)
     images = [ctx.save_image(draw_scene(before), "_1"), ctx.save_image(draw_scene(after), "_2")]
     text = {
         "interleaved": f"Which shape changed or disappeared in image 2? {ONE_WORD}",
         "front": f"Which shape changed or disappeared in the second image? {ONE_WORD}",
     }
-    return _multi_image_sample(ctx, images, ["Image 1", "Image 2"], text, target, vocab.SHAPES)
+    return _multi_image_sample(ctx, images, ["Image 1", "Image 2"], text, target, vocab.SHAPES, (before, after))
 
 
 def build_which_image(ctx: Context) -> Sample:
     answer = ctx.cycle(WHICH)
-    side = ctx.settings.image_side
     target = random_spec(ctx.rng)
     with_target = ctx.fresh(
-        lambda: place(ctx.rng, distinct_specs(ctx.rng, int(ctx.rng.integers(1, 4)), first=[target]), side)
+        lambda: ctx.place(distinct_specs(ctx.rng, int(ctx.rng.integers(1, 4)), first=[target]))
     )
     without_target = ctx.fresh(lambda: _scene_without(ctx, target))
     pair = [with_target, without_target] if answer == "first" else [without_target, with_target]
     images = [ctx.save_image(draw_scene(scene), f"_{k + 1}") for k, scene in enumerate(pair)]
     question = f"Which image has {with_article(target.name)}? {FIRST_OR_SECOND}"
     return _multi_image_sample(
-        ctx, images, ["Image 1", "Image 2"], {"interleaved": question, "front": question}, answer, WHICH
+        ctx, images, ["Image 1", "Image 2"], {"interleaved": question, "front": question}, answer, WHICH, tuple(pair)
     )
 
 
@@ -84,7 +95,7 @@ def _scene_without(ctx: Context, target: Spec) -> Scene | None:
     specs = distinct_specs(ctx.rng, n, first=first)
     if any(spec.name == target.name for spec in specs):
         return None
-    return place(ctx.rng, specs, ctx.settings.image_side)
+    return ctx.place(specs)
 
 
 def multiview_choices(settings: WorldSettings) -> tuple[str, ...]:

@@ -13,7 +13,6 @@ from .scene import (
     distinct_specs,
     horizontal_relation,
     pick,
-    place,
     random_spec,
     separated,
     vertical_relation,
@@ -49,7 +48,7 @@ def build_color(ctx: Context) -> Sample:
     target = ctx.cycle(COLOR_NAMES)
     n = int(ctx.rng.integers(1, 4))
     first = random_spec(ctx.rng, color=target)
-    scene = ctx.fresh(lambda: place(ctx.rng, distinct_specs(ctx.rng, n, ("shape",), [first]), ctx.settings.image_side))
+    scene = ctx.fresh(lambda: ctx.place(distinct_specs(ctx.rng, n, ("shape",), [first])))
     return _save(ctx, scene, color_question(None if n == 1 else first.shape), target, COLOR_NAMES)
 
 
@@ -57,7 +56,7 @@ def build_shape(ctx: Context) -> Sample:
     target = ctx.cycle(vocab.SHAPES)
     n = int(ctx.rng.integers(1, 4))
     first = random_spec(ctx.rng, shape=target)
-    scene = ctx.fresh(lambda: place(ctx.rng, distinct_specs(ctx.rng, n, ("color",), [first]), ctx.settings.image_side))
+    scene = ctx.fresh(lambda: ctx.place(distinct_specs(ctx.rng, n, ("color",), [first])))
     return _save(ctx, scene, shape_question(None if n == 1 else first.color), target, vocab.SHAPES)
 
 
@@ -69,7 +68,7 @@ def build_count(ctx: Context) -> Sample:
     choices = count_choices(ctx.settings)
     target = ctx.cycle(choices)
     specs = distinct_specs(ctx.rng, int(target))
-    scene = ctx.fresh(lambda: place(ctx.rng, specs, ctx.settings.image_side))
+    scene = ctx.fresh(lambda: ctx.place(specs))
     return _save(ctx, scene, COUNT_QUESTION, target, choices)
 
 
@@ -79,7 +78,7 @@ def build_position(ctx: Context) -> Sample:
     side = ctx.settings.image_side
 
     def draw() -> Scene | None:
-        scene = place(ctx.rng, distinct_specs(ctx.rng, int(ctx.rng.integers(2, 4)), ("color", "shape")), side)
+        scene = ctx.place(distinct_specs(ctx.rng, int(ctx.rng.integers(2, 4)), ("color", "shape")))
         if scene is None:
             return None
         a, b = scene.objects[:2]
@@ -118,7 +117,7 @@ def build_hires_detail(ctx: Context) -> Sample:
     tiny_px, cell = hires_geometry(ctx.settings)
     n_others = int(ctx.rng.integers(1, 4))
     specs = distinct_specs(ctx.rng, n_others) + [detail]
-    scene = ctx.fresh(lambda: place(ctx.rng, specs, ctx.settings.hires_side, tiny_px, cell))
+    scene = ctx.fresh(lambda: ctx.place(specs, ctx.settings.hires_side, tiny_px=tiny_px, letter_cell=cell))
     # The tiny detail is what this task is about; the others are context, so no follow-ups.
     return _save(ctx, scene, question, target, options, follow_ups=False)
 

@@ -13,7 +13,7 @@ MOTION = {"left": "moves to the left", "right": "moves to the right", "up": "mov
 def _moving_scene(ctx: Context, direction: str) -> MovingScene:
     n_still = int(ctx.rng.integers(0, 3))
     side = ctx.settings.video_side
-    return ctx.fresh(lambda: sample_moving_scene(ctx.rng, side, direction, n_still))
+    return ctx.fresh(lambda: sample_moving_scene(ctx.rng, side, direction, n_still, ctx.settings.grid))
 
 
 def build_video_direction(ctx: Context) -> Sample:

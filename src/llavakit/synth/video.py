@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .render import draw_scene
-from .scene import Scene, SceneObject, Spec, box_size, distinct_specs, place
+from .scene import GAP_PX, Scene, SceneObject, Spec, box_size, distinct_specs, grid_cell, place
 
 STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 TRAVEL = 0.45  # how far the mover goes over the whole clip, as a fraction of the side
@@ -41,20 +41,38 @@ class MovingScene:
         return Scene(self.still.side, self.still.objects + (moving,))
 
 
-def sample_moving_scene(rng: np.random.Generator, side: int, direction: str, n_still: int) -> MovingScene | None:
-    """A mover whose whole path stays on the canvas, and still objects clear of that path."""
+def sample_moving_scene(
+    rng: np.random.Generator, side: int, direction: str, n_still: int, grid: int = 0
+) -> MovingScene | None:
+    """A mover whose whole path stays on the canvas, and still objects clear of that path.
+
+    With `grid` > 0 (see scene.place) the mover starts inside a grid cell and moves a whole number
+    of cells, so its first and last frames are grid-aligned like every still image.
+    """
     specs = distinct_specs(rng, n_still + 1, unique=("color",))
     mover, still_specs = specs[0], specs[1:]
     w, h = box_size(mover, side)
-    travel = round(TRAVEL * side)
     dx, dy = STEP[direction]
-    # The swept box must fit: choose its top-left corner, then derive the start.
-    span_w, span_h = w + abs(dx) * travel, h + abs(dy) * travel
-    sx = int(rng.integers(1, side - span_w))
-    sy = int(rng.integers(1, side - span_h))
-    start = (sx + (travel if dx < 0 else 0), sy + (travel if dy < 0 else 0))
-    swept = (sx, sy, sx + span_w, sy + span_h)
-    still = place(rng, still_specs, side, avoid=[swept])
+    if grid:
+        cell = grid_cell(max(w, h), grid)
+        cells = side // cell
+        moves = max(1, min(cells - 1, round(TRAVEL * side / cell)))
+        travel = moves * cell
+
+        def corner(d: int, extent: int) -> int:
+            index = int(rng.integers(cells - moves if d else cells)) + (moves if d < 0 else 0)
+            return index * cell + 1 + int(rng.integers(cell - extent - GAP_PX + 1))
+
+        start = (corner(dx, w), corner(dy, h))
+        sx, sy = start[0] - (travel if dx < 0 else 0), start[1] - (travel if dy < 0 else 0)
+    else:
+        travel = round(TRAVEL * side)
+        # The swept box must fit: choose its top-left corner, then derive the start.
+        sx = int(rng.integers(1, side - (w + abs(dx) * travel)))
+        sy = int(rng.integers(1, side - (h + abs(dy) * travel)))
+        start = (sx + (travel if dx < 0 else 0), sy + (travel if dy < 0 else 0))
+    swept = (sx, sy, sx + w + abs(dx) * travel, sy + h + abs(dy) * travel)
+    still = place(rng, still_specs, side, avoid=[swept], grid=grid)
     if still is None:
         return None
     return MovingScene(still, mover, start, direction, travel)

@@ -34,9 +34,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 
 # Object extent as a fraction of the image side.
-# Large enough that a shape spans two to three 8 px patches of the quickstart's 64 px tower: at
-# 0.14 / 0.25 a linear probe on the trained tower read shape 71% of the time, at 0.2 / 0.3 92%.
-SIZES: dict[str, float] = {"small": 0.2, "large": 0.3}
+# Both fit one 16 px grid cell of a 64 px scene (10 and 14 px; see WorldSettings.grid), so each
+# object is one whole token of the quickstart's tower.
+SIZES: dict[str, float] = {"small": 0.16, "large": 0.22}
 # The tiny object and letter of hires_detail scenes are sized against the *normal* side, so
 # they stay below ~1.5 normal pixels once the large image is squashed to the normal size.
 TINY_EXTENT_NORMAL_PX = 1.5
