@@ -8,9 +8,22 @@ from PIL import Image
 
 from llavakit.synth import WorldSettings
 from llavakit.synth.files import atomic_write_text, read_jsonl, write_jsonl
-from llavakit.synth.language import captions, detailed_description, join_words, with_article
+from llavakit.synth.language import (
+    captions,
+    detailed_description,
+    join_words,
+    with_article,
+)
 from llavakit.synth.records import chance_level
-from llavakit.synth.scene import Scene, SceneObject, Spec, distinct_specs, grid_cell, place, position_word
+from llavakit.synth.scene import (
+    Scene,
+    SceneObject,
+    Spec,
+    distinct_specs,
+    grid_cell,
+    place,
+    position_word,
+)
 from llavakit.synth.video import decode_mp4, encode_mp4
 
 

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llavakit.synth import WorldSettings, generate_world, is_complete, render_random_scene, vocab
+from llavakit.synth import (
+    WorldSettings,
+    generate_world,
+    is_complete,
+    render_random_scene,
+    vocab,
+)
 from llavakit.synth.files import read_jsonl
 from llavakit.synth.solids import shade
 from llavakit.synth.video import decode_mp4

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llavakit.quickstart.world_data import captioned_images, chat_conversations, hires_crops, scene_contexts
+from llavakit.quickstart.world_data import (
+    captioned_images,
+    chat_conversations,
+    hires_crops,
+    scene_contexts,
+)
 from llavakit.synth import WorldSettings, generate_world
 from llavakit.synth.files import read_jsonl
 

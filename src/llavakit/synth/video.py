@@ -12,7 +12,16 @@ import numpy as np
 from PIL import Image
 
 from .render import draw_scene
-from .scene import GAP_PX, Scene, SceneObject, Spec, box_size, distinct_specs, grid_cell, place
+from .scene import (
+    GAP_PX,
+    Scene,
+    SceneObject,
+    Spec,
+    box_size,
+    distinct_specs,
+    grid_cell,
+    place,
+)
 
 STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 TRAVEL = 0.45  # how far the mover goes over the whole clip, as a fraction of the side
