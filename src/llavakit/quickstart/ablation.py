@@ -1,7 +1,7 @@
 """`llavakit ablate-anyres --out DIR`: the seeds' AnyRes ablation at micro scale.
 
 Runs the quickstart twice on one world with one set of cached components: once with AnyRes (the
-image split into up to 2x2 crops plus the squashed base) and once with a single squashed 1x1
+image split into up to 4x4 crops plus the squashed base) and once with a single squashed 1x1
 crop, then prints every task's score side by side. The high-resolution detail task (a tiny
 letter or object in a 256 px image) is the one AnyRes is for: squashed to 64 px its detail is
 below two pixels.
