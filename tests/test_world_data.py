@@ -39,7 +39,10 @@ def test_hires_crops_are_the_anyres_tiles_that_hold_whole_objects(world):
         assert sorted(n for _, _, boxes in crops for n, _ in boxes) == sorted(b["name"] for b in record["boxes"])
         for pixels, caption, boxes in crops:
             assert pixels.shape == (SMALL.image_side, SMALL.image_side, 3)
-            assert caption.startswith("A ") and all(name in caption for name, _ in boxes)
+            # "A blue letter E.", "An orange square and a red circle."
+            first = boxes[0][0]
+            assert caption.startswith(("An " if first[0] in "aeiou" else "A ") + first) and caption.endswith(".")
+            assert all(name in caption for name, _ in boxes)
             for name, (x1, y1, x2, y2) in boxes:
                 assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
                 # the box, mapped back onto the full image, shows the same pixels as the crop
@@ -64,7 +67,9 @@ def test_tower_images_add_hires_crops_to_the_normal_scenes(world):
 
 
 def test_grounded_chats_put_each_scene_in_words_where_its_image_was(world):
-    contexts = scene_contexts(world)
+    # the reference: each image's last caption (the one naming every object's place), read directly
+    contexts = {r["image"]: r["captions"][-1] for r in read_jsonl(world / "annotations.jsonl")}
+    assert scene_contexts(world) == contexts
     records = {r["id"]: r for r in read_jsonl(world / "stage2_instruct.jsonl")}
     plain, grounded = chat_conversations(world), chat_conversations(world, grounded=True)
     assert len(grounded) > len(plain)  # the stage-1.5 descriptions join

@@ -37,9 +37,9 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return tokenizer
 
 
-def documents(world_dir: Path, tokenizer: Any) -> list[str]:
-    chats = [tokenizer.apply_chat_template(c, tokenize=False) for c in chat_conversations(world_dir, grounded=True)]
-    return chats + corpus_lines(world_dir)
+def documents(conversations: list[list[dict]], lines: list[str], tokenizer: Any) -> list[str]:
+    """Each conversation rendered through the chat template, then the corpus lines as they are."""
+    return [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations] + lines
 
 
 def model_config(settings: LanguageSettings, tokenizer: Any) -> Qwen2Config:
@@ -96,11 +96,10 @@ def train_language(world_dir: Path, out_dir: Path, settings: ComponentSettings, 
     device = runtime.pick_device(settings.device)
     generator = runtime.seed_everything(settings.seed)
     lines = corpus_lines(world_dir)
-    tokenizer = build_tokenizer(
-        lines + [m["content"] for c in chat_conversations(world_dir, grounded=True) for m in c], lm.vocab_size
-    )
+    conversations = chat_conversations(world_dir, grounded=True)
+    tokenizer = build_tokenizer(lines + [m["content"] for c in conversations for m in c], lm.vocab_size)
     tokenizer.model_max_length = lm.max_position_embeddings
-    train_texts, val_texts = split_documents(documents(world_dir, tokenizer), lm.val_fraction, generator)
+    train_texts, val_texts = split_documents(documents(conversations, lines, tokenizer), lm.val_fraction, generator)
     train_stream, val_stream = token_stream(train_texts, tokenizer), token_stream(val_texts, tokenizer)
     length = min(lm.seq_len, len(train_stream) - 2)
     if length < 8:

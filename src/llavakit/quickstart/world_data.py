@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from llavakit.synth.files import read_jsonl
+from llavakit.synth.language import join_words, sentence, with_article
 
 ROLES = {"human": "user", "gpt": "assistant"}
 PLACEHOLDERS = ("<image>", "<video>")
@@ -49,7 +51,7 @@ def captioned_images(world_dir: Path, image_size: int) -> CaptionedImages:
     """
     world_dir = Path(world_dir)
     settings = read_manifest(world_dir)["settings"]
-    side, hires_side = settings["image_side"], settings.get("hires_side")
+    side, hires_side = settings["image_side"], settings["hires_side"]
     annotations = read_jsonl(world_dir / "annotations.jsonl")
     records = [r for r in annotations if r["width"] == side and r["height"] == side]
     if not records:
@@ -57,12 +59,12 @@ def captioned_images(world_dir: Path, image_size: int) -> CaptionedImages:
     pixels = [_load_rgb(world_dir / r["image"], image_size) for r in records]
     captions = [list(r["captions"]) for r in records]
     boxes = [[(b["name"], tuple(b["bbox"])) for b in r["boxes"]] for r in records]
-    for record in annotations:
-        if hires_side and record["width"] == record["height"] == hires_side and hires_side % side == 0:
-            for crop, crop_caption, crop_boxes in hires_crops(world_dir, record, side, image_size):
-                pixels.append(crop)
-                captions.append([crop_caption])
-                boxes.append(crop_boxes)
+    hires = [r for r in annotations if r["width"] == r["height"] == hires_side] if hires_side % side == 0 else []
+    for record in hires:
+        for crop, crop_caption, crop_boxes in hires_crops(world_dir, record, side, image_size):
+            pixels.append(crop)
+            captions.append([crop_caption])
+            boxes.append(crop_boxes)
     return CaptionedImages(np.stack(pixels), captions, boxes)
 
 
@@ -85,9 +87,7 @@ def hires_crops(world_dir: Path, record: dict, crop_side: int, image_size: int):
             tile = full[row * crop_side:(row + 1) * crop_side, col * crop_side:(col + 1) * crop_side]
             if crop_side != image_size:
                 tile = np.asarray(Image.fromarray(tile).resize((image_size, image_size), Image.Resampling.BICUBIC))
-            names = [name for name, _ in inside]
-            caption = (", ".join(f"a {n}" for n in names[:-1]) + " and " if len(names) > 1 else "") + f"a {names[-1]}."
-            yield tile, caption[0].upper() + caption[1:], inside
+            yield tile, sentence(join_words([with_article(name) for name, _ in inside])), inside
 
 
 def _load_rgb(path: Path, size: int) -> np.ndarray:
@@ -103,7 +103,7 @@ def corpus_lines(world_dir: Path) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def text_only_turns(record: dict, contexts: list[str] = ()) -> list[dict]:
+def text_only_turns(record: dict, contexts: Sequence[str] = ()) -> list[dict]:
     """A LLaVA record's conversation as chat messages, the media placeholders removed or, with
     `contexts`, the image placeholders replaced by them in order (each scene described in words
     where its image would be).

@@ -145,16 +145,19 @@ def grid_cell(extent: int, grid: int) -> int:
     return cell
 
 
+def corner_in_cell(rng: np.random.Generator, cells: range, cell: int, extent: int) -> int:
+    """One coordinate of a box's top-left corner inside one of `cells` (cell indices along an
+    axis; cells start at multiples of their side), keeping a 1 px margin inside the cell."""
+    return int(rng.integers(cells.start, cells.stop)) * cell + 1 + int(rng.integers(cell - extent - GAP_PX + 1))
+
+
 def _corner(rng: np.random.Generator, side: int, extent: int, grid: int) -> int | None:
     """One coordinate of a box's top-left corner: anywhere on the canvas, or inside a random
-    grid cell (cells start at multiples of their own side) when `grid` > 0."""
+    grid cell when `grid` > 0 (None when no cell of the canvas holds the box)."""
     if not grid:
         return int(rng.integers(1, side - extent))
     cell = grid_cell(extent, grid)
-    if cell > side:
-        return None
-    origin = int(rng.integers(side // cell)) * cell
-    return origin + 1 + int(rng.integers(cell - extent - GAP_PX + 1))
+    return corner_in_cell(rng, range(side // cell), cell, extent) if cell <= side else None
 
 
 def place(

@@ -57,7 +57,7 @@ class WorldSettings:
         if problems:
             raise ValueError("invalid WorldSettings: " + "; ".join(problems))
 
-    def scaled(self, count: float) -> int:
+    def scaled(self, count: int | float) -> int:
         """A sample count after --scale; never below one so every file exists."""
         return max(1, round(count * self.scale))
 

@@ -13,11 +13,11 @@ from PIL import Image
 
 from .render import draw_scene
 from .scene import (
-    GAP_PX,
     Scene,
     SceneObject,
     Spec,
     box_size,
+    corner_in_cell,
     distinct_specs,
     grid_cell,
     place,
@@ -68,11 +68,11 @@ def sample_moving_scene(
         moves = max(1, min(cells - 1, round(TRAVEL * side / cell)))
         travel = moves * cell
 
-        def corner(d: int, extent: int) -> int:
-            index = int(rng.integers(cells - moves if d else cells)) + (moves if d < 0 else 0)
-            return index * cell + 1 + int(rng.integers(cell - extent - GAP_PX + 1))
+        # along the motion, only cells from which the whole path stays on the canvas
+        def starts(d: int) -> range:
+            return range(moves if d < 0 else 0, cells - (moves if d > 0 else 0))
 
-        start = (corner(dx, w), corner(dy, h))
+        start = (corner_in_cell(rng, starts(dx), cell, w), corner_in_cell(rng, starts(dy), cell, h))
         sx, sy = start[0] - (travel if dx < 0 else 0), start[1] - (travel if dy < 0 else 0)
     else:
         travel = round(TRAVEL * side)
