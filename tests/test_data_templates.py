@@ -237,3 +237,28 @@ def test_a_template_without_end_tokens_is_refused(processor, data_file):
     tokenizer = chatml_tokenizer(LLAVA15_HF_TEMPLATE)
     with pytest.raises(DataError, match="template: the tokenizer's chat template ends assistant turns with none of"):
         encode(processor_with(processor, tokenizer), data_file, "tokenizer")
+
+
+def test_tokenized_conversations_are_reused_and_equal_fresh_ones(processor, data_file):
+    """The second epoch's encoding comes from the cache (no template rendering) and is identical."""
+    entries = read_llava_file(data_file, image_folder=data_file.parent / "images")
+    cached = LlavaDataset(entries, processor, DataSettings(template="tokenizer"))
+    fresh = LlavaDataset(entries, processor, DataSettings(template="tokenizer", token_cache=0))
+    first = [cached.encode(i) for i in range(len(entries))]
+    renders = []
+    render = cached.template.render
+    object.__setattr__(cached.template, "render", lambda *a, **k: renders.append(a) or render(*a, **k))
+    for index, sample in enumerate(first):
+        again, reference = cached.encode(index), fresh.encode(index)
+        assert again.input_ids.tolist() == sample.input_ids.tolist() == reference.input_ids.tolist()
+        assert again.labels.tolist() == sample.labels.tolist() == reference.labels.tolist()
+    assert renders == []  # every conversation came from the cache
+    assert len(fresh._tokenized) == 0 and len(cached._tokenized) == len(entries)
+
+
+def test_the_token_cache_is_bounded(processor, data_file):
+    entries = read_llava_file(data_file, image_folder=data_file.parent / "images")
+    dataset = LlavaDataset(entries, processor, DataSettings(template="chatml", token_cache=1))
+    for index in range(len(entries)):
+        dataset.encode(index)
+    assert len(dataset._tokenized) == 1
