@@ -80,6 +80,9 @@ def test_chat_template_renders_a_conversation_with_an_image_part(parts):
     assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert ids.count(tokenizer.convert_tokens_to_ids("<image>")) == 1
+    # every turn's header is three tokens: the role names are words of the tokenizer
+    assert tokenizer.tokenize("<|im_start|>assistant\n") == ["<|im_start|>", "assistant", "Ċ"]
+    assert tokenizer.tokenize("<|im_start|>user\n") == ["<|im_start|>", "user", "Ċ"]
 
 
 def test_language_model_loss_drops_well_below_its_start(parts):

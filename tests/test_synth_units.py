@@ -8,12 +8,14 @@ from PIL import Image
 
 from llavakit.synth import WorldSettings
 from llavakit.synth.files import atomic_write_text, read_jsonl, write_jsonl
+from llavakit.synth.followups import candidate_pairs, follow_up_pairs
 from llavakit.synth.language import (
     captions,
     detailed_description,
     join_words,
     with_article,
 )
+from llavakit.synth.questions import question_kind
 from llavakit.synth.records import chance_level
 from llavakit.synth.scene import (
     Scene,
@@ -119,6 +121,25 @@ def test_words_are_grammatical():
     ]
     assert detailed_description(scene).endswith("The red circle is to the left of the orange square and above it.")
     assert position_word(scene.objects[0], 64) == "top left"
+
+
+def test_follow_ups_take_each_kind_of_question_in_turn():
+    """Three objects have 6 colour/shape questions, 1 count and 12 relations: 4 follow-ups drawn
+    kind by kind ask about all four kinds, whatever the seed, and never repeat the first question."""
+    scene = Scene(64, (
+        SceneObject(Spec("circle", "red", "small"), (2, 2, 11, 11)),
+        SceneObject(Spec("square", "orange", "large"), (40, 40, 54, 54)),
+        SceneObject(Spec("cross", "blue", "small"), (36, 4, 46, 14)),
+    ))
+    pool = candidate_pairs(scene)
+    assert sum(question_kind(q) == "relation" for q, _ in pool) > len(pool) / 2
+    asked = "What color is the circle? Answer with one word."
+    for seed in range(20):
+        picked = follow_up_pairs(scene, np.random.default_rng(seed), 4, asked)
+        assert len(picked) == len(set(picked)) == 4 and all(p in pool for p in picked)
+        assert {question_kind(q) for q, _ in picked} == {"color", "shape", "count", "relation"}
+        assert asked not in [q for q, _ in picked]
+    assert len(follow_up_pairs(scene, np.random.default_rng(0), 100, asked)) == len(pool) - 1
 
 
 def test_chance_level_takes_the_best_blind_guess():

@@ -97,7 +97,10 @@ def train_language(world_dir: Path, out_dir: Path, settings: ComponentSettings, 
     generator = runtime.seed_everything(settings.seed)
     lines = corpus_lines(world_dir)
     conversations = chat_conversations(world_dir, grounded=True)
-    tokenizer = build_tokenizer(lines + [m["content"] for c in conversations for m in c], lm.vocab_size)
+    # The role names join the BPE corpus because every rendered turn starts with one: left out,
+    # "assistant" was 6 tokens and "user" 3, a fifth of a short question-answer turn.
+    texts = lines + [part for c in conversations for m in c for part in (m["role"], m["content"])]
+    tokenizer = build_tokenizer(texts, lm.vocab_size)
     tokenizer.model_max_length = lm.max_position_embeddings
     train_texts, val_texts = split_documents(documents(conversations, lines, tokenizer), lm.val_fraction, generator)
     train_stream, val_stream = token_stream(train_texts, tokenizer), token_stream(val_texts, tokenizer)

@@ -12,7 +12,7 @@ from typing import Literal
 
 # Bump when a change to the training code changes the weights for the same settings, so cached
 # components trained by older code are not reused.
-COMPONENTS_VERSION = 2
+COMPONENTS_VERSION = 3
 
 
 def _check(problems: list[str], ok: bool, message: str) -> None:
