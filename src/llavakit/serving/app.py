@@ -72,7 +72,7 @@ def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = N
             raise APIError(503, "the server is shutting down; retry on another instance", "shutting_down")
         prepared = await preparer(body)
         results = ResultQueue(loop, prepared.n)
-        job = Job(prepared.inputs, prepared.settings, results, prepared.n, prepared.stop)
+        job = Job(prepared.inputs, prepared.settings, results, prepared.n, prepared.stop, prepared.ignore_eos)
         try:
             engine.submit(job)
         except QueueFull as err:

@@ -53,6 +53,7 @@ class Job:
     listener: JobListener
     n: int = 1
     stop: Sequence[str] = ()
+    ignore_eos: bool = False  # end tokens are generated as text; only the limit or a stop string ends a row
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = field(default_factory=time.monotonic)
 
@@ -201,7 +202,7 @@ class Engine:
         return Row(
             prompt=prompt,
             settings=settings,
-            stream=TextStream(self.llava.tokenizer, job.stop, self.llava.eos_token_ids),
+            stream=TextStream(self.llava.tokenizer, job.stop, () if job.ignore_eos else self.llava.eos_token_ids),
             generator=make_generator(settings.seed, self.llava.model.device),
             on_text=lambda row, delta: listener.on_text(choice, delta),
             on_finish=lambda row: listener.on_finish(choice, row.finish_reason, list(row.token_ids)),

@@ -34,6 +34,7 @@ class PreparedRequest:
     settings: SamplingSettings
     stop: list[str]
     n: int
+    ignore_eos: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -58,7 +59,8 @@ class RequestPreparer:
         self._check_request(request)
         fetched = await self._fetch(request)
         inputs = await run_in_threadpool(self._build_inputs, request, fetched)
-        return PreparedRequest(inputs, self._sampling(request, inputs), list(request.stop), request.n)
+        return PreparedRequest(inputs, self._sampling(request, inputs), list(request.stop), request.n,
+                               request.ignore_eos)
 
     # ---- cheap checks first ---------------------------------------------------------------
     def _check_request(self, request: ChatCompletionRequest) -> None:

@@ -59,6 +59,7 @@ class ChatCompletionRequest(_Lenient):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=-1)  # vLLM extension: 0 or -1 = off
     repetition_penalty: float = Field(1.0, gt=0, le=10)  # vLLM extension
+    ignore_eos: bool = False  # vLLM extension: generate to the token limit (load tests, benchmarks)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: str | list[str] | None = Field(None, validate_default=True)  # a list after validation
     n: int = Field(1, ge=1)
