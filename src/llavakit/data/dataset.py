@@ -3,9 +3,9 @@
 The dataset holds entries (paths and text) only; pixels are decoded in ``__getitem__`` and handed
 on, never cached, so memory does not grow with the images. Tokenized conversations are kept (up to
 ``DataSettings.token_cache`` of them), since rendering and tokenizing them again each epoch is pure
-repetition. Bad samples follow ``on_error``: raise a
-DataError, or return a :class:`SkippedSample` that the collator drops and reports. A sample is never
-replaced by another one, never truncated, and visual tokens are never split.
+repetition. Bad samples follow ``on_error``: raise a DataError, or return a :class:`SkippedSample`
+that the collator drops and reports. A sample is never replaced by another one, never truncated,
+and visual tokens are never split.
 """
 
 from __future__ import annotations
