@@ -15,7 +15,6 @@ from llavakit.synth.language import (
     join_words,
     with_article,
 )
-from llavakit.synth.questions import question_kind
 from llavakit.synth.records import chance_level
 from llavakit.synth.scene import (
     Scene,
@@ -131,13 +130,14 @@ def test_follow_ups_take_each_kind_of_question_in_turn():
         SceneObject(Spec("square", "orange", "large"), (40, 40, 54, 54)),
         SceneObject(Spec("cross", "blue", "small"), (36, 4, 46, 14)),
     ))
-    pool = candidate_pairs(scene)
-    assert sum(question_kind(q) == "relation" for q, _ in pool) > len(pool) / 2
+    kinds = {question: kind for kind, question, _ in candidate_pairs(scene)}
+    pool = [(question, answer) for _, question, answer in candidate_pairs(scene)]
+    assert sum(kind == "relation" for kind in kinds.values()) > len(pool) / 2
     asked = "What color is the circle? Answer with one word."
     for seed in range(20):
         picked = follow_up_pairs(scene, np.random.default_rng(seed), 4, asked)
         assert len(picked) == len(set(picked)) == 4 and all(p in pool for p in picked)
-        assert {question_kind(q) for q, _ in picked} == {"color", "shape", "count", "relation"}
+        assert {kinds[q] for q, _ in picked} == {"color", "shape", "count", "relation"}
         assert asked not in [q for q, _ in picked]
     assert len(follow_up_pairs(scene, np.random.default_rng(0), 100, asked)) == len(pool) - 1
 

@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from .questions import COUNT_QUESTION, color_question, question_kind, relation_question, shape_question
+from .questions import COUNT_QUESTION, color_question, relation_question, shape_question
 from .scene import Scene, horizontal_relation, separated, vertical_relation
 
 
-def candidate_pairs(scene: Scene) -> list[tuple[str, str]]:
-    """Every (question, answer) the eval tasks could ask about this scene."""
+def candidate_pairs(scene: Scene) -> list[tuple[str, str, str]]:
+    """Every (kind, question, answer) the eval tasks could ask about this scene; kind is color,
+    shape, count or relation."""
     objects = scene.objects
     alone = len(objects) == 1
     pairs = []
     for obj in objects:
         if sum(o.shape == obj.shape for o in objects) == 1:
-            pairs.append((color_question(None if alone else obj.shape), obj.color))
+            pairs.append(("color", color_question(None if alone else obj.shape), obj.color))
         if sum(o.color == obj.color for o in objects) == 1:
-            pairs.append((shape_question(None if alone else obj.color), obj.shape))
-    pairs.append((COUNT_QUESTION, str(len(objects))))
+            pairs.append(("shape", shape_question(None if alone else obj.color), obj.shape))
+    pairs.append(("count", COUNT_QUESTION, str(len(objects))))
     if len({o.name for o in objects}) < len(objects):
         return pairs  # a relation needs each object named unambiguously
     relations = ((0, horizontal_relation), (1, vertical_relation))
@@ -32,7 +33,7 @@ def candidate_pairs(scene: Scene) -> list[tuple[str, str]]:
         for b in objects:
             for axis, relation in relations:
                 if a is not b and separated(a, b, axis, scene.side):
-                    pairs.append((relation_question(a.name, b.name, axis), relation(a, b)))
+                    pairs.append(("relation", relation_question(a.name, b.name, axis), relation(a, b)))
     return pairs
 
 
@@ -44,9 +45,9 @@ def follow_up_pairs(scene: Scene, rng: np.random.Generator, limit: int, asked: s
     2n(n-1) of them against n colours): 2,414 relation questions against 1,209 colour ones.
     """
     by_kind: dict[str, list[tuple[str, str]]] = {}
-    for pair in candidate_pairs(scene):
-        if pair[0] != asked:
-            by_kind.setdefault(question_kind(pair[0]), []).append(pair)
+    for kind, question, answer in candidate_pairs(scene):
+        if question != asked:
+            by_kind.setdefault(kind, []).append((question, answer))
     queues = [[group[int(i)] for i in rng.permutation(len(group))] for group in by_kind.values()]
     queues = [queues[int(i)] for i in rng.permutation(len(queues))]
     picked: list[tuple[str, str]] = []

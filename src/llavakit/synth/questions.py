@@ -24,10 +24,3 @@ def relation_question(a_name: str, b_name: str, axis: int) -> str:
         return f"Is the {a_name} left or right of the {b_name}? {ONE_WORD}"
     return f"Is the {a_name} above or below the {b_name}? {ONE_WORD}"
 
-
-def question_kind(question: str) -> str:
-    """color, shape, count or relation: which of the wordings above a question is."""
-    for kind, start in (("color", "What color"), ("shape", "What shape"), ("count", "How many")):
-        if question.startswith(start):
-            return kind
-    return "relation"
