@@ -44,7 +44,7 @@ def results(run) -> dict:
 
 
 def test_writes_results_model_report_and_configs(run, results):
-    assert set(results["stages"]) == {"stage1", "stage1_5", "stage2"}
+    assert set(results["stages"]) == {"stage1", "stage1_5", "grounding", "stage2"}
     assert results["stages"]["stage2"]["final_loss"] < results["stages"]["stage2"]["first_loss"]
     assert {"color", "shape", "count", "position", "hires_detail", "spot_difference", "which_image",
             "multiview", "video_direction"} == set(results["eval"])
@@ -52,7 +52,7 @@ def test_writes_results_model_report_and_configs(run, results):
     assert (run / "model" / "llavakit_config.json").is_file()
     report = (run / "report.md").read_text()
     assert "## Held-out evaluation" in report and (run / "figures" / "loss.png").stat().st_size > 1000
-    for name in ("stage1", "stage1_5", "stage2"):
+    for name in ("stage1", "stage1_5", "grounding", "stage2"):
         assert yaml.safe_load((run / "configs" / f"{name}.yaml").read_text())["output_dir"] == str(run / name)
 
 

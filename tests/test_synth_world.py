@@ -142,7 +142,10 @@ def test_layout_counts_and_media_exist(world):
     for task in EVAL_TASKS:
         assert manifest["files"][f"eval/{task}.jsonl"] == 16
     media = set()
-    for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", "stage2_instruct.jsonl"] + [f"eval/{t}.jsonl" for t in EVAL_TASKS]:
+    assert manifest["files"]["stage15_grounding.jsonl"] == 10 * SMALL.train_per_task
+    for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", "stage15_grounding.jsonl", "stage2_instruct.jsonl"] + [
+        f"eval/{t}.jsonl" for t in EVAL_TASKS
+    ]:
         for record in read_jsonl(world / name):
             image = record.get("image", [])
             media.update([image] if isinstance(image, str) else image)
@@ -253,6 +256,26 @@ def test_stage15_recaptions_describe_every_object_of_the_stage1_images(world):
         boxes = annotations[record["image"]]["boxes"]
         assert all(b["name"] in description for b in boxes), record["id"]
         assert description.startswith(f"There {'is' if len(boxes) == 1 else 'are'} ")
+
+
+def test_stage15_grounding_asks_the_colour_of_every_object_by_its_shape(world):
+    """Scenes of 3-5 objects of different shapes; each object's colour asked once, by its shape,
+    with answers that match the pixels; the image placeholder only in the first turn."""
+    records = read_jsonl(world / "stage15_grounding.jsonl")
+    assert len(records) == 10 * SMALL.train_per_task
+    sizes = set()
+    for record in records:
+        placeholder_check(record)
+        image = pixels(world, record["image"])
+        turns = record["conversations"]
+        questions = [t["value"].removeprefix("<image>\n") for t in turns[::2]]
+        assert turns[0]["value"].startswith("<image>\n") and all("<image>" not in q for q in questions)
+        shapes = [quoted_name(q, r"What color is the (\w+)(\?) Answer with one word\.")[0] for q in questions]
+        assert len(set(shapes)) == len(shapes) == len(object_blobs(image)), record["id"]  # every object, once
+        for question, answer in zip(questions, [t["value"] for t in turns[1::2]]):
+            assert answer == answer_from_pixels(image, question), (record["id"], question)
+        sizes.add(len(shapes))
+    assert sizes == {3, 4, 5}
 
 
 def test_eval_records_and_chance(world):
