@@ -3,6 +3,7 @@
 1. generate the synthetic world (``llavakit synth``) unless it is already there;
 2. train the tiny vision encoder and language model the stages start from (cached);
 3. stage-1: align the projector on captions, parts frozen (``llavakit train``'s Trainer);
+   stage-1.5: the whole model on detailed re-captions, then on grounding questions;
 4. stage-2: instruction-tune the whole model on the world's tasks;
 5. evaluate every held-out task with the evaluation runner, print a table against chance;
 6. write DIR/results.json, DIR/model/ (loadable, chat-able, servable) and DIR/report.md with plots.
