@@ -76,17 +76,26 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     # named the wrong colour for most single-object scenes, after three it named most of them
     # right, and an epoch here (38 s) costs less than half a stage-2 epoch.
     rates = [{"pattern": r"^vision_tower\.", "lr": 2e-4}, {"pattern": ".", "lr": 1e-3}]
-    stage1_5 = {
-        **common,
-        "stage": "stage1.5",
-        "model": {"checkpoint": str(out / "stage1" / "model")},
-        "data": {"sources": [{"path": str(world / "stage15_recap.jsonl"), "image_folder": str(world)}],
-                 "settings": {"template": "auto", "max_length": 2048}},
-        "output_dir": str(out / "stage1_5"),
-        "micro_batch_size": 8, "global_batch_size": 16, "epochs": 3,
-        "optim": {"lr": 1e-3, "warmup_ratio": 0.03, "weight_decay": 0.0},
-        "trainable": rates,
-    }
+    tower_frozen = [{"pattern": r"^vision_tower\.", "frozen": True}, {"pattern": ".", "lr": 1e-3}]
+
+    def whole_model(stage: str, start: str, sources: list[dict], name: str, epochs: float,
+                    trainable: list[dict], **optim: Any) -> dict[str, Any]:
+        """A stage after stage-1: the LM and projector (and the tower where ``trainable`` lets it)
+        from ``out/start/model``, 16 samples a step, LR 1e-3 unless ``optim`` says otherwise."""
+        return {
+            **common,
+            "stage": stage,
+            "model": {"checkpoint": str(out / start / "model")},
+            "data": {"sources": sources, "settings": {"template": "auto", "max_length": 2048}},
+            "output_dir": str(out / name),
+            "micro_batch_size": 8, "global_batch_size": 16, "epochs": epochs,
+            "optim": {"lr": 1e-3, "warmup_ratio": 0.03, "weight_decay": 0.0, **optim},
+            "trainable": trainable,
+        }
+
+    stage1_5 = whole_model("stage1.5", "stage1",
+                           [{"path": str(world / "stage15_recap.jsonl"), "image_folder": str(world)}],
+                           "stage1_5", 3, rates)
     # Grounding, the end of stage-1.5: the colour of every object of a scene asked by its shape
     # (synth.tasks_single.build_grounding), alone. Eight stage-2 epochs left the model naming another
     # object's colour for half the scenes of several objects, four times the stage-2 colour questions
@@ -94,39 +103,22 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     # after the re-captions, the model learns them abruptly, near step 450 on one draw of scenes and
     # near step 900 on another (colour 1.00 and 0.98 held out); four cosine epochs (748 steps) were
     # not enough in a fresh clone, so six epochs at a constant rate.
-    grounding = {
-        **common,
-        "stage": "stage1.5",
-        "model": {"checkpoint": str(out / "stage1_5" / "model")},
-        "data": {"sources": [{"path": str(world / "stage15_grounding.jsonl"), "image_folder": str(world)}],
-                 "settings": {"template": "auto", "max_length": 2048}},
-        "output_dir": str(out / "grounding"),
-        "micro_batch_size": 8, "global_batch_size": 16, "epochs": 6,
-        "optim": {"lr": 1e-3, "warmup_ratio": 0.03, "weight_decay": 0.0, "schedule": "constant"},
-        "trainable": [{"pattern": r"^vision_tower\.", "frozen": True}, {"pattern": ".", "lr": 1e-3}],
-    }
+    grounding = whole_model("stage1.5", "stage1_5",
+                            [{"path": str(world / "stage15_grounding.jsonl"), "image_folder": str(world)}],
+                            "grounding", 6, tower_frozen, schedule="constant")
     # Stage-2: instruction tuning of the LM and projector on every task of the world. The tower
     # stays frozen here (as in LLaVA-1.5): training it as well cost 15% more time and scored lower
     # (two epochs: colour 0.54 against 0.61, counting 0.55 against 0.62).
-    stage2 = {
-        **common,
-        "stage": "stage2",
-        "model": {"checkpoint": str(out / "grounding" / "model")},
-        "data": {"sources": [{"path": str(world / "stage2_instruct.jsonl"), "image_folder": str(world),
-                              "video_folder": str(world)}],
-                 "settings": {"template": "auto", "max_length": 2048}},
-        "output_dir": str(out / "stage2"),
-        "micro_batch_size": 8, "global_batch_size": 16,
-        # Learning here is slow, not saturated: from the same stage-1.5 model, 5 epochs against 3
-        # took colour from 0.38 to 0.66, shape from 0.62 to 0.71 and the detail task from 0.12 to
-        # 0.46, and 2 epochs left colour at 0.17. Eight fit the budget since tokenized
-        # conversations are reused and the role names are single tokens (an epoch about 57 s on
-        # 2 CPU cores, against 83 s).
-        # Seven, not eight, to pay for the grounding phase within the 15-minute budget.
-        "epochs": stage2_epochs if stage2_epochs is not None else max(7.0, 7 * scale ** 0.5),
-        "optim": {"lr": 1e-3, "warmup_ratio": 0.03, "weight_decay": 0.0},
-        "trainable": [{"pattern": r"^vision_tower\.", "frozen": True}, {"pattern": ".", "lr": 1e-3}],
-    }
+    # Learning here is slow, not saturated: from the same stage-1.5 model, 5 epochs against 3 took
+    # colour from 0.38 to 0.66, shape from 0.62 to 0.71 and the detail task from 0.12 to 0.46, and
+    # 2 epochs left colour at 0.17. Eight fit the budget once tokenized conversations were reused
+    # and the role names were single tokens (an epoch about 57 s on 2 CPU cores, against 83 s);
+    # seven, to pay for the grounding phase within the 15-minute budget.
+    stage2 = whole_model("stage2", "grounding",
+                         [{"path": str(world / "stage2_instruct.jsonl"), "image_folder": str(world),
+                           "video_folder": str(world)}],
+                         "stage2", stage2_epochs if stage2_epochs is not None else max(7.0, 7 * scale ** 0.5),
+                         tower_frozen)
     return {"stage1": stage1, "stage1_5": stage1_5, "grounding": grounding, "stage2": stage2}
 
 
