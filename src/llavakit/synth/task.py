@@ -127,6 +127,12 @@ def turns(*pairs: tuple[str, str]) -> list[dict]:
     return out
 
 
+def image_turns(pairs: Sequence[tuple[str, str]]) -> list[dict]:
+    """[(human, gpt), ...] about one image -> LLaVA conversations, <image> before the first question."""
+    (first_human, first_gpt), *rest = pairs
+    return turns((f"{IMAGE}\n{first_human}", first_gpt), *rest)
+
+
 def single_image_question(question: str, answer: str, image: str, options: Sequence[str]) -> Sample:
     return Sample(turns((f"{IMAGE}\n{question}", answer)), image=image, answer=answer, options=tuple(options))
 

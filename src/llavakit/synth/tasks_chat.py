@@ -33,7 +33,7 @@ from .scene import (
     separated,
     vertical_relation,
 )
-from .task import IMAGE, Context, Sample, Task, turns
+from .task import IMAGE, Context, Sample, Task, image_turns, turns
 
 QA = tuple[str, str]
 
@@ -47,9 +47,7 @@ def _scene(ctx: Context, least: int = 1) -> Scene:
 def _with_image(ctx: Context, scene: Scene, pairs: list[QA]) -> Sample:
     """Save the image, put <image> before the first question, and keep the annotation."""
     image = ctx.save_image(draw_scene(scene))
-    first_human, first_gpt = pairs[0]
-    conversations = turns((f"{IMAGE}\n{first_human}", first_gpt), *pairs[1:])
-    return Sample(conversations, image=image, annotations=[annotation_record(scene, image)])
+    return Sample(image_turns(pairs), image=image, annotations=[annotation_record(scene, image)])
 
 
 def build_stage1_caption(ctx: Context) -> Sample:
