@@ -142,8 +142,9 @@ def test_layout_counts_and_media_exist(world):
     for task in EVAL_TASKS:
         assert manifest["files"][f"eval/{task}.jsonl"] == 16
     media = set()
-    assert manifest["files"]["stage15_grounding.jsonl"] == 10 * SMALL.train_per_task
-    for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", "stage15_grounding.jsonl", "stage2_instruct.jsonl"] + [
+    drills = ["stage15_grounding.jsonl", "stage15_motion.jsonl"]
+    assert [manifest["files"][name] for name in drills] == [10 * SMALL.train_per_task] * 2
+    for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", *drills, "stage2_instruct.jsonl"] + [
         f"eval/{t}.jsonl" for t in EVAL_TASKS
     ]:
         for record in read_jsonl(world / name):
@@ -419,16 +420,37 @@ def test_which_image_answers(world):
         assert has == ([True, False] if record["answer"] == "first" else [False, True]), record["id"]
 
 
+def assert_moves_as_answered(world: Path, record_id: str, video: str, question: str, answer: str) -> None:
+    """The object the question names (by its colour, unique in the clip) moves `answer`, in a straight line."""
+    frames = decode_mp4(world / video)
+    assert len(frames) == SMALL.video_frames and frames[0].shape == (SMALL.video_side, SMALL.video_side, 3)
+    color = re.search(r"Which direction is the (\w+) \w+ moving\? Answer with one word\.$", question).group(1)
+    centres = [np.argwhere(nearest_color_labels(f, [WHITE]) == color).mean(0) for f in frames]
+    dy, dx = centres[-1] - centres[0]
+    expected = {"left": dx < -10, "right": dx > 10, "up": dy < -10, "down": dy > 10}
+    assert expected[answer], (record_id, dx, dy)
+    assert min(abs(dx), abs(dy)) < 2  # a straight line along one axis
+
+
 def test_video_objects_move_in_stated_direction(world):
     for record in evals(world, "video_direction"):
-        frames = decode_mp4(world / record["video"])
-        assert len(frames) == SMALL.video_frames and frames[0].shape == (SMALL.video_side, SMALL.video_side, 3)
-        color = re.search(r"Which direction is the (\w+) \w+ moving", record["question"]).group(1)
-        centres = [np.argwhere(nearest_color_labels(f, [WHITE]) == color).mean(0) for f in frames]
-        dy, dx = centres[-1] - centres[0]
-        expected = {"left": dx < -10, "right": dx > 10, "up": dy < -10, "down": dy > 10}
-        assert expected[record["answer"]], (record["id"], dx, dy)
-        assert min(abs(dx), abs(dy)) < 2  # a straight line along one axis
+        assert_moves_as_answered(world, record["id"], record["video"], record["question"], record["answer"])
+
+
+def test_stage15_motion_drill_asks_directions_that_match_the_frames(world):
+    """Ten times stage-2's direction clips, other draws than stage-2's and the eval's, balanced."""
+    records = read_jsonl(world / "stage15_motion.jsonl")
+    assert len(records) == 10 * SMALL.train_per_task
+    answers = []
+    for record in records:
+        placeholder_check(record)
+        (question, answer) = [t["value"] for t in record["conversations"]]
+        assert question.startswith("<video>\n") and record["video"].startswith("videos/train_motion_")
+        assert_moves_as_answered(world, record["id"], record["video"], question.removeprefix("<video>\n"), answer)
+        answers.append(answer)
+    assert {answers.count(d) for d in vocab.DIRECTIONS} == {len(records) // 4}
+    stage2_videos = {r["video"] for r in read_jsonl(world / "stage2_instruct.jsonl") if "video" in r}
+    assert not stage2_videos & {r["video"] for r in records}
 
 
 def test_multiview_answers_need_more_than_one_view(world):

@@ -1,4 +1,4 @@
-"""Generate a whole world into a directory: eval splits first, then stage-2, stage-1 and stage-1.5 grounding.
+"""Generate a whole world into a directory: eval splits first, then stage-2, stage-1 and the stage-1.5 drills.
 
 Eval goes first so its scene signatures are held out before any training scene is drawn.
 Every file is written atomically and world.json last, so world.json marks a complete world.
@@ -26,16 +26,20 @@ from .video import video_codec
 
 EVAL_TASKS: tuple[Task, ...] = tasks_single.TASKS + tasks_multi.TASKS + tasks_video.TASKS
 TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video.TRAIN_ONLY
-STAGE1_FILE, STAGE15_FILE, GROUNDING_FILE, STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE = (
+STAGE1_FILE, STAGE15_FILE, GROUNDING_FILE, MOTION_FILE, STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE = (
     "stage1_captions.jsonl",
     "stage15_recap.jsonl",
     "stage15_grounding.jsonl",
+    "stage15_motion.jsonl",
     "stage2_instruct.jsonl",
     "annotations.jsonl",
     "text_corpus.txt",
     "world.json",
 )
 # Files this generator names; only these are pruned when a world is regenerated.
+# The stage-1.5 drills: one skill each, many samples, trained alone (the quickstart's grounding and
+# motion phases); their images stay out of annotations.jsonl, so the tower sees what it saw before.
+DRILLS: tuple[tuple[str, Task], ...] = ((GROUNDING_FILE, tasks_single.GROUNDING), (MOTION_FILE, tasks_video.MOTION_DRILL))
 GENERATED_MEDIA = re.compile(r"^(stage1|train|eval)_[a-z0-9_]+_\d{5}(_[a-z0-9]+)?\.(png|mp4)$")
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # files.atomic_write_bytes: ".<name>.<random>.tmp"
 
@@ -72,17 +76,17 @@ def generate_world(
         return out
     out.mkdir(parents=True, exist_ok=True)
     (out / WORLD_FILE).unlink(missing_ok=True)  # from here on the directory is "incomplete"
-    evals, train, stage1, grounding = _draw_samples(out, settings, progress)
-    _write_world(out, settings, evals, train, stage1, grounding)
+    evals, train, stage1, drills = _draw_samples(out, settings, progress)
+    _write_world(out, settings, evals, train, stage1, drills)
     return out
 
 
 def _draw_samples(
     out: Path, settings: WorldSettings, progress: bool
-) -> tuple[dict[str, list[dict]], dict[str, list[Sample]], list[Sample], list[Sample]]:
-    """Build every sample (media files are written as they are drawn): eval, train, stage-1, grounding."""
+) -> tuple[dict[str, list[dict]], dict[str, list[Sample]], list[Sample], dict[str, list[Sample]]]:
+    """Build every sample (media files are written as they are drawn): eval, train, stage-1, drills."""
     total = (len(EVAL_TASKS) * settings.n_eval + sum(train_count(t, settings) for t in TRAIN_KINDS)
-             + settings.n_stage1 + train_count(tasks_single.GROUNDING, settings))
+             + settings.n_stage1 + sum(train_count(task, settings) for _, task in DRILLS))
     held_out = HeldOut()
     with tqdm(total=total, desc="synth", unit="sample", disable=not progress) as bar:
 
@@ -96,8 +100,8 @@ def _draw_samples(
         evals = {t.name: _eval_records(t, run(t, "eval", settings.n_eval), settings) for t in EVAL_TASKS}
         train = {t.name: run(t, "train", train_count(t, settings)) for t in TRAIN_KINDS}
         stage1 = run(tasks_chat.STAGE1, "stage1", settings.n_stage1)
-        grounding = run(tasks_single.GROUNDING, "train", train_count(tasks_single.GROUNDING, settings))
-    return evals, train, stage1, grounding
+        drills = {file: run(task, "train", train_count(task, settings)) for file, task in DRILLS}
+    return evals, train, stage1, drills
 
 
 def _write_world(
@@ -106,30 +110,33 @@ def _write_world(
     evals: dict[str, list[dict]],
     train: dict[str, list[Sample]],
     stage1: list[Sample],
-    grounding: list[Sample],
+    drills: dict[str, list[Sample]],
 ) -> None:
     """Write the JSONL files and the corpus, prune leftovers, then world.json (last)."""
     stage1_records = [llava_record(f"stage1-{i:05d}", s) for i, s in enumerate(stage1)]
     stage15_records = [recap_record(f"stage15-{i:05d}", s) for i, s in enumerate(stage1)]
-    grounding_records = [llava_record(f"stage15-grounding-{i:05d}", s) for i, s in enumerate(grounding)]
+    drill_records = {file: [llava_record(f"stage15-{task.name}-{i:05d}", s) for i, s in enumerate(drills[file])]
+                     for file, task in DRILLS}
     stage2_records = _shuffled(
         [llava_record(f"train-{kind}-{i:05d}", s) for kind, samples in train.items() for i, s in enumerate(samples)],
         settings.seed,
     )
     annotations = [a for s in stage1 + [s for samples in train.values() for s in samples] for a in s.annotations]
-    corpus = corpus_lines(stage1_records + stage15_records + grounding_records + stage2_records, annotations)
+    drill_all = [r for records in drill_records.values() for r in records]
+    corpus = corpus_lines(stage1_records + stage15_records + drill_all + stage2_records, annotations)
 
     counts = {eval_file(task): write_jsonl(out / eval_file(task), records) for task, records in evals.items()}
     counts[STAGE2_FILE] = write_jsonl(out / STAGE2_FILE, stage2_records)
     counts[STAGE1_FILE] = write_jsonl(out / STAGE1_FILE, stage1_records)
     counts[STAGE15_FILE] = write_jsonl(out / STAGE15_FILE, stage15_records)
-    counts[GROUNDING_FILE] = write_jsonl(out / GROUNDING_FILE, grounding_records)
+    for file, records in drill_records.items():
+        counts[file] = write_jsonl(out / file, records)
     counts[ANNOTATIONS_FILE] = write_jsonl(out / ANNOTATIONS_FILE, annotations)
     atomic_write_text(out / CORPUS_FILE, "".join(line + "\n" for line in corpus))
     counts[CORPUS_FILE] = len(corpus)
 
     media = _media_paths([r for records in evals.values() for r in records] + stage1_records + stage2_records
-                         + grounding_records)
+                         + drill_all)
     _prune(out, media, set(map(eval_file, evals)))
     manifest = world_manifest(settings, counts, media, evals, {kind: len(samples) for kind, samples in train.items()})
     atomic_write_text(out / WORLD_FILE, json.dumps(manifest, indent=2) + "\n")
