@@ -44,7 +44,7 @@ def results(run) -> dict:
 
 
 def test_writes_results_model_report_and_configs(run, results):
-    assert set(results["stages"]) == {"stage1", "stage1_5", "grounding", "stage2"}
+    assert list(results["stages"]) == ["stage1", "stage1_5", "grounding", "stage2"]
     assert results["stages"]["stage2"]["final_loss"] < results["stages"]["stage2"]["first_loss"]
     assert {"color", "shape", "count", "position", "hires_detail", "spot_difference", "which_image",
             "multiview", "video_direction"} == set(results["eval"])
@@ -52,8 +52,15 @@ def test_writes_results_model_report_and_configs(run, results):
     assert (run / "model" / "llavakit_config.json").is_file()
     report = (run / "report.md").read_text()
     assert "## Held-out evaluation" in report and (run / "figures" / "loss.png").stat().st_size > 1000
-    for name in ("stage1", "stage1_5", "grounding", "stage2"):
-        assert yaml.safe_load((run / "configs" / f"{name}.yaml").read_text())["output_dir"] == str(run / name)
+    starts = {}
+    for name in results["stages"]:
+        config = yaml.safe_load((run / "configs" / f"{name}.yaml").read_text())
+        assert config["output_dir"] == str(run / name)
+        starts[name] = config["model"].get("checkpoint")
+    # each stage starts from the one before it
+    assert starts == {"stage1": None, "stage1_5": str(run / "stage1" / "model"),
+                      "grounding": str(run / "stage1_5" / "model"), "stage2": str(run / "grounding" / "model")}
+    assert not (run / "configs" / "motion_mixture.yaml").exists()  # the motion drill is opt-in
 
 
 def test_learns_from_the_images_and_swapped_images_fall_to_chance(results):
