@@ -60,7 +60,10 @@ def test_writes_results_model_report_and_configs(run, results):
     # each stage starts from the one before it
     assert starts == {"stage1": None, "stage1_5": str(run / "stage1" / "model"),
                       "grounding": str(run / "stage1_5" / "model"), "stage2": str(run / "grounding" / "model")}
-    assert not (run / "configs" / "motion_mixture.yaml").exists()  # the motion drill is opt-in
+    # the motion drill is opt-in: neither its data nor its mixture by default
+    assert not (run / "configs" / "motion_mixture.yaml").exists()
+    assert not (run / "world" / "stage15_motion.jsonl").exists()
+    assert not list((run / "world" / "videos").glob("train_motion_*"))
 
 
 def test_learns_from_the_images_and_swapped_images_fall_to_chance(results):

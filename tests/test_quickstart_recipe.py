@@ -12,7 +12,7 @@ from llavakit.data.mixture import load_mixture
 from llavakit.quickstart.run import MOTION_MIXTURE, motion_mixture, stage_configs
 from llavakit.synth import WorldSettings, generate_world
 
-SMALL = WorldSettings(stage1_captions=8, train_per_task=12, eval_per_task=4)
+SMALL = WorldSettings(stage1_captions=8, train_per_task=12, eval_per_task=4, motion_drill=20)
 
 
 def configs(tmp_path: Path, motion_drill: bool) -> dict:
@@ -55,7 +55,7 @@ def test_motion_mixture_loads_every_clip_and_a_third_of_the_grounding_scenes(wor
     path = tmp_path / MOTION_MIXTURE
     path.write_text(yaml.safe_dump(motion_mixture(world, seed=0)))
     mixture = load_mixture(path)
-    clips, scenes = 10 * SMALL.train_per_task, 10 * SMALL.train_per_task
+    clips, scenes = SMALL.motion_drill, 10 * SMALL.train_per_task
     assert [(p.name, p.available, p.selected) for p in mixture.parts] == [
         ("stage15_motion", clips, clips), ("stage15_grounding", scenes, -(-scenes * 33 // 100))]
     videos = [Path(e.video_folder) / e.record["video"] for e in mixture.entries if "video" in e.record]

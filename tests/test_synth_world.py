@@ -24,7 +24,7 @@ from llavakit.synth.files import read_jsonl
 from llavakit.synth.solids import shade
 from llavakit.synth.video import decode_mp4
 
-SMALL = WorldSettings(stage1_captions=40, train_per_task=16, eval_per_task=16)
+SMALL = WorldSettings(stage1_captions=40, train_per_task=16, eval_per_task=16, motion_drill=40)
 EVAL_TASKS = (
     "color", "shape", "count", "position", "hires_detail",
     "spot_difference", "which_image", "video_direction", "multiview",
@@ -143,7 +143,7 @@ def test_layout_counts_and_media_exist(world):
         assert manifest["files"][f"eval/{task}.jsonl"] == 16
     media = set()
     drills = ["stage15_grounding.jsonl", "stage15_motion.jsonl"]
-    assert [manifest["files"][name] for name in drills] == [10 * SMALL.train_per_task] * 2
+    assert [manifest["files"][name] for name in drills] == [10 * SMALL.train_per_task, SMALL.motion_drill]
     for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", *drills, "stage2_instruct.jsonl"] + [
         f"eval/{t}.jsonl" for t in EVAL_TASKS
     ]:
@@ -438,9 +438,9 @@ def test_video_objects_move_in_stated_direction(world):
 
 
 def test_stage15_motion_drill_asks_directions_that_match_the_frames(world):
-    """Ten times stage-2's direction clips, other draws than stage-2's and the eval's, balanced."""
+    """As many clips as motion_drill asks, other draws than stage-2's and the eval's, balanced."""
     records = read_jsonl(world / "stage15_motion.jsonl")
-    assert len(records) == 10 * SMALL.train_per_task
+    assert len(records) == SMALL.motion_drill
     answers = []
     for record in records:
         placeholder_check(record)
@@ -519,7 +519,8 @@ def test_rerun_with_same_settings_does_nothing(world, capsys):
     parser = __import__("argparse").ArgumentParser()
     cli.add_arguments(parser)
     args = parser.parse_args(
-        ["--out", str(world), "--stage1-captions", "40", "--train-per-task", "16", "--eval-per-task", "16"]
+        ["--out", str(world), "--stage1-captions", "40", "--train-per-task", "16", "--eval-per-task", "16",
+         "--motion-drill", "40"]
     )
     assert cli.settings_from_args(args) == SMALL
     assert cli.run(args) == 0
@@ -555,15 +556,18 @@ def test_killed_run_leaves_no_complete_marker_and_no_partial_files(tmp_path, mon
 
 def test_regenerating_smaller_world_prunes_stale_files(tmp_path):
     out = generate_world(
-        tmp_path / "w", WorldSettings(stage1_captions=6, train_per_task=3, eval_per_task=3), progress=False
+        tmp_path / "w", WorldSettings(stage1_captions=6, train_per_task=3, eval_per_task=3, motion_drill=4),
+        progress=False,
     )
     assert (out / "images" / "stage1_caption_00005.png").exists()
+    assert (out / "stage15_motion.jsonl").exists() and (out / "videos" / "train_motion_00003.mp4").exists()
     # what a SIGKILL during an atomic write leaves, and a user's own file, which must survive
     (out / ".stage2_instruct.jsonl.k2j4_x9a.tmp").write_text("half")
     (out / "images" / ".train_color_00000.png.abc123de.tmp").write_bytes(b"half")
     (out / "images" / "my_photo.png").write_bytes(b"mine")
     generate_world(out, WorldSettings(stage1_captions=2, train_per_task=3, eval_per_task=3), progress=False)
     assert not (out / "images" / "stage1_caption_00005.png").exists()
+    assert not (out / "stage15_motion.jsonl").exists() and not list((out / "videos").glob("train_motion_*"))
     assert not list(out.rglob("*.tmp"))
     assert (out / "images" / "my_photo.png").read_bytes() == b"mine"
     n_images = json.loads((out / "world.json").read_text())["media"]["images"]

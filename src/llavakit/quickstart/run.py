@@ -34,13 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage2-epochs", type=float, default=None, help="override the stage-2 epoch count")
     parser.add_argument("--motion-drill", action="store_true",
                         help="a motion phase after grounding (about 3 more minutes on 2 CPU cores): video "
-                             "direction 0.56 instead of chance, shape 0.77 instead of 0.90 (docs/quickstart.md, item 19)")
+                             "direction 0.56 instead of chance, shape 0.77 instead of 0.90 "
+                             "(docs/quickstart.md, item 19)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate at most this many samples per task")
     parser.add_argument("--anyres", choices=["on", "off"], default="on",
                         help="off: one squashed crop per image (the AnyRes ablation's baseline)")
 
 
 MOTION_MIXTURE = "motion_mixture.yaml"  # written next to the stage configs
+MOTION_CLIPS = 3000  # in the world, with --motion-drill only (its generation alone takes ~12 s)
 MOTION_EPOCHS = 2  # of the 3,000 motion clips and 990 grounding scenes: 498 steps
 
 
@@ -234,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     world = Path(args.world).resolve() if args.world else out / "world"
     print(f"== world: {world}")
-    generate_world(world, WorldSettings(seed=args.seed, scale=args.scale))
+    generate_world(world, WorldSettings(seed=args.seed, scale=args.scale,
+                                        motion_drill=MOTION_CLIPS if args.motion_drill else 0))
     print("== components (tiny vision encoder and language model, cached)")
     components = prepare_components(world, Path(args.cache).resolve() if args.cache else out / "cache",
                                     ComponentSettings(seed=args.seed, scale=args.scale))

@@ -25,6 +25,7 @@ FLAGS = {
     "eval_per_task": "held-out eval samples per task (before --scale)",
     "max_objects": "most objects in one scene",
     "follow_ups": "extra short-answer questions per single-image training sample",
+    "motion_drill": "direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before --scale; 0: no file)",
     "scale": "multiplier on every sample count",
 }
 

@@ -42,7 +42,8 @@ def build_video_caption(ctx: Context) -> Sample:
 
 TASKS = (Task("video_direction", build_video_direction, lambda s: vocab.DIRECTIONS),)
 TRAIN_ONLY = (Task("video_caption", build_video_caption, train_weight=0.5),)
-# The motion drill of stage-1.5: direction questions alone, ten times as many clips as stage-2 has
-# (a task name of its own, so its clips are other draws than stage-2's). Among the other tasks the
-# tiny model stayed at chance; alone it learns them (see the quickstart's motion phase).
-MOTION_DRILL = Task("motion", build_video_direction, train_weight=10.0)
+# The motion drill of stage-1.5: direction questions alone, on as many clips as
+# WorldSettings.motion_drill asks (a task name of its own, so its clips are other draws than
+# stage-2's). Among the other tasks the tiny model stayed at chance on direction; alone it learns it
+# (the quickstart's --motion-drill).
+MOTION_DRILL = Task("motion", build_video_direction)

@@ -37,9 +37,6 @@ STAGE1_FILE, STAGE15_FILE, GROUNDING_FILE, MOTION_FILE, STAGE2_FILE, ANNOTATIONS
     "world.json",
 )
 # Files this generator names; only these are pruned when a world is regenerated.
-# The stage-1.5 drills: one skill each, many samples, trained alone (the quickstart's grounding and
-# motion phases); their images stay out of annotations.jsonl, so the tower sees what it saw before.
-DRILLS: tuple[tuple[str, Task], ...] = ((GROUNDING_FILE, tasks_single.GROUNDING), (MOTION_FILE, tasks_video.MOTION_DRILL))
 GENERATED_MEDIA = re.compile(r"^(stage1|train|eval)_[a-z0-9_]+_\d{5}(_[a-z0-9]+)?\.(png|mp4)$")
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # files.atomic_write_bytes: ".<name>.<random>.tmp"
 
@@ -50,6 +47,16 @@ def eval_file(task: str) -> str:
 
 def train_count(task: Task, settings: WorldSettings) -> int:
     return settings.scaled(task.train_weight * settings.train_per_task)
+
+
+def drills(settings: WorldSettings) -> dict[str, tuple[Task, int]]:
+    """The stage-1.5 drill files this world holds, each with its task and sample count: one skill
+    each, many samples, trained alone (the quickstart's grounding phase, and its motion phase with
+    --motion-drill). Their images stay out of annotations.jsonl, so the tower sees what it saw before."""
+    files = {GROUNDING_FILE: (tasks_single.GROUNDING, train_count(tasks_single.GROUNDING, settings))}
+    if settings.motion_drill:
+        files[MOTION_FILE] = (tasks_video.MOTION_DRILL, settings.scaled(settings.motion_drill))
+    return files
 
 
 def is_complete(out_dir: Path, settings: WorldSettings) -> bool:
@@ -76,8 +83,8 @@ def generate_world(
         return out
     out.mkdir(parents=True, exist_ok=True)
     (out / WORLD_FILE).unlink(missing_ok=True)  # from here on the directory is "incomplete"
-    evals, train, stage1, drills = _draw_samples(out, settings, progress)
-    _write_world(out, settings, evals, train, stage1, drills)
+    evals, train, stage1, drill_samples = _draw_samples(out, settings, progress)
+    _write_world(out, settings, evals, train, stage1, drill_samples)
     return out
 
 
@@ -86,7 +93,7 @@ def _draw_samples(
 ) -> tuple[dict[str, list[dict]], dict[str, list[Sample]], list[Sample], dict[str, list[Sample]]]:
     """Build every sample (media files are written as they are drawn): eval, train, stage-1, drills."""
     total = (len(EVAL_TASKS) * settings.n_eval + sum(train_count(t, settings) for t in TRAIN_KINDS)
-             + settings.n_stage1 + sum(train_count(task, settings) for _, task in DRILLS))
+             + settings.n_stage1 + sum(count for _, count in drills(settings).values()))
     held_out = HeldOut()
     with tqdm(total=total, desc="synth", unit="sample", disable=not progress) as bar:
 
@@ -100,8 +107,8 @@ def _draw_samples(
         evals = {t.name: _eval_records(t, run(t, "eval", settings.n_eval), settings) for t in EVAL_TASKS}
         train = {t.name: run(t, "train", train_count(t, settings)) for t in TRAIN_KINDS}
         stage1 = run(tasks_chat.STAGE1, "stage1", settings.n_stage1)
-        drills = {file: run(task, "train", train_count(task, settings)) for file, task in DRILLS}
-    return evals, train, stage1, drills
+        drill_samples = {file: run(task, "train", count) for file, (task, count) in drills(settings).items()}
+    return evals, train, stage1, drill_samples
 
 
 def _write_world(
@@ -110,13 +117,13 @@ def _write_world(
     evals: dict[str, list[dict]],
     train: dict[str, list[Sample]],
     stage1: list[Sample],
-    drills: dict[str, list[Sample]],
+    drill_samples: dict[str, list[Sample]],
 ) -> None:
     """Write the JSONL files and the corpus, prune leftovers, then world.json (last)."""
     stage1_records = [llava_record(f"stage1-{i:05d}", s) for i, s in enumerate(stage1)]
     stage15_records = [recap_record(f"stage15-{i:05d}", s) for i, s in enumerate(stage1)]
-    drill_records = {file: [llava_record(f"stage15-{task.name}-{i:05d}", s) for i, s in enumerate(drills[file])]
-                     for file, task in DRILLS}
+    drill_records = {file: [llava_record(f"stage15-{task.name}-{i:05d}", s) for i, s in enumerate(drill_samples[file])]
+                     for file, (task, _) in drills(settings).items()}
     stage2_records = _shuffled(
         [llava_record(f"train-{kind}-{i:05d}", s) for kind, samples in train.items() for i, s in enumerate(samples)],
         settings.seed,
@@ -131,6 +138,8 @@ def _write_world(
     counts[STAGE15_FILE] = write_jsonl(out / STAGE15_FILE, stage15_records)
     for file, records in drill_records.items():
         counts[file] = write_jsonl(out / file, records)
+    for file in {GROUNDING_FILE, MOTION_FILE} - set(drill_records):  # a drill an earlier run wrote
+        (out / file).unlink(missing_ok=True)
     counts[ANNOTATIONS_FILE] = write_jsonl(out / ANNOTATIONS_FILE, annotations)
     atomic_write_text(out / CORPUS_FILE, "".join(line + "\n" for line in corpus))
     counts[CORPUS_FILE] = len(corpus)
