@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from llavakit.cli import main
+from llavakit.quickstart.runtime import cpu_threads
 from llavakit.synth import render_random_scene, vocab
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,10 @@ def run(tmp_path_factory) -> Path:
     if reuse := os.environ.get("LLAVAKIT_TEST_QUICKSTART_DIR"):
         return Path(reuse)
     out = tmp_path_factory.mktemp("quickstart")
-    assert main(["quickstart", "--out", str(out)]) == 0
+    # Every core, as `make quickstart` has: an earlier test in this process can leave torch at one
+    # thread (py-spy showed the fixture on one core, 1.7x slower, past the per-test timeout).
+    with cpu_threads(os.cpu_count() or 1):
+        assert main(["quickstart", "--out", str(out)]) == 0
     return out
 
 
