@@ -183,7 +183,10 @@ class LlavaForCausalLM(nn.Module):
         past_key_values: object | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        label_weights: torch.Tensor | None = None,
     ) -> LlavaOutput:
+        """Logits, and with ``labels`` the mean next-token loss over labelled positions (weighted by
+        ``label_weights`` (B, L) when given: sum(w * ce) / sum(w), see ``train.loss_weights``)."""
         embeds = self.embed(input_ids, pixel_values, visual_items)
         outputs = self.language_model(
             inputs_embeds=embeds,
@@ -196,14 +199,24 @@ class LlavaForCausalLM(nn.Module):
         loss, count = None, 0
         if labels is not None:
             labels = labels.masked_fill(self.placeholder_mask(input_ids), IGNORE_INDEX)
-            loss, count = causal_lm_loss(outputs.logits, labels)
+            loss, count = causal_lm_loss(outputs.logits, labels, label_weights)
         return LlavaOutput(outputs.logits, loss, count, outputs.past_key_values if use_cache else None)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over labelled positions (float32), and how many there were."""
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over labelled positions (float32), and how many there were.
+
+    ``weights`` (B, L), aligned with ``labels``, make it the weighted mean sum(w * ce) / sum(w)
+    over the labelled positions (all weights 1 give the plain mean)."""
     targets = labels[:, 1:].reshape(-1)
-    count = int((targets != IGNORE_INDEX).sum())
+    trained = targets != IGNORE_INDEX
+    count = int(trained.sum())
     flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    loss = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="sum") / max(count, 1)
-    return loss, count
+    if weights is None:
+        loss = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="sum") / max(count, 1)
+        return loss, count
+    per_token = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="none")
+    w = weights[:, 1:].reshape(-1).to(device=per_token.device, dtype=per_token.dtype) * trained
+    total = w.sum()
+    return (per_token * w).sum() / torch.where(total > 0, total, torch.ones_like(total)), count

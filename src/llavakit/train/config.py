@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from llavakit.data.dataset import DataSettings
 from llavakit.errors import LlavakitError
+from llavakit.train.loss_weights import LossReduction
 
 Stage = Literal["stage1", "stage1.5", "stage2", "continue", "dpo"]
 
@@ -116,6 +117,10 @@ class TrainConfig(_Strict):
     max_steps: int | None = None
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # How trained tokens are averaged (train.loss_weights): token (LLaVA: every trained token counts
+    # the same, so long answers dominate), sample (every sample counts the same) or square (InternVL
+    # 2.5: a sample of n trained tokens weighs sqrt(n)).
+    loss_reduction: LossReduction = "token"
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     # auto: whatever the launcher set up (one process, DDP, or accelerate's FSDP/DeepSpeed config);
@@ -129,6 +134,9 @@ class TrainConfig(_Strict):
     def _consistent(self) -> TrainConfig:
         if self.stage == "dpo" and self.dpo is None:
             self.dpo = DpoSettings()
+        if self.stage == "dpo" and self.loss_reduction != "token":
+            raise ValueError(f"loss_reduction={self.loss_reduction!r} is for next-token stages; DPO's loss is "
+                             "one term per preference pair already")
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"global_batch_size={self.global_batch_size} must be a multiple of micro_batch_size="

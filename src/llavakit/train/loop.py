@@ -25,6 +25,7 @@ from llavakit.data.errors import SkippedSample
 from llavakit.model.llava import LlavaForCausalLM
 from llavakit.train import checkpoints, params
 from llavakit.train.config import ParamRule, TrainConfig, TrainConfigError
+from llavakit.train.loss_weights import label_weights
 from llavakit.train.distributed import AccelerateBackend, CpuFsdpBackend
 from llavakit.train.plan import BatchPlan
 from llavakit.train.telemetry import MetricsLog, Throughput
@@ -207,27 +208,32 @@ class Trainer:
     def train_step(self, step: int) -> StepResult:
         accelerator, model = self.accelerator, self.model
         batches = self.micro_batches(step)
-        local = torch.tensor(float(sum(int((b.labels[:, 1:] != -100).sum()) for b in batches if not b.is_empty)),
-                             device=accelerator.device)
-        global_tokens = accelerator.reduce(local, "sum").item()
+        # Per-token loss weights (None: every trained token counts 1, LLaVA's token averaging) and
+        # each micro-batch's total weight; the update is sum(w * ce) / (total over the global batch).
+        weights = [None if b.is_empty else label_weights(b.labels, b.sequence_ids, self.config.loss_reduction)
+                   for b in batches]
+        totals = [0.0 if b.is_empty else float(int((b.labels[:, 1:] != -100).sum()) if w is None else w.sum())
+                  for b, w in zip(batches, weights)]
+        global_weight = accelerator.reduce(torch.tensor(sum(totals), device=accelerator.device), "sum").item()
         world = accelerator.num_processes
         loss_sum = torch.zeros((), device=accelerator.device)
         skipped, samples = [], 0
-        for index, batch in enumerate(batches):
+        for index, (batch, weight, total) in enumerate(zip(batches, weights, totals)):
             skipped += batch.skipped
             if batch.is_empty:
                 continue
             samples += len(batch.sample_ids)
             context = self.backend.sync_context(model, sync=index == len(batches) - 1)
             batch = batch.to(accelerator.device)
+            extra = {} if weight is None else {"label_weights": weight.to(accelerator.device)}
             with context, accelerator.autocast():
-                out = model(**batch.model_inputs())
-                summed = out.loss * out.num_label_tokens
-                # DDP averages gradients over processes: scale so the update is sum / global tokens.
-                accelerator.backward(summed * world / max(global_tokens, 1.0))
+                out = model(**batch.model_inputs(), **extra)
+                summed = out.loss * total
+                # DDP averages gradients over processes: scale so the update is sum / global weight.
+                accelerator.backward(summed * world / max(global_weight, 1e-12))
             loss_sum += summed.detach()
         self.optimizer_step()
-        mean_loss = accelerator.reduce(loss_sum, "sum").item() / max(global_tokens, 1.0)
+        mean_loss = accelerator.reduce(loss_sum, "sum").item() / max(global_weight, 1e-12)
         tokens = int(accelerator.reduce(torch.tensor(sum(b.num_tokens for b in batches if not b.is_empty),
                                                      device=accelerator.device), "sum").item())
         return StepResult(mean_loss, tokens, samples, skipped)
