@@ -1,7 +1,8 @@
 """The training dataset: entries -> encoded samples (ids, labels, visual items, crops), lazily.
 
 The dataset holds entries (paths and text) only; pixels are decoded in ``__getitem__`` and handed
-on, never cached, so memory does not grow with the images. Tokenized conversations are kept (up to
+on, cached only when ``DataSettings.media_cache_mb`` allows (within that budget), so by default
+memory does not grow with the images. Tokenized conversations are kept (up to
 ``DataSettings.token_cache`` of them), since rendering and tokenizing them again each epoch is pure
 repetition. Bad samples follow ``on_error``: raise a DataError, or return a :class:`SkippedSample`
 that the collator drops and reports. A sample is never replaced by another one, never truncated,
@@ -46,6 +47,10 @@ class DataSettings(BaseModel):
     # Jinja chat template and tokenizing it cost a fifth of a quickstart stage-2 step on 2 CPU
     # cores, and every epoch (and the length pre-pass) repeated it for the same text.
     token_cache: int = Field(100_000, ge=0)
+    # Decoded crops kept across epochs, in MiB (0: off; media_ops.MediaCache). Worth it when the
+    # decoded data fits in memory and a stage runs several epochs over it (the quickstart's stages);
+    # each DataLoader worker keeps its own.
+    media_cache_mb: float = Field(0.0, ge=0)
 
 
 @dataclass
@@ -97,6 +102,8 @@ class LlavaDataset(Dataset):
         # turns -> (ids, labels) as compact int arrays; the key is the text itself, so a sample whose
         # turns change (video time instructions) is tokenized anew.
         self._tokenized: dict[tuple, tuple[array, array]] = {}
+        mb = self.settings.media_cache_mb
+        self.media_cache = media_ops.MediaCache(int(mb * 2**20)) if mb > 0 else None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -165,7 +172,7 @@ class LlavaDataset(Dataset):
     def encode(self, index: int) -> EncodedSample:
         """Decode media and build ids and labels; raises DataError for a bad sample."""
         entry, sample = self.entries[index], self.sample(index)
-        loaded = media_ops.load_media(entry, sample, self.processor)
+        loaded = media_ops.load_media(entry, sample, self.processor, self.media_cache)
         if self.settings.time_instruction and loaded.timestamps is not None:
             sample = media_ops.with_time_instruction(sample, loaded.duration, loaded.timestamps)
         ids, labels = self._tokenize(index, sample)
