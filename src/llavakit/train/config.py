@@ -102,6 +102,16 @@ class SaveConfig(_Strict):
     projector_only: bool = False  # stage-1: save the connector, reference the frozen parts
 
 
+class StopAtLoss(_Strict):
+    """End the stage early once the mean training loss of the last ``window`` steps is below
+    ``below`` (after ``min_steps``). For drills whose skill is learned abruptly at a step that
+    varies from run to run: the epoch count covers the late case, this ends the early one."""
+
+    below: float = Field(gt=0)
+    window: int = Field(50, ge=1)
+    min_steps: int = Field(0, ge=0)
+
+
 class TrainConfig(_Strict):
     stage: Stage
     model: ModelInit
@@ -115,6 +125,7 @@ class TrainConfig(_Strict):
     global_batch_size: int = Field(16, ge=1)  # samples per optimizer step over all processes
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = None
+    stop_at_loss: StopAtLoss | None = None  # None: run every step
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     # How trained tokens are averaged (train.loss_weights): token (LLaVA: every trained token counts

@@ -104,6 +104,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(config.output_dir)
         self.accelerator = accelerator
+        self.stopped_at: int | None = None  # the step at which stop_at_loss ended the run
 
     # ---- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -265,28 +266,49 @@ class Trainer:
         progress = self._progress(start)
         throughput, started = Throughput(), time.perf_counter()
         self.model.train()
-        for step in range(start, self.total_steps):
+        # A run resumed from a checkpoint that stop_at_loss ended stays ended there.
+        final, recent = self.stopped_at or self.total_steps, []
+        for step in range(start, final):
             result = self.train_step(step)
             self.skips.extend(result.skipped)
             rate = throughput.add(result.tokens)
+            recent.append(result.loss)
+            stopping = self._should_stop(recent, step + 1)
             record = {"step": step + 1, "loss": result.loss, "tokens": result.tokens, "tokens_per_s": rate,
                       "epoch": (step + 1) / self.plan.steps_per_epoch, "elapsed_s": time.perf_counter() - started}
             record |= {f"lr/{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
             record |= self.step_record()
-            if log is not None and ((step + 1) % self.config.log_every == 0 or step + 1 == self.total_steps):
+            if log is not None and ((step + 1) % self.config.log_every == 0 or step + 1 == self.total_steps
+                                    or stopping):
                 log.write(record)
             if progress is not None:
                 progress.set_postfix(loss=f"{result.loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                      tok_s=f"{rate:,.0f}")
                 progress.update(1)
+            if stopping:
+                final = self.stopped_at = step + 1
+                if accelerator.is_main_process:
+                    window = self.config.stop_at_loss.window
+                    print(f"\nstop_at_loss: the mean loss of steps {final - window + 1}-{final} is "
+                          f"{sum(recent[-window:]) / window:.4f} < {self.config.stop_at_loss.below}; "
+                          f"stopping at step {final} of {self.total_steps}")
+                break
             every = self.config.save.every_steps
             if every and (step + 1) % every == 0 and step + 1 < self.total_steps:
                 self.save_checkpoint(step + 1)
         if progress is not None:
             progress.close()
-        self.save_checkpoint(self.total_steps)
-        summary = self._finish(log, time.perf_counter() - started)
+        self.save_checkpoint(final)
+        summary = self._finish(log, time.perf_counter() - started, final)
         return summary
+
+    def _should_stop(self, recent: list[float], steps_done: int) -> bool:
+        """``stop_at_loss``: the mean of the last ``window`` step losses is below the threshold
+        (all processes see the same reduced losses, so they stop together)."""
+        stop = self.config.stop_at_loss
+        if stop is None or steps_done < max(stop.min_steps, stop.window) or len(recent) < stop.window:
+            return False
+        return sum(recent[-stop.window:]) / stop.window < stop.below
 
     def _progress(self, start: int):
         if not self.accelerator.is_main_process:
@@ -317,7 +339,7 @@ class Trainer:
         if accelerator.is_main_process:
             self.save_model(staging / "model", gathered)
             state = {"step": step, "total_steps": self.total_steps, "stage": self.config.stage,
-                     "skipped": len(self.skips)}
+                     "skipped": len(self.skips), "stopped_early": self.stopped_at is not None}
             checkpoints.publish(self.run_dir, step, state, self.config.save.keep_last)
         accelerator.wait_for_everyone()
 
@@ -328,12 +350,15 @@ class Trainer:
                 print(f"no checkpoint in {self.run_dir}: starting from step 0")
             return 0
         self.backend.load_state(found / "state", self.model, self.optimizer, self.scheduler)
-        step = checkpoints.read_state(found)["step"]
+        state = checkpoints.read_state(found)
+        step = state["step"]
+        if state.get("stopped_early"):
+            self.stopped_at = step
         if self.accelerator.is_main_process:
             print(f"resumed from {found} (step {step} of {self.total_steps})")
         return step
 
-    def _finish(self, log: MetricsLog | None, seconds: float) -> dict[str, Any]:
+    def _finish(self, log: MetricsLog | None, seconds: float, steps_done: int) -> dict[str, Any]:
         accelerator = self.accelerator
         summary: dict[str, Any] = {}
         if accelerator.is_main_process:
@@ -345,7 +370,8 @@ class Trainer:
             if len(self.skips):
                 self.skips.write(self.run_dir / "skipped.jsonl")
                 print(f"skipped {len(self.skips)} samples: {self.skips.summary()} (see {self.run_dir / 'skipped.jsonl'})")
-            summary = {"stage": self.config.stage, "steps": self.total_steps, "seconds": round(seconds, 2),
+            summary = {"stage": self.config.stage, "steps": steps_done, "planned_steps": self.total_steps,
+                       "stopped_early": self.stopped_at is not None, "seconds": round(seconds, 2),
                        "model": str(model_dir), "skipped": len(self.skips)}
             checkpoints.write_json_atomic(self.run_dir / "summary.json", summary)
             log.close()
