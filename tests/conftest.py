@@ -46,3 +46,14 @@ def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Entry points called in-process set torch's intra-op threads for their own process (the
+    benchmarks take 1 on a CPU, `--threads` does what it says); restore the count after each test
+    so no later test runs on one core (the quickstart fixture did: 1.7x slower, past its timeout)."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
