@@ -133,6 +133,7 @@ class DualEncoder(nn.Module):
     ("red circle") among all the world's object names, a CLIP-style image-to-text loss.
     Token level: each of those tokens alone against the same names. LLaVA reads the patch tokens
     one by one, so this trains what it reads: each token says what covers it.
+    Position: every token also says where it is (its row and column, through a linear head).
     """
 
     def __init__(self, settings: VisionSettings, vocab_size: int, max_words: int):
@@ -147,6 +148,8 @@ class DualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0 if sigmoid else 1 / 0.07)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0 if sigmoid else 0.0), requires_grad=sigmoid)
         self.region_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.grid = settings.image_size // settings.patch_size
+        self.position_head = nn.Linear(settings.hidden_size, 2 * self.grid)  # row logits, then column logits
 
     def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) -> (B, T, H)
         return self.tower(pixel_values=pixel_values).last_hidden_state
@@ -164,6 +167,14 @@ class DualEncoder(nn.Module):
         by the box's area share per token, this asks each token under an object to say what it is."""
         embedded = F.normalize(self.region_proj(tokens), dim=-1)[image_index]  # (R, T, E)
         return embedded @ names.T * self.region_scale.exp().clamp(max=100.0)
+
+    def position_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each token's row and column (row-major grid), read by a linear head."""
+        logits = self.position_head(tokens)  # (B, T, 2G)
+        cells = torch.arange(tokens.shape[1], device=tokens.device)
+        rows, columns = (cells // self.grid).expand(tokens.shape[0], -1), (cells % self.grid).expand(tokens.shape[0], -1)
+        row_logits, column_logits = logits.split(self.grid, dim=-1)
+        return (F.cross_entropy(row_logits.transpose(1, 2), rows) + F.cross_entropy(column_logits.transpose(1, 2), columns)) / 2
 
     def text_embeddings(self, ids: torch.Tensor) -> torch.Tensor:  # (C, L) -> (C, E)
         return F.normalize(self.text(ids), dim=-1)

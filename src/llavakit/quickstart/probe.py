@@ -40,6 +40,8 @@ PROBES = {
     "shape": ("shape", "object"),
     "shape_token": ("shape", "center"),
     "position": ("position", "grid"),
+    # where the object is, from its own token alone: what the LM gets when it attends to the object
+    "position_token": ("position", "center"),
     "count": ("count", "mean"),
 }
 

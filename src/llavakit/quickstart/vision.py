@@ -115,6 +115,8 @@ def batch_loss(model: DualEncoder, batch: Batch, names: torch.Tensor, vision: Vi
         targets = batch.box_names[:, None].expand(logits.shape[:2])  # (R, T): every token, its box's name
         per_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (R, T)
         loss = loss + vision.token_weight * (per_token * batch.box_weights).sum(1).mean()
+    if vision.position_weight > 0:
+        loss = loss + vision.position_weight * model.position_loss(tokens)
     return loss
 
 
