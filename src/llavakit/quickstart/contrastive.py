@@ -149,7 +149,8 @@ class DualEncoder(nn.Module):
         self.logit_bias = nn.Parameter(torch.tensor(-10.0 if sigmoid else 0.0), requires_grad=sigmoid)
         self.region_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.grid = settings.image_size // settings.patch_size
-        self.position_head = nn.Linear(settings.hidden_size, 2 * self.grid)  # row logits, then column logits
+        # row logits, then column logits; only with the term on (no parameters that never train)
+        self.position_head = nn.Linear(settings.hidden_size, 2 * self.grid) if settings.position_weight > 0 else None
 
     def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) -> (B, T, H)
         return self.tower(pixel_values=pixel_values).last_hidden_state
