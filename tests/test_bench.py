@@ -80,3 +80,14 @@ def test_train_benchmark_tiny(tmp_path):
     assert [r["contender"] for r in rows] == ["transformers", "ours", "ours+packing", "ours+fused_ce", "ours+all"]
     assert all(r["tokens/s"] and r["tokens/s"] > 0 for r in rows)
     assert data["settings"]["first_loss_ours"] == pytest.approx(data["settings"]["first_loss_transformers"], abs=1e-4)
+
+
+def test_data_cache_benchmark_small(tmp_path):
+    import data_cache
+
+    out = tmp_path / "cache.json"
+    assert data_cache.main(["--train-per-task", "3", "--epochs", "2", "--threads", "1", "--out", str(out)]) == 0
+    rows = _results(out)["results"]["rows"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["identical"] for r in rows)
+    assert rows[1]["cache hits"] > rows[0]["cache hits"]  # the second epoch reads what the first decoded
