@@ -25,8 +25,8 @@ from llavakit.data.errors import SkippedSample
 from llavakit.model.llava import LlavaForCausalLM
 from llavakit.train import checkpoints, params
 from llavakit.train.config import ParamRule, TrainConfig, TrainConfigError
-from llavakit.train.loss_weights import label_weights
 from llavakit.train.distributed import AccelerateBackend, CpuFsdpBackend
+from llavakit.train.loss_weights import label_weights
 from llavakit.train.plan import BatchPlan
 from llavakit.train.telemetry import MetricsLog, Throughput
 
