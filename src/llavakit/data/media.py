@@ -163,8 +163,10 @@ def load_media(entry: Entry, sample: Sample, processor: Any, cache: MediaCache |
     loaded = LoadedMedia([], [])
     for position, (kind, path) in enumerate(media_order(sample)):
         name = f"sample {sample.sample_id}, {kind} {position} ({path})"
-        key = MediaCache.key(kind, path, multi_image) if cache is not None else None
-        medium = cache.get(key) if cache is not None else None
+        key = medium = None
+        if cache is not None:
+            key = MediaCache.key(kind, path, multi_image)
+            medium = cache.get(key)
         if medium is None:
             try:
                 medium = decode_medium(kind, path, multi_image, processor, name)

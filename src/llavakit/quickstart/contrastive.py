@@ -171,11 +171,11 @@ class DualEncoder(nn.Module):
 
     def position_loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each token's row and column (row-major grid), read by a linear head."""
-        logits = self.position_head(tokens)  # (B, T, 2G)
-        cells = torch.arange(tokens.shape[1], device=tokens.device)
-        rows, columns = (cells // self.grid).expand(tokens.shape[0], -1), (cells % self.grid).expand(tokens.shape[0], -1)
-        row_logits, column_logits = logits.split(self.grid, dim=-1)
-        return (F.cross_entropy(row_logits.transpose(1, 2), rows) + F.cross_entropy(column_logits.transpose(1, 2), columns)) / 2
+        row_logits, column_logits = self.position_head(tokens).split(self.grid, dim=-1)  # (B, T, G) each
+        cells = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)  # (B, T)
+        rows = F.cross_entropy(row_logits.transpose(1, 2), cells // self.grid)
+        columns = F.cross_entropy(column_logits.transpose(1, 2), cells % self.grid)
+        return (rows + columns) / 2
 
     def text_embeddings(self, ids: torch.Tensor) -> torch.Tensor:  # (C, L) -> (C, E)
         return F.normalize(self.text(ids), dim=-1)

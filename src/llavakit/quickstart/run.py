@@ -129,8 +129,8 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
                             [{"path": str(world / "stage15_grounding.jsonl"), "image_folder": str(world)}],
                             "grounding", 6, tower_frozen, schedule="constant")
     # ... and it ends once learned: the fall came between steps 550 and 800 in runs one change apart
-    # on one machine, and training on at a loss near 0.002 cost shape-by-colour what it built
-    # (shape 0.77-0.79 after 1,122 steps; 0.98 stopped at 800, with eight stage-2 epochs).
+    # on one machine, so six epochs are the budget for a late fall and the steps an early one saves
+    # pay for stage-2's eighth epoch (docs/quickstart.md, item 20).
     grounding["stop_at_loss"] = {"below": 0.02, "window": 50}
     # Motion (--motion-drill): which way the one moving object of a clip goes
     # (synth.tasks_video.MOTION_DRILL), with a third of the grounding scenes replayed. Stage-2's 300
@@ -157,8 +157,8 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
                            "video_folder": str(world)}],
                          "stage2", stage2_epochs if stage2_epochs is not None else max(8.0, 8 * scale ** 0.5),
                          tower_frozen)
-    # Square averaging (InternVL 2.5; train.loss_weights): a one-word answer would otherwise weigh a
-    # thirtieth of a description, and the scored tasks are all one-word answers. From the same
+    # Square averaging (InternVL 2.5; train.loss_weights): under token averaging each one-word task
+    # was 7.9% of the samples and 1.4% of the trained tokens (descriptions: 33%). From the same
     # grounding model on a machine where the detail task stayed unlearned (0.07, training loss 0.93),
     # square averaging scored it 0.51 (sample averaging 0.54); colour 1.00 in all three.
     stage2["loss_reduction"] = "square"

@@ -229,7 +229,8 @@ class Trainer:
             extra = {} if weight is None else {"label_weights": weight.to(accelerator.device)}
             with context, accelerator.autocast():
                 out = model(**batch.model_inputs(), **extra)
-                summed = out.loss * total
+                # back from the model's mean to the sum: its own token count, or the weight total
+                summed = out.loss * (out.num_label_tokens if weight is None else total)
                 # DDP averages gradients over processes: scale so the update is sum / global weight.
                 accelerator.backward(summed * world / max(global_weight, 1e-12))
             loss_sum += summed.detach()
@@ -306,7 +307,7 @@ class Trainer:
         """``stop_at_loss``: the mean of the last ``window`` step losses is below the threshold
         (all processes see the same reduced losses, so they stop together)."""
         stop = self.config.stop_at_loss
-        if stop is None or steps_done < max(stop.min_steps, stop.window) or len(recent) < stop.window:
+        if stop is None or steps_done < stop.min_steps or len(recent) < stop.window:  # recent: this run's steps
             return False
         return sum(recent[-stop.window:]) / stop.window < stop.below
 
