@@ -132,7 +132,7 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     # are the budget for a late fall (it came between steps 550 and 800 in runs one change apart),
     # and a fall that has come does not need to settle. Ending 80 steps later, at 0.02 over 50
     # steps, did not change what stage-2 learned: shape 0.73 and 0.75 over two stage-2 seeds,
-    # against 1.00 and 0.71 from the earlier stop, colour 0.99-1.00 in all four
+    # against 1.00, 0.71 and 0.77 (seed 2) from the earlier stop, colour 0.99-1.00 in all five
     # (docs/quickstart.md, item 21).
     grounding["stop_at_loss"] = {"below": 0.15, "window": 20}
     # Motion (--motion-drill): which way the one moving object of a clip goes
