@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             encoded = [dataset[i] for i in range(len(dataset))]
             seconds[mb] = time.perf_counter() - start
             pixels[mb] = [s.pixel_values for s in encoded]
-        identical = all(a is None and b is None or np.array_equal(a, b)
-                        for a, b in zip(pixels[0.0], pixels[args.cache_mb]))
+        identical = all(np.array_equal(a, b) for a, b in zip(pixels[0.0], pixels[args.cache_mb]))  # None == None
         cache = datasets[args.cache_mb].media_cache
         rows.append({"epoch": epoch, "samples": len(entries), "no cache s": seconds[0.0],
                      "cache s": seconds[args.cache_mb], "speedup": seconds[0.0] / seconds[args.cache_mb],
