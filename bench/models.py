@@ -5,7 +5,7 @@ Shapes (random weights; no download):
 | shape | vision tower | LLM |
 |---|---|---|
 | tiny | SigLIP 30 px / patch 7, width 32, 2 layers | Qwen2 width 32, 2 layers (the tests' checkpoint) |
-| quickstart | SigLIP 64 px / patch 8, width 96, 3 layers | Qwen2 width 128, 4 layers (the quickstart model) |
+| quickstart | SigLIP 64 px / patch 16, width 64, 4 layers | Qwen2 width 128, 4 layers (the quickstart model's shape, from its settings) |
 | 0.5b | SigLIP-so400m/14-384, 26 layers | Qwen2-0.5B (24 layers, width 896, 152K vocab, tied) |
 | 1.5b | SigLIP-so400m/14-384, 26 layers | Qwen2-1.5B (28 layers, width 1536, tied) |
 | 7b | SigLIP-so400m/14-384, 26 layers | Qwen2-7B (28 layers, width 3584, 152K vocab) |
@@ -35,15 +35,27 @@ QWEN2 = {
     "7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
            "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False},
 }
+
+
+def _quickstart_shape() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The quickstart's tower and LM shapes, read from its settings so the two never drift apart."""
+    from llavakit.quickstart.settings import LanguageSettings, VisionSettings
+
+    vision, text = VisionSettings(), LanguageSettings()
+    return ({"hidden_size": vision.hidden_size, "intermediate_size": vision.hidden_size * vision.mlp_ratio,
+             "num_hidden_layers": vision.num_layers, "num_attention_heads": vision.num_heads,
+             "image_size": vision.image_size, "patch_size": vision.patch_size},
+            {"hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
+             "num_hidden_layers": text.num_layers, "num_attention_heads": text.num_heads,
+             "num_key_value_heads": text.num_kv_heads, "tie_word_embeddings": False})
+
+
 SMALL = {
     "tiny": ({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
               "image_size": 30, "patch_size": 7},
              {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 2, "tie_word_embeddings": False}),
-    "quickstart": ({"hidden_size": 96, "intermediate_size": 384, "num_hidden_layers": 3, "num_attention_heads": 4,
-                    "image_size": 64, "patch_size": 8},
-                   {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4,
-                    "num_key_value_heads": 2, "tie_word_embeddings": False}),
+    "quickstart": _quickstart_shape(),
 }
 SHAPES = ("tiny", "quickstart", "0.5b", "1.5b", "7b")
 
