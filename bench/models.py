@@ -39,12 +39,14 @@ QWEN2 = {
 
 def _quickstart_shape() -> tuple[dict[str, Any], dict[str, Any]]:
     """The quickstart's tower and LM shapes, read from its settings so the two never drift apart."""
+    from llavakit.quickstart.contrastive import tower_config
     from llavakit.quickstart.settings import LanguageSettings, VisionSettings
 
-    vision, text = VisionSettings(), LanguageSettings()
-    return ({"hidden_size": vision.hidden_size, "intermediate_size": vision.hidden_size * vision.mlp_ratio,
-             "num_hidden_layers": vision.num_layers, "num_attention_heads": vision.num_heads,
-             "image_size": vision.image_size, "patch_size": vision.patch_size},
+    tower, text = tower_config(VisionSettings()), LanguageSettings()
+    vision_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                   "patch_size")
+    # The LM's config needs the world's tokenizer (quickstart.language.model_config); the bench sets its vocab.
+    return ({key: getattr(tower, key) for key in vision_keys},
             {"hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
              "num_hidden_layers": text.num_layers, "num_attention_heads": text.num_heads,
              "num_key_value_heads": text.num_kv_heads, "tie_word_embeddings": False})
