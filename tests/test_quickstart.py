@@ -49,7 +49,7 @@ def results(run) -> dict:
 
 
 def test_writes_results_model_report_and_configs(run, results):
-    assert list(results["stages"]) == ["stage1", "stage1_5", "grounding", "stage2"]
+    assert list(results["stages"]) == ["stage1", "stage1_5", "listing", "grounding", "stage2"]
     assert results["stages"]["stage2"]["final_loss"] < results["stages"]["stage2"]["first_loss"]
     assert {"color", "shape", "count", "position", "hires_detail", "spot_difference", "which_image",
             "multiview", "video_direction"} == set(results["eval"])
@@ -64,7 +64,9 @@ def test_writes_results_model_report_and_configs(run, results):
         starts[name] = config["model"].get("checkpoint")
     # each stage starts from the one before it
     assert starts == {"stage1": None, "stage1_5": str(run / "stage1" / "model"),
-                      "grounding": str(run / "stage1_5" / "model"), "stage2": str(run / "grounding" / "model")}
+                      "listing": str(run / "stage1_5" / "model"), "grounding": str(run / "listing" / "model"),
+                      "stage2": str(run / "grounding" / "model")}
+    assert (run / "configs" / "grounding_mixture.yaml").is_file()
     # the motion drill is opt-in: neither its data nor its mixture by default
     assert not (run / "configs" / "motion_mixture.yaml").exists()
     assert not (run / "world" / "stage15_motion.jsonl").exists()

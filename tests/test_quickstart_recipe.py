@@ -1,5 +1,6 @@
-"""The quickstart's stage configs as data: which stage starts from which, and the opt-in motion drill
-whose mixture must load against a real generated world. No training here (test_quickstart runs it)."""
+"""The quickstart's stage configs as data: which stage starts from which, and the listing and opt-in
+motion phases whose mixtures must load against a real generated world. No training here
+(test_quickstart runs it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 from llavakit.data.mixture import load_mixture
-from llavakit.quickstart.run import MOTION_MIXTURE, motion_mixture, stage_configs
+from llavakit.quickstart.run import GROUNDING_MIXTURE, MOTION_MIXTURE, grounding_mixture, motion_mixture, stage_configs
 from llavakit.synth import WorldSettings, generate_world
 
 SMALL = WorldSettings(stage1_captions=8, train_per_task=12, eval_per_task=4, motion_drill=20)
@@ -25,17 +26,24 @@ def starts(stages: dict) -> dict:
             for name, c in stages.items()}
 
 
-def test_default_recipe_goes_from_grounding_to_stage2(tmp_path):
+def test_default_recipe_goes_through_listing_then_grounding_to_stage2(tmp_path):
     stages = configs(tmp_path, motion_drill=False)
-    assert list(stages) == ["stage1", "stage1_5", "grounding", "stage2"]
-    assert starts(stages) == {"stage1": None, "stage1_5": "stage1", "grounding": "stage1_5", "stage2": "grounding"}
+    assert list(stages) == ["stage1", "stage1_5", "listing", "grounding", "stage2"]
+    assert starts(stages) == {"stage1": None, "stage1_5": "stage1", "listing": "stage1_5", "grounding": "listing",
+                              "stage2": "grounding"}
+    assert stages["listing"]["data"]["sources"] == [{"path": str(tmp_path / "world" / "stage15_listing.jsonl"),
+                                                     "image_folder": str(tmp_path / "world")}]
+    assert stages["grounding"]["data"]["sources"] == [{"path": str(tmp_path / "out" / "configs" / GROUNDING_MIXTURE)}]
+    for name in ("listing", "grounding"):  # drills: tower frozen, constant rate, ended once learned
+        assert {"pattern": r"^vision_tower\.", "frozen": True} in stages[name]["trainable"]
+        assert stages[name]["optim"]["schedule"] == "constant" and stages[name]["stop_at_loss"] is not None
 
 
 def test_motion_drill_runs_between_grounding_and_stage2_on_its_mixture(tmp_path):
     stages = configs(tmp_path, motion_drill=True)
-    assert list(stages) == ["stage1", "stage1_5", "grounding", "motion", "stage2"]
-    assert starts(stages) == {"stage1": None, "stage1_5": "stage1", "grounding": "stage1_5", "motion": "grounding",
-                              "stage2": "motion"}
+    assert list(stages) == ["stage1", "stage1_5", "listing", "grounding", "motion", "stage2"]
+    assert starts(stages) == {"stage1": None, "stage1_5": "stage1", "listing": "stage1_5", "grounding": "listing",
+                              "motion": "grounding", "stage2": "motion"}
     motion = stages["motion"]
     assert motion["data"]["sources"] == [{"path": str(tmp_path / "out" / "configs" / MOTION_MIXTURE)}]
     assert motion["optim"]["schedule"] == "constant"
@@ -43,7 +51,7 @@ def test_motion_drill_runs_between_grounding_and_stage2_on_its_mixture(tmp_path)
     # the rest of the recipe is the default one
     default = configs(tmp_path, motion_drill=False)
     assert stages["stage2"]["epochs"] == default["stage2"]["epochs"]
-    assert stages["grounding"] == default["grounding"]
+    assert stages["grounding"] == default["grounding"] and stages["listing"] == default["listing"]
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +59,24 @@ def world(tmp_path_factory) -> Path:
     return generate_world(tmp_path_factory.mktemp("world"), SMALL, progress=False)
 
 
-def test_motion_mixture_loads_every_clip_and_a_third_of_the_grounding_scenes(world, tmp_path):
+def test_grounding_mixture_loads_every_grounding_scene_and_half_the_listings(world, tmp_path):
+    path = tmp_path / GROUNDING_MIXTURE
+    path.write_text(yaml.safe_dump(grounding_mixture(world, seed=0)))
+    mixture = load_mixture(path)
+    scenes = 10 * SMALL.train_per_task
+    assert [(p.name, p.available, p.selected) for p in mixture.parts] == [
+        ("stage15_grounding", scenes, scenes), ("stage15_listing", scenes, scenes // 2)]
+    images = {Path(e.image_folder) / e.record["image"] for e in mixture.entries}
+    assert len(images) == scenes + scenes // 2 and all(path.is_file() for path in images)
+
+
+def test_motion_mixture_loads_every_clip_and_a_third_of_the_grounding_and_listing_scenes(world, tmp_path):
     path = tmp_path / MOTION_MIXTURE
     path.write_text(yaml.safe_dump(motion_mixture(world, seed=0)))
     mixture = load_mixture(path)
     clips, scenes = SMALL.motion_drill, 10 * SMALL.train_per_task
+    third = -(-scenes * 33 // 100)
     assert [(p.name, p.available, p.selected) for p in mixture.parts] == [
-        ("stage15_motion", clips, clips), ("stage15_grounding", scenes, -(-scenes * 33 // 100))]
+        ("stage15_motion", clips, clips), ("stage15_grounding", scenes, third), ("stage15_listing", scenes, third)]
     videos = [Path(e.video_folder) / e.record["video"] for e in mixture.entries if "video" in e.record]
     assert len(videos) == clips and all(path.is_file() for path in videos)

@@ -142,8 +142,8 @@ def test_layout_counts_and_media_exist(world):
     for task in EVAL_TASKS:
         assert manifest["files"][f"eval/{task}.jsonl"] == 16
     media = set()
-    drills = ["stage15_grounding.jsonl", "stage15_motion.jsonl"]
-    assert [manifest["files"][name] for name in drills] == [10 * SMALL.train_per_task, SMALL.motion_drill]
+    drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_motion.jsonl"]
+    assert [manifest["files"][name] for name in drills] == [10 * SMALL.train_per_task] * 2 + [SMALL.motion_drill]
     for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", *drills, "stage2_instruct.jsonl"] + [
         f"eval/{t}.jsonl" for t in EVAL_TASKS
     ]:
@@ -277,6 +277,31 @@ def test_stage15_grounding_asks_the_colour_of_every_object_by_its_shape(world):
             assert answer == answer_from_pixels(image, question), (record["id"], question)
         sizes.add(len(shapes))
     assert sizes == {3, 4, 5}
+
+
+def test_stage15_listing_names_every_object_by_colour_and_shape(world):
+    """Scenes of 3-5 objects of different shapes and colours; one turn naming each object once as
+    the pixels show it: "<color> <shape>" in the colours' order, or "<shape> <color>" in the
+    shapes' order, half the scenes each."""
+    records = read_jsonl(world / "stage15_listing.jsonl")
+    assert len(records) == 10 * SMALL.train_per_task
+    sizes, kinds = set(), []
+    for record in records:
+        placeholder_check(record)
+        image = pixels(world, record["image"])
+        question, answer = (t["value"] for t in record["conversations"])
+        color_first = question == "<image>\nList the objects by color and shape."
+        assert color_first or question == "<image>\nList the objects by shape and color.", question
+        pairs = [tuple(item.split()) for item in answer.removesuffix(".").split(", ")]
+        named = [(a, b) if color_first else (b, a) for a, b in pairs]  # (color, shape)
+        assert len(named) == len(object_blobs(image)) == len({c for c, _ in named}) == len({s for _, s in named})
+        for color, shape in named:
+            assert answer_from_pixels(image, f"What shape is the {color} object?") == shape, record["id"]
+        ranks = [list(vocab.COLORS).index(c) if color_first else list(vocab.SHAPES).index(s) for c, s in named]
+        assert ranks == sorted(ranks), record["id"]
+        sizes.add(len(named))
+        kinds.append(color_first)
+    assert sizes == {3, 4, 5} and kinds == [i % 2 == 0 for i in range(len(records))]
 
 
 def test_eval_records_and_chance(world):

@@ -3,8 +3,9 @@
 1. generate the synthetic world (``llavakit synth``) unless it is already there;
 2. train the tiny vision encoder and language model the stages start from (cached);
 3. stage-1: align the projector on captions, parts frozen (``llavakit train``'s Trainer);
-   stage-1.5: the whole model on detailed re-captions, then on grounding questions (and, with
-   --motion-drill, on motion clips);
+   stage-1.5: the whole model on detailed re-captions, then on listings of every object by colour
+   and shape, then on grounding questions with listings replayed (and, with --motion-drill, on
+   motion clips);
 4. stage-2: instruction-tune the whole model on the world's tasks;
 5. evaluate every held-out task with the evaluation runner, print a table against chance;
 6. write DIR/results.json, DIR/model/ (loadable, chat-able, servable) and DIR/report.md with plots.
@@ -34,25 +35,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage2-epochs", type=float, default=None, help="override the stage-2 epoch count")
     parser.add_argument("--motion-drill", action="store_true",
                         help="a motion phase after grounding (about 3 more minutes on 2 CPU cores): video "
-                             "direction 0.56 instead of 0.22, shape 0.77 instead of 0.90, on the machine of "
+                             "direction 0.56 instead of 0.22, shape 0.77 instead of 0.90, measured before the "
+                             "listing phase existed, on the machine of "
                              "docs/quickstart.md item 19")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate at most this many samples per task")
     parser.add_argument("--anyres", choices=["on", "off"], default="on",
                         help="off: one squashed crop per image (the AnyRes ablation's baseline)")
 
 
-MOTION_MIXTURE = "motion_mixture.yaml"  # written next to the stage configs
+GROUNDING_MIXTURE = "grounding_mixture.yaml"  # the stage configs' mixtures, written next to them
+MOTION_MIXTURE = "motion_mixture.yaml"
 MOTION_CLIPS = 3000  # in the world, with --motion-drill only (its generation alone takes ~12 s)
-MOTION_EPOCHS = 2  # of the 3,000 motion clips and 990 grounding scenes: 498 steps
+MOTION_EPOCHS = 2  # of the 3,000 motion clips and 1,980 replayed scenes
+
+
+def grounding_mixture(world: Path, seed: int) -> dict[str, Any]:
+    """The grounding phase's data (a `llavakit train` mixture): every grounding scene, and the first
+    half of the listing scenes replayed so the lookups learned just before are kept."""
+    return {"seed": seed, "datasets": [
+        {"json_path": str(world / "stage15_grounding.jsonl"), "image_folder": str(world)},
+        {"json_path": str(world / "stage15_listing.jsonl"), "image_folder": str(world),
+         "sampling_strategy": "first:50%"},
+    ]}
 
 
 def motion_mixture(world: Path, seed: int) -> dict[str, Any]:
     """The motion phase's data (a `llavakit train` mixture): every motion clip, and the first third
-    of the grounding scenes replayed so the colour binding learned just before is kept."""
+    of the grounding and of the listing scenes replayed so the lookups learned just before are kept."""
     return {"seed": seed, "datasets": [
         {"json_path": str(world / "stage15_motion.jsonl"), "video_folder": str(world)},
-        {"json_path": str(world / "stage15_grounding.jsonl"), "image_folder": str(world),
-         "sampling_strategy": "first:33%"},
+        *[{"json_path": str(world / name), "image_folder": str(world), "sampling_strategy": "first:33%"}
+          for name in ("stage15_grounding.jsonl", "stage15_listing.jsonl")],
     ]}
 
 
@@ -118,31 +131,37 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     stage1_5 = whole_model("stage1.5", "stage1",
                            [{"path": str(world / "stage15_recap.jsonl"), "image_folder": str(world)}],
                            "stage1_5", 3, rates)
+    # Listing: every object of a scene named by its colour and shape, "<color> <shape>" in half the
+    # scenes and "<shape> <color>" in the others (synth.tasks_single.build_listing), alone. Asked as
+    # questions, with the answer a dozen tokens after the word that names the object, each lookup
+    # was learned abruptly after hundreds of steps or not at all (items 18-22); here the attribute
+    # comes right after its cue, and from the stage-1.5 model both were learned within 300 steps
+    # (the word after the cue right 0.99 of the time, teacher-forced on fresh scenes). The fixed
+    # orders leave nothing to guess once learned, so it ends, as grounding does, once the loss has
+    # fallen: 20 steps below 0.1 (docs/quickstart.md, item 23).
+    listing = whole_model("stage1.5", "stage1_5",
+                          [{"path": str(world / "stage15_listing.jsonl"), "image_folder": str(world)}],
+                          "listing", 3, tower_frozen, schedule="constant")
+    listing["stop_at_loss"] = {"below": 0.1, "window": 20}
     # Grounding, the end of stage-1.5: the colour of every object of a scene asked by its shape
-    # (synth.tasks_single.build_grounding), alone. Eight stage-2 epochs left the model naming another
-    # object's colour for half the scenes of several objects, four times the stage-2 colour questions
-    # did not change that, and neither did these questions mixed into the re-captions. On their own,
-    # after the re-captions, the model learns them abruptly, near step 450 on one draw of scenes and
-    # near step 900 on another (colour 1.00 and 0.98 held out); four cosine epochs (748 steps) were
-    # not enough in a fresh clone, so six epochs at a constant rate.
-    grounding = whole_model("stage1.5", "stage1_5",
-                            [{"path": str(world / "stage15_grounding.jsonl"), "image_folder": str(world)}],
-                            "grounding", 6, tower_frozen, schedule="constant")
-    # ... and it ends as soon as the fall is over (the mean loss of 20 steps below 0.15): six epochs
-    # are the budget for a late fall (it came between steps 550 and 800 in runs one change apart),
-    # and a fall that has come does not need to settle. Ending 80 steps later, at 0.02 over 50
-    # steps, did not change what stage-2 learned: shape 0.73 and 0.75 over two stage-2 seeds,
-    # against 1.00, 0.71 and 0.77 (seed 2) from the earlier stop, colour 0.99-1.00 in all five
-    # (docs/quickstart.md, item 21).
+    # (synth.tasks_single.build_grounding), the eval's question, with half the listings replayed.
+    # Straight after the re-captions this was learned abruptly, or not at all: near step 450, 650
+    # or 900 in some draws, no fall in 1,122 steps in others (items 18, 21); after the listing phase
+    # it fell by step 330 on a world where it had not fallen in 1,122. Without it, stage-2 learned
+    # the shape questions from the listings (1.00) but not the colour questions (0.64). Up to four
+    # epochs at a constant rate, ended once the loss has fallen (20 steps below 0.15).
+    grounding = whole_model("stage1.5", "listing", [{"path": str(out / "configs" / GROUNDING_MIXTURE)}],
+                            "grounding", 4, tower_frozen, schedule="constant")
     grounding["stop_at_loss"] = {"below": 0.15, "window": 20}
     # Motion (--motion-drill): which way the one moving object of a clip goes
-    # (synth.tasks_video.MOTION_DRILL), with a third of the grounding scenes replayed. Stage-2's 300
-    # direction clips leave direction at chance (0.20-0.37); 3,000 clips alone took it to 0.72 held
-    # out in 748 steps but left a model that answered every question with a direction (stage-2 then
-    # brought colour back only to 0.73); with the replay colour stayed at 0.92. Not on by default:
-    # it adds about 150 s, past the 15-minute budget, and the quickstart with it scored shape 0.77
-    # (direction 0.56); with stage-2 shortened to pay for it, shape fell to 0.66-0.70.
-    drills = {"grounding": grounding}
+    # (synth.tasks_video.MOTION_DRILL), with a third of the grounding and listing scenes replayed.
+    # Stage-2's 300 direction clips leave direction at chance (0.20-0.37); 3,000 clips alone took it
+    # to 0.72 held out in 748 steps but left a model that answered every question with a direction
+    # (stage-2 then brought colour back only to 0.73); with grounding replayed colour stayed at
+    # 0.92. Not on by default: it adds about 150 s, past the 15-minute budget, and the quickstart
+    # with it (before the listing phase) scored shape 0.77 (direction 0.56); with stage-2 shortened
+    # to pay for it, shape fell to 0.66-0.70.
+    drills = {"listing": listing, "grounding": grounding}
     if motion_drill:
         drills["motion"] = whole_model("stage1.5", "grounding", [{"path": str(out / "configs" / MOTION_MIXTURE)}],
                                        "motion", MOTION_EPOCHS, tower_frozen, schedule="constant")
@@ -257,8 +276,9 @@ def run(args: argparse.Namespace) -> int:
                                     ComponentSettings(seed=args.seed, scale=args.scale))
     configs_dir = out / "configs"
     configs_dir.mkdir(exist_ok=True)
-    if args.motion_drill:
-        (configs_dir / MOTION_MIXTURE).write_text(yaml.safe_dump(motion_mixture(world, args.seed), sort_keys=False))
+    mixtures = {GROUNDING_MIXTURE: grounding_mixture} | ({MOTION_MIXTURE: motion_mixture} if args.motion_drill else {})
+    for name, mixture in mixtures.items():
+        (configs_dir / name).write_text(yaml.safe_dump(mixture(world, args.seed), sort_keys=False))
     configs = stage_configs(out, world, components.vision_dir, components.llm_dir, args.scale, args.seed,
                             args.stage2_epochs, args.anyres == "on", components.vision_feature_layer,
                             args.motion_drill)

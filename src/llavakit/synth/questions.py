@@ -3,6 +3,9 @@ questions of training samples, so training asks exactly what evaluation asks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from .scene import SceneObject
 from .task import A_NUMBER, ONE_WORD
 
 COUNT_QUESTION = f"How many objects are there? {A_NUMBER}"
@@ -16,6 +19,17 @@ def color_question(shape: str | None) -> str:
 def shape_question(color: str | None) -> str:
     """The shape of the object of this colour (None: of the only object)."""
     return f"What shape is {'the object' if color is None else f'the {color} object'}? {ONE_WORD}"
+
+
+def list_question(color_first: bool) -> str:
+    return f"List the objects by {'color and shape' if color_first else 'shape and color'}."
+
+
+def listing_answer(objects: Sequence[SceneObject], color_first: bool) -> str:
+    """Each object as "<color> <shape>" (or "<shape> <color>"), in the order given: "blue triangle,
+    orange circle."."""
+    pairs = ((obj.color, obj.shape) if color_first else (obj.shape, obj.color) for obj in objects)
+    return ", ".join(f"{a} {b}" for a, b in pairs) + "."
 
 
 def relation_question(a_name: str, b_name: str, axis: int) -> str:

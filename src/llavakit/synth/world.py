@@ -26,10 +26,12 @@ from .video import video_codec
 
 EVAL_TASKS: tuple[Task, ...] = tasks_single.TASKS + tasks_multi.TASKS + tasks_video.TASKS
 TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video.TRAIN_ONLY
-STAGE1_FILE, STAGE15_FILE, GROUNDING_FILE, MOTION_FILE, STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE = (
+(STAGE1_FILE, STAGE15_FILE, GROUNDING_FILE, LISTING_FILE, MOTION_FILE, STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE,
+ WORLD_FILE) = (
     "stage1_captions.jsonl",
     "stage15_recap.jsonl",
     "stage15_grounding.jsonl",
+    "stage15_listing.jsonl",
     "stage15_motion.jsonl",
     "stage2_instruct.jsonl",
     "annotations.jsonl",
@@ -51,9 +53,11 @@ def train_count(task: Task, settings: WorldSettings) -> int:
 
 def drills(settings: WorldSettings) -> dict[str, tuple[Task, int]]:
     """The stage-1.5 drill files this world holds, each with its task and sample count: one skill
-    each, many samples, trained alone (the quickstart's grounding phase, and its motion phase with
-    --motion-drill). Their images stay out of annotations.jsonl, so the tower sees what it saw before."""
-    files = {GROUNDING_FILE: (tasks_single.GROUNDING, train_count(tasks_single.GROUNDING, settings))}
+    each, many samples, trained alone or nearly (the quickstart's grounding and listing phases, and
+    its motion phase with --motion-drill). Their images stay out of annotations.jsonl, so the tower
+    sees what it saw before."""
+    files = {GROUNDING_FILE: (tasks_single.GROUNDING, train_count(tasks_single.GROUNDING, settings)),
+             LISTING_FILE: (tasks_single.LISTING, train_count(tasks_single.LISTING, settings))}
     if settings.motion_drill:
         files[MOTION_FILE] = (tasks_video.MOTION_DRILL, settings.scaled(settings.motion_drill))
     return files
@@ -138,7 +142,7 @@ def _write_world(
     counts[STAGE15_FILE] = write_jsonl(out / STAGE15_FILE, stage15_records)
     for file, records in drill_records.items():
         counts[file] = write_jsonl(out / file, records)
-    for file in {GROUNDING_FILE, MOTION_FILE} - set(drill_records):  # a drill an earlier run wrote
+    for file in {GROUNDING_FILE, LISTING_FILE, MOTION_FILE} - set(drill_records):  # a drill an earlier run wrote
         (out / file).unlink(missing_ok=True)
     counts[ANNOTATIONS_FILE] = write_jsonl(out / ANNOTATIONS_FILE, annotations)
     atomic_write_text(out / CORPUS_FILE, "".join(line + "\n" for line in corpus))
