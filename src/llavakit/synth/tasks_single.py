@@ -60,9 +60,10 @@ def build_grounding(ctx: Context) -> Sample:
     Finding an object by its shape is what the model learned last and least: after eight stage-2
     epochs it named the colour of another object in the image for half the scenes of several
     objects, and four times the stage-2 colour questions did not change that. Trained on these
-    alone, after the re-captions, the model learns it abruptly, near step 450 or 900 of 16 scenes
-    depending on the draw (the quickstart's grounding phase, run.py). No turn names a colour and a
-    shape together, so no answer can be copied from an earlier one.
+    alone, after the re-captions, the model learned it abruptly, near step 450 to 900 of 16 scenes
+    or not in 1,122 steps depending on the draw; after the listings (build_listing) it fell by step
+    330 (the quickstart's grounding phase, run.py). No turn names a colour and a shape together, so
+    no answer can be copied from an earlier one.
     """
     most = min(len(vocab.SHAPES), ctx.settings.max_objects)
     n = int(ctx.rng.integers(min(3, most), most + 1))
