@@ -53,6 +53,16 @@ def build_color(ctx: Context) -> Sample:
     return _save(ctx, scene, color_question(None if n == 1 else first.shape), target, COLOR_NAMES)
 
 
+def _drill_scene(ctx: Context, unique: tuple[str, ...]) -> tuple[Scene, str]:
+    """A stage-1.5 drill scene: 3 to 5 objects (as many as the vocabulary of each `unique`
+    attribute allows) in which those attributes never repeat, and its saved image."""
+    kinds = {"shape": len(vocab.SHAPES), "color": len(vocab.COLORS)}
+    most = min(ctx.settings.max_objects, *(kinds[key] for key in unique))
+    n = int(ctx.rng.integers(min(3, most), most + 1))
+    scene = ctx.fresh(lambda: ctx.place(distinct_specs(ctx.rng, n, unique)))
+    return scene, ctx.save_image(draw_scene(scene))
+
+
 def build_grounding(ctx: Context) -> Sample:
     """Stage-1.5 grounding: a scene of 3 to 5 objects of different shapes, and the colour of every
     object asked by its shape, one turn each (the eval's "What color is the triangle?").
@@ -65,10 +75,7 @@ def build_grounding(ctx: Context) -> Sample:
     330 (the quickstart's grounding phase, run.py). No turn names a colour and a shape together, so
     no answer can be copied from an earlier one.
     """
-    most = min(len(vocab.SHAPES), ctx.settings.max_objects)
-    n = int(ctx.rng.integers(min(3, most), most + 1))
-    scene = ctx.fresh(lambda: ctx.place(distinct_specs(ctx.rng, n, ("shape",))))
-    image = ctx.save_image(draw_scene(scene))
+    scene, image = _drill_scene(ctx, ("shape",))
     asked = [scene.objects[int(i)] for i in ctx.rng.permutation(len(scene.objects))]
     # No annotation: the tower keeps training on the same images as without this set.
     return Sample(image_turns([(color_question(obj.shape), obj.color) for obj in asked]), image=image)
@@ -88,10 +95,7 @@ def build_listing(ctx: Context) -> Sample:
     item 23). The fixed orders leave nothing to guess once they are learned, so the loss falls to
     near zero and the phase can end on it.
     """
-    most = min(len(vocab.SHAPES), len(vocab.COLORS), ctx.settings.max_objects)
-    n = int(ctx.rng.integers(min(3, most), most + 1))
-    scene = ctx.fresh(lambda: ctx.place(distinct_specs(ctx.rng, n, ("shape", "color"))))
-    image = ctx.save_image(draw_scene(scene))
+    scene, image = _drill_scene(ctx, ("shape", "color"))
     by_color = ctx.index % 2 == 0
     order = list(vocab.COLORS) if by_color else list(vocab.SHAPES)
     named = sorted(scene.objects, key=lambda obj: order.index(obj.color if by_color else obj.shape))

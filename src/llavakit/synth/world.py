@@ -38,6 +38,7 @@ TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video
     "text_corpus.txt",
     "world.json",
 )
+DRILL_FILES = (GROUNDING_FILE, LISTING_FILE, MOTION_FILE)  # every file drills() may hold
 # Files this generator names; only these are pruned when a world is regenerated.
 GENERATED_MEDIA = re.compile(r"^(stage1|train|eval)_[a-z0-9_]+_\d{5}(_[a-z0-9]+)?\.(png|mp4)$")
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # files.atomic_write_bytes: ".<name>.<random>.tmp"
@@ -142,7 +143,7 @@ def _write_world(
     counts[STAGE15_FILE] = write_jsonl(out / STAGE15_FILE, stage15_records)
     for file, records in drill_records.items():
         counts[file] = write_jsonl(out / file, records)
-    for file in {GROUNDING_FILE, LISTING_FILE, MOTION_FILE} - set(drill_records):  # a drill an earlier run wrote
+    for file in set(DRILL_FILES) - set(drill_records):  # a drill an earlier run wrote
         (out / file).unlink(missing_ok=True)
     counts[ANNOTATIONS_FILE] = write_jsonl(out / ANNOTATIONS_FILE, annotations)
     atomic_write_text(out / CORPUS_FILE, "".join(line + "\n" for line in corpus))
