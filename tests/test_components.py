@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -116,17 +117,34 @@ def test_vision_probe_beats_chance_by_a_wide_margin(parts):
 
 
 def test_the_position_term_makes_the_objects_own_token_say_where_it_is(world, parts, tmp_path):
-    """Without the term the contrastive tower's tokens lose their place (the default quickstart
-    tower read it 0.41 from the object's token, the untrained one 0.72); with it, at the default
-    step count, the object's token reads its 3x3 position."""
+    """Without the term the contrastive tower's tokens lose their place (the quickstart tower read
+    it 0.41 from the object's token, the untrained one 0.72); with it at the weight of the
+    quickstart's --position-drill, at the default step count, the object's token reads its 3x3
+    position and place is a large share of what the token carries (5.5% at weight 1.0, too little
+    for the LM to learn to read)."""
+    from llavakit.quickstart.run import POSITION_WEIGHT
     from llavakit.quickstart.vision import train_vision
 
-    vision = dataclasses.replace(SETTINGS.vision, position_weight=1.0, steps=VisionSettings().steps)
-    with_term = train_vision(world, tmp_path / "tower", dataclasses.replace(SETTINGS, vision=vision),
-                             progress=False)["probe"]["position_token"]
+    assert SETTINGS.vision.position_weight == 0  # the default: off
+    vision = dataclasses.replace(SETTINGS.vision, position_weight=POSITION_WEIGHT, steps=VisionSettings().steps)
+    metrics = train_vision(world, tmp_path / "tower", dataclasses.replace(SETTINGS, vision=vision), progress=False)
+    with_term = metrics["probe"]["position_token"]
     without = parts.metrics["vision"]["probe"]["position_token"]  # 120 steps, no term
     assert with_term["trained"] >= 0.9 > without["trained"]
     assert with_term["trained"] >= with_term["untrained"] + 0.1
+    share = metrics["position_share"]["trained"]
+    assert share >= 0.1 > parts.metrics["vision"]["position_share"]["trained"]
+
+
+def test_label_variance_share_is_the_between_class_share():
+    from llavakit.quickstart.probe import label_variance_share
+
+    labels = np.array([0, 0, 1, 1])
+    # class means +-1 on the first axis (between-class variance 1); noise +-1 on the second (1)
+    features = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert label_variance_share(features, labels) == pytest.approx(0.5)
+    assert label_variance_share(features[:, :1], labels) == pytest.approx(1.0)
+    assert label_variance_share(features[:, 1:], labels) == pytest.approx(0.0)
 
 
 def test_center_token_pooling_reads_the_token_most_covered_by_the_box(parts):

@@ -67,9 +67,11 @@ def test_writes_results_model_report_and_configs(run, results):
                       "listing": str(run / "stage1_5" / "model"), "grounding": str(run / "listing" / "model"),
                       "stage2": str(run / "grounding" / "model")}
     assert (run / "configs" / "grounding_mixture.yaml").is_file()
-    # the motion drill is opt-in: neither its data nor its mixture by default
-    assert not (run / "configs" / "motion_mixture.yaml").exists()
-    assert not (run / "world" / "stage15_motion.jsonl").exists()
+    # the motion and position drills are opt-in: neither their data nor their mixtures by default
+    for mixture, data in (("motion", "motion"), ("relation", "relation"), (None, "place")):
+        assert mixture is None or not (run / "configs" / f"{mixture}_mixture.yaml").exists()
+        assert not (run / "world" / f"stage15_{data}.jsonl").exists()
+    assert results["components"]["vision"]["position_share"]["trained"] < 0.1  # no position term
     assert not list((run / "world" / "videos").glob("train_motion_*"))
 
 

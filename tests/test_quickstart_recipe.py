@@ -1,6 +1,6 @@
-"""The quickstart's stage configs as data: which stage starts from which, and the listing and opt-in
-motion phases whose mixtures must load against a real generated world. No training here
-(test_quickstart runs it)."""
+"""The quickstart's stage configs as data: which stage starts from which, and the drill phases
+(grounding, relation and the opt-in motion phase) whose mixtures must load against a real generated
+world. No training here (test_quickstart runs it)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,23 @@ import pytest
 import yaml
 
 from llavakit.data.mixture import load_mixture
-from llavakit.quickstart.run import GROUNDING_MIXTURE, MOTION_MIXTURE, grounding_mixture, motion_mixture, stage_configs
+from llavakit.quickstart.run import (
+    GROUNDING_MIXTURE,
+    MOTION_MIXTURE,
+    RELATION_MIXTURE,
+    grounding_mixture,
+    motion_mixture,
+    relation_mixture,
+    stage_configs,
+)
 from llavakit.synth import WorldSettings, generate_world
 
-SMALL = WorldSettings(stage1_captions=8, train_per_task=12, eval_per_task=4, motion_drill=20)
+SMALL = WorldSettings(stage1_captions=8, train_per_task=12, eval_per_task=4, motion_drill=20, position_drill=30)
 
 
-def configs(tmp_path: Path, motion_drill: bool) -> dict:
+def configs(tmp_path: Path, motion_drill: bool = False, position_drill: bool = False) -> dict:
     return stage_configs(tmp_path / "out", tmp_path / "world", tmp_path / "vision", tmp_path / "llm", 1.0, 0,
-                         None, True, motion_drill=motion_drill)
+                         None, True, motion_drill=motion_drill, position_drill=position_drill)
 
 
 def starts(stages: dict) -> dict:
@@ -26,32 +34,51 @@ def starts(stages: dict) -> dict:
             for name, c in stages.items()}
 
 
+def drill_checks(stages: dict, names: list[str]) -> None:
+    """Drills: tower frozen, constant rate (and, but for motion, ended once learned)."""
+    for name in names:
+        assert {"pattern": r"^vision_tower\.", "frozen": True} in stages[name]["trainable"]
+        assert stages[name]["optim"]["schedule"] == "constant"
+        assert name == "motion" or stages[name]["stop_at_loss"] is not None
+
+
 def test_default_recipe_goes_through_listing_then_grounding_to_stage2(tmp_path):
-    stages = configs(tmp_path, motion_drill=False)
+    stages = configs(tmp_path)
     assert list(stages) == ["stage1", "stage1_5", "listing", "grounding", "stage2"]
     assert starts(stages) == {"stage1": None, "stage1_5": "stage1", "listing": "stage1_5", "grounding": "listing",
                               "stage2": "grounding"}
     assert stages["listing"]["data"]["sources"] == [{"path": str(tmp_path / "world" / "stage15_listing.jsonl"),
                                                      "image_folder": str(tmp_path / "world")}]
     assert stages["grounding"]["data"]["sources"] == [{"path": str(tmp_path / "out" / "configs" / GROUNDING_MIXTURE)}]
-    for name in ("listing", "grounding"):  # drills: tower frozen, constant rate, ended once learned
-        assert {"pattern": r"^vision_tower\.", "frozen": True} in stages[name]["trainable"]
-        assert stages[name]["optim"]["schedule"] == "constant" and stages[name]["stop_at_loss"] is not None
+    drill_checks(stages, ["listing", "grounding"])
 
 
-def test_motion_drill_runs_between_grounding_and_stage2_on_its_mixture(tmp_path):
-    stages = configs(tmp_path, motion_drill=True)
-    assert list(stages) == ["stage1", "stage1_5", "listing", "grounding", "motion", "stage2"]
+def test_position_drill_adds_place_then_relation_after_grounding(tmp_path):
+    stages = configs(tmp_path, position_drill=True)
+    assert list(stages) == ["stage1", "stage1_5", "listing", "grounding", "place", "relation", "stage2"]
     assert starts(stages) == {"stage1": None, "stage1_5": "stage1", "listing": "stage1_5", "grounding": "listing",
-                              "motion": "grounding", "stage2": "motion"}
-    motion = stages["motion"]
-    assert motion["data"]["sources"] == [{"path": str(tmp_path / "out" / "configs" / MOTION_MIXTURE)}]
-    assert motion["optim"]["schedule"] == "constant"
-    assert {"pattern": r"^vision_tower\.", "frozen": True} in motion["trainable"]
-    # the rest of the recipe is the default one
-    default = configs(tmp_path, motion_drill=False)
+                              "place": "grounding", "relation": "place", "stage2": "relation"}
+    assert stages["place"]["data"]["sources"] == [{"path": str(tmp_path / "world" / "stage15_place.jsonl"),
+                                                   "image_folder": str(tmp_path / "world")}]
+    assert stages["relation"]["data"]["sources"] == [{"path": str(tmp_path / "out" / "configs" / RELATION_MIXTURE)}]
+    drill_checks(stages, ["place", "relation"])
+    default = configs(tmp_path)
+    assert all(stages[name] == default[name] for name in ("stage1", "stage1_5", "listing", "grounding"))
     assert stages["stage2"]["epochs"] == default["stage2"]["epochs"]
-    assert stages["grounding"] == default["grounding"] and stages["listing"] == default["listing"]
+
+
+@pytest.mark.parametrize("position_drill", [False, True])
+def test_motion_drill_runs_after_the_other_drills_and_before_stage2(tmp_path, position_drill):
+    stages = configs(tmp_path, motion_drill=True, position_drill=position_drill)
+    before = "relation" if position_drill else "grounding"
+    assert list(stages)[-2:] == ["motion", "stage2"] and list(stages)[-3] == before
+    assert starts(stages)["motion"] == before and starts(stages)["stage2"] == "motion"
+    assert stages["motion"]["data"]["sources"] == [{"path": str(tmp_path / "out" / "configs" / MOTION_MIXTURE)}]
+    drill_checks(stages, ["motion"])
+    # the rest of the recipe is the one without the motion drill
+    without = configs(tmp_path, position_drill=position_drill)
+    assert stages["stage2"]["epochs"] == without["stage2"]["epochs"]
+    assert all(stages[name] == without[name] for name in list(without)[:-1])
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +95,18 @@ def test_grounding_mixture_loads_every_grounding_scene_and_half_the_listings(wor
         ("stage15_grounding", scenes, scenes), ("stage15_listing", scenes, scenes // 2)]
     images = {Path(e.image_folder) / e.record["image"] for e in mixture.entries}
     assert len(images) == scenes + scenes // 2 and all(path.is_file() for path in images)
+
+
+def test_relation_mixture_loads_every_relation_scene_and_half_the_place_and_grounding_scenes(world, tmp_path):
+    path = tmp_path / RELATION_MIXTURE
+    path.write_text(yaml.safe_dump(relation_mixture(world, seed=0)))
+    mixture = load_mixture(path)
+    scenes, grounding = SMALL.position_drill, 10 * SMALL.train_per_task
+    assert [(p.name, p.available, p.selected) for p in mixture.parts] == [
+        ("stage15_relation", scenes, scenes), ("stage15_place", scenes, scenes // 2),
+        ("stage15_grounding", grounding, grounding // 2)]
+    images = {Path(e.image_folder) / e.record["image"] for e in mixture.entries}
+    assert len(images) == scenes + scenes // 2 + grounding // 2 and all(path.is_file() for path in images)
 
 
 def test_motion_mixture_loads_every_clip_and_a_third_of_the_grounding_and_listing_scenes(world, tmp_path):

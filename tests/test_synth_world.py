@@ -24,7 +24,7 @@ from llavakit.synth.files import read_jsonl
 from llavakit.synth.solids import shade
 from llavakit.synth.video import decode_mp4
 
-SMALL = WorldSettings(stage1_captions=40, train_per_task=16, eval_per_task=16, motion_drill=40)
+SMALL = WorldSettings(stage1_captions=40, train_per_task=16, eval_per_task=16, motion_drill=40, position_drill=60)
 EVAL_TASKS = (
     "color", "shape", "count", "position", "hires_detail",
     "spot_difference", "which_image", "video_direction", "multiview",
@@ -142,8 +142,10 @@ def test_layout_counts_and_media_exist(world):
     for task in EVAL_TASKS:
         assert manifest["files"][f"eval/{task}.jsonl"] == 16
     media = set()
-    drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_motion.jsonl"]
-    assert [manifest["files"][name] for name in drills] == [10 * SMALL.train_per_task] * 2 + [SMALL.motion_drill]
+    drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_place.jsonl", "stage15_relation.jsonl",
+              "stage15_motion.jsonl"]
+    assert [manifest["files"][name] for name in drills] == ([10 * SMALL.train_per_task] * 2 + [SMALL.position_drill] * 2
+                                                            + [SMALL.motion_drill])
     for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", *drills, "stage2_instruct.jsonl"] + [
         f"eval/{t}.jsonl" for t in EVAL_TASKS
     ]:
@@ -302,6 +304,56 @@ def test_stage15_listing_names_every_object_by_colour_and_shape(world):
         sizes.add(len(named))
         kinds.append(color_first)
     assert sizes == {3, 4, 5} and kinds == [i % 2 == 0 for i in range(len(records))]
+
+
+def test_stage15_place_listing_names_every_objects_column_or_row(world):
+    """Scenes of 3-5 objects of different shapes and colours; one turn naming each object once by
+    its colour and the column (even samples) or row (odd samples) of the 4x4 grid its pixels are
+    in, as a number word from the left or top, in the colours' order."""
+    records = read_jsonl(world / "stage15_place.jsonl")
+    assert len(records) == SMALL.position_drill
+    sizes, axes, bands = set(), [], set()
+    for record in records:
+        placeholder_check(record)
+        image = pixels(world, record["image"])
+        question, answer = (t["value"] for t in record["conversations"])
+        axis = ["<image>\nList the objects by color and column.", "<image>\nList the objects by color and row."].index(
+            question)
+        named = [tuple(item.split()) for item in answer.removesuffix(".").split(", ")]
+        assert len(named) == len(object_blobs(image)) == len({c for c, _ in named}), record["id"]
+        for color, number in named:
+            [blob] = components(mask_of(image, vocab.COLORS[color]))
+            center = np.argwhere(blob).mean(0)[1 - axis]  # argwhere gives (row, column)
+            band = int(center * 4 // image.shape[0])
+            assert number == vocab.NUMBER_WORDS[band + 1], (record["id"], color)
+            bands.add(band)
+        ranks = [list(vocab.COLORS).index(c) for c, _ in named]
+        assert ranks == sorted(ranks), record["id"]
+        sizes.add(len(named))
+        axes.append(axis)
+    assert sizes == {3, 4, 5} and axes == [i % 2 for i in range(len(records))] and bands == {0, 1, 2, 3}
+
+
+def test_stage15_relation_asks_about_different_pairs_as_the_pixels_show(world):
+    """Scenes of 3-5 objects of different shapes and colours; up to four relation questions, none
+    about a pair already asked on the same axis (in either order), answered as the pixels show."""
+    records = read_jsonl(world / "stage15_relation.jsonl")
+    assert len(records) == SMALL.position_drill
+    answers = set()
+    for record in records:
+        placeholder_check(record)
+        image = pixels(world, record["image"])
+        turns = record["conversations"]
+        questions = [t["value"].removeprefix("<image>\n") for t in turns[::2]]
+        assert 1 <= len(questions) <= 4 and len(object_blobs(image)) in (3, 4, 5), record["id"]
+        relation = r"Is the (\w+ \w+) (left or right of|above or below) the (\w+ \w+)\?"
+        matches = [re.match(relation, q) for q in questions]
+        asked = [(frozenset((m[1], m[3])), m[2]) for m in matches]
+        assert len(set(asked)) == len(asked), record["id"]  # no pair asked twice on one axis
+        for question, answer in zip(questions, [t["value"] for t in turns[1::2]]):
+            assert answer == answer_from_pixels(image, question), (record["id"], question)
+            answers.add(answer)
+    assert answers == set(vocab.RELATIONS)
 
 
 def test_eval_records_and_chance(world):
@@ -552,7 +604,7 @@ def test_rerun_with_same_settings_does_nothing(world, capsys):
     cli.add_arguments(parser)
     args = parser.parse_args(
         ["--out", str(world), "--stage1-captions", "40", "--train-per-task", "16", "--eval-per-task", "16",
-         "--motion-drill", "40"]
+         "--motion-drill", "40", "--position-drill", "60"]
     )
     assert cli.settings_from_args(args) == SMALL
     assert cli.run(args) == 0

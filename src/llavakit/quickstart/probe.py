@@ -143,3 +143,22 @@ def run_probes(towers: dict[str, nn.Module], n: int, side: int, seed: int, max_o
                                                  train.classes[label])
                 results[probe][name] = round(accuracy, 4)
     return results
+
+
+def label_variance_share(features: torch.Tensor, labels: np.ndarray) -> float:
+    """The share of the features' variance that the class means of ``labels`` explain (between-class
+    over total variance): how much of what a token carries is that label."""
+    centred = features - features.mean(0)
+    total = centred.pow(2).sum(1).mean()
+    between = sum(centred[labels == c].mean(0).pow(2).sum() * float((labels == c).mean()) for c in np.unique(labels))
+    return float(between / total)
+
+
+def position_shares(towers: dict[str, nn.Module], n: int, side: int, seed: int, layer: int, device: torch.device,
+                    grid: int = 0) -> dict[str, float]:
+    """{tower name: share of the object's own token's variance explained by its 3x3 position}.
+    A linear probe can read place from a small share; the LM learned to name an object's column
+    only once this share was large (VisionSettings.position_weight)."""
+    scenes = single_object_scenes(n, side, seed, 1, grid)
+    return {name: round(label_variance_share(pooled_features(tower, scenes, layer, device)["center"],
+                                             scenes.labels["position"]), 4) for name, tower in towers.items()}

@@ -4,7 +4,8 @@
 2. train the tiny vision encoder and language model the stages start from (cached);
 3. stage-1: align the projector on captions, parts frozen (``llavakit train``'s Trainer);
    stage-1.5: the whole model on detailed re-captions, then on listings of every object by colour
-   and shape, then on grounding questions with listings replayed (and, with --motion-drill, on
+   and shape, then on grounding questions with listings replayed (with --position-drill, then on
+   listings of every object's column or row and on relation questions; with --motion-drill, on
    motion clips);
 4. stage-2: instruction-tune the whole model on the world's tasks;
 5. evaluate every held-out task with the evaluation runner, print a table against chance;
@@ -34,18 +35,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help="component cache (default: OUT/cache)")
     parser.add_argument("--stage2-epochs", type=float, default=None, help="override the stage-2 epoch count")
     parser.add_argument("--motion-drill", action="store_true",
-                        help="a motion phase after grounding (about 3 more minutes on 2 CPU cores): video "
+                        help="a motion phase after the other drills (about 3 more minutes on 2 CPU cores): video "
                              "direction 0.56 instead of 0.22, shape 0.77 instead of 0.90, measured before the "
                              "listing phase existed, on the machine of "
                              "docs/quickstart.md item 19")
+    parser.add_argument("--position-drill", action="store_true",
+                        help="a tower whose tokens keep their place, and place and relation phases after "
+                             "grounding (about 2.5 more minutes on 2 CPU cores): relative position 0.67-0.99 "
+                             "instead of chance, but on one world the detail task fell to 0.09-0.15; "
+                             "docs/quickstart.md item 24")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate at most this many samples per task")
     parser.add_argument("--anyres", choices=["on", "off"], default="on",
                         help="off: one squashed crop per image (the AnyRes ablation's baseline)")
 
 
 GROUNDING_MIXTURE = "grounding_mixture.yaml"  # the stage configs' mixtures, written next to them
+RELATION_MIXTURE = "relation_mixture.yaml"
 MOTION_MIXTURE = "motion_mixture.yaml"
 MOTION_CLIPS = 3000  # in the world, with --motion-drill only (its generation alone takes ~12 s)
+POSITION_SCENES = 3000  # place listings and relation scenes each, with --position-drill only
+# The tower's token-position term with --position-drill (VisionSettings.position_weight): at 1.0
+# place was 5.5% of a token's variance and the LM never learned to name an object's column; at
+# 4.0, 18-19% (16.0 added little: 24%) and it did (docs/quickstart.md, item 24).
+POSITION_WEIGHT = 4.0
 MOTION_EPOCHS = 2  # of the 3,000 motion clips and 1,980 replayed scenes
 
 
@@ -56,6 +68,17 @@ def grounding_mixture(world: Path, seed: int) -> dict[str, Any]:
         {"json_path": str(world / "stage15_grounding.jsonl"), "image_folder": str(world)},
         {"json_path": str(world / "stage15_listing.jsonl"), "image_folder": str(world),
          "sampling_strategy": "first:50%"},
+    ]}
+
+
+def relation_mixture(world: Path, seed: int) -> dict[str, Any]:
+    """The relation phase's data (--position-drill) (a `llavakit train` mixture): every relation scene, and the first
+    half of the place listings and of the grounding scenes replayed, so the place lookup learned
+    just before and the lookup by shape learned before that are kept."""
+    return {"seed": seed, "datasets": [
+        {"json_path": str(world / "stage15_relation.jsonl"), "image_folder": str(world)},
+        *[{"json_path": str(world / name), "image_folder": str(world), "sampling_strategy": "first:50%"}
+          for name in ("stage15_place.jsonl", "stage15_grounding.jsonl")],
     ]}
 
 
@@ -83,7 +106,7 @@ def visual_settings(anyres: bool) -> dict[str, Any]:
 
 def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale: float, seed: int,
                   stage2_epochs: float | None, anyres: bool, feature_layer: int = -1,
-                  motion_drill: bool = False) -> dict[str, dict[str, Any]]:
+                  motion_drill: bool = False, position_drill: bool = False) -> dict[str, dict[str, Any]]:
     common = {"seed": seed, "tensorboard": False, "log_every": 1, "save": {"keep_last": 1}}
     build = {"vision": {"pretrained": str(vision_dir), "feature_layer": feature_layer},
              "llm": {"pretrained": str(llm_dir)}, "visual": visual_settings(anyres)}
@@ -153,6 +176,25 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     grounding = whole_model("stage1.5", "listing", [{"path": str(out / "configs" / GROUNDING_MIXTURE)}],
                             "grounding", 4, tower_frozen, schedule="constant")
     grounding["stop_at_loss"] = {"below": 0.15, "window": 20}
+    drills = {"listing": listing, "grounding": grounding}
+    # Place, then relations (--position-drill): relative position ("Is the red circle left or right
+    # of the blue square?") stayed at chance in every default run (0.44-0.62). It needs each
+    # object's place, which the LM does not read from a token until the tower's tokens carry it
+    # (POSITION_WEIGHT), and a lookup that brings it to the LM: the place listings ("orange three,
+    # cyan one.") teach it as the listings taught the others, then the eval's questions are asked
+    # with half the place listings and half the grounding scenes replayed. On one world this took
+    # stage-2's position to 0.99; on another the relation phase did not fall in its two epochs,
+    # position reached 0.75-0.77, and the detail task fell to 0.09-0.15 (0.41 from that world's
+    # grounding model), so it is opt-in (docs/quickstart.md, item 24). Each phase up to two epochs
+    # at a constant rate, ended once its loss has fallen.
+    if position_drill:
+        drills["place"] = whole_model("stage1.5", "grounding",
+                                      [{"path": str(world / "stage15_place.jsonl"), "image_folder": str(world)}],
+                                      "place", 2, tower_frozen, schedule="constant")
+        drills["relation"] = whole_model("stage1.5", "place", [{"path": str(out / "configs" / RELATION_MIXTURE)}],
+                                         "relation", 2, tower_frozen, schedule="constant")
+        for name in ("place", "relation"):
+            drills[name]["stop_at_loss"] = {"below": 0.1, "window": 20}
     # Motion (--motion-drill): which way the one moving object of a clip goes
     # (synth.tasks_video.MOTION_DRILL), with a third of the grounding and listing scenes replayed.
     # Stage-2's 300 direction clips leave direction at chance (0.20-0.37); 3,000 clips alone took it
@@ -161,9 +203,9 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     # 0.92. Not on by default: it adds about 150 s, past the 15-minute budget, and the quickstart
     # with it (before the listing phase) scored shape 0.77 (direction 0.56); with stage-2 shortened
     # to pay for it, shape fell to 0.66-0.70.
-    drills = {"listing": listing, "grounding": grounding}
     if motion_drill:
-        drills["motion"] = whole_model("stage1.5", "grounding", [{"path": str(out / "configs" / MOTION_MIXTURE)}],
+        drills["motion"] = whole_model("stage1.5", list(drills)[-1],
+                                       [{"path": str(out / "configs" / MOTION_MIXTURE)}],
                                        "motion", MOTION_EPOCHS, tower_frozen, schedule="constant")
     # Stage-2: instruction tuning of the LM and projector on every task of the world. The tower
     # stays frozen here (as in LLaVA-1.5): training it as well cost 15% more time and scored lower
@@ -213,11 +255,12 @@ def print_table(evaluation: dict[str, dict[str, Any]]) -> str:
 
 
 def run_controls(out: Path, world: Path, limit: int | None) -> dict[str, dict[str, Any]]:
-    """Colour and shape again, each image swapped for another sample's: chance if the model looks."""
+    """Colour, shape and position again, each image swapped for another sample's: chance if the
+    model looks."""
     from llavakit.evaluation.runner import evaluate
     from llavakit.quickstart.controls import shuffled_images_task
 
-    specs = [shuffled_images_task(world, task) for task in ("color", "shape")]
+    specs = [shuffled_images_task(world, task) for task in ("color", "shape", "position")]
     rows = evaluate(out / "model", [str(s) for s in specs], out / "eval-controls", data_root=world, limit=limit,
                     batch_size=32, progress=False)
     controls = {name.removeprefix("synth_"): {"accuracy": row["accuracy"], "chance": row["chance"], "n": row["n"]}
@@ -260,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
     from llavakit.checkpoint.io import atomic_directory
     from llavakit.evaluation.runner import evaluate
     from llavakit.quickstart.components import ComponentSettings, prepare_components
+    from llavakit.quickstart.settings import VisionSettings
     from llavakit.synth import EVAL_TASK_NAMES, WorldSettings, generate_world
 
     started = time.perf_counter()
@@ -270,18 +314,22 @@ def run(args: argparse.Namespace) -> int:
     world = Path(args.world).resolve() if args.world else out / "world"
     print(f"== world: {world}")
     generate_world(world, WorldSettings(seed=args.seed, scale=args.scale,
-                                        motion_drill=MOTION_CLIPS if args.motion_drill else 0))
+                                        motion_drill=MOTION_CLIPS if args.motion_drill else 0,
+                                        position_drill=POSITION_SCENES if args.position_drill else 0))
     print("== components (tiny vision encoder and language model, cached)")
+    vision = VisionSettings(position_weight=POSITION_WEIGHT) if args.position_drill else VisionSettings()
     components = prepare_components(world, Path(args.cache).resolve() if args.cache else out / "cache",
-                                    ComponentSettings(seed=args.seed, scale=args.scale))
+                                    ComponentSettings(vision=vision, seed=args.seed, scale=args.scale))
     configs_dir = out / "configs"
     configs_dir.mkdir(exist_ok=True)
-    mixtures = {GROUNDING_MIXTURE: grounding_mixture} | ({MOTION_MIXTURE: motion_mixture} if args.motion_drill else {})
+    mixtures = ({GROUNDING_MIXTURE: grounding_mixture}
+                | ({RELATION_MIXTURE: relation_mixture} if args.position_drill else {})
+                | ({MOTION_MIXTURE: motion_mixture} if args.motion_drill else {}))
     for name, mixture in mixtures.items():
         (configs_dir / name).write_text(yaml.safe_dump(mixture(world, args.seed), sort_keys=False))
     configs = stage_configs(out, world, components.vision_dir, components.llm_dir, args.scale, args.seed,
                             args.stage2_epochs, args.anyres == "on", components.vision_feature_layer,
-                            args.motion_drill)
+                            args.motion_drill, args.position_drill)
     stages = {name: run_stage(name, data, configs_dir) for name, data in configs.items()}
     with atomic_directory(out / "model") as staging:
         for item in (out / "stage2" / "model").iterdir():
@@ -302,7 +350,8 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - started, 1),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "model": str(out / "model"),
-        "settings": {"scale": args.scale, "seed": args.seed, "anyres": args.anyres},
+        "settings": {"scale": args.scale, "seed": args.seed, "anyres": args.anyres,
+                     "motion_drill": args.motion_drill, "position_drill": args.position_drill},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = write_report(out, results, table)

@@ -49,8 +49,10 @@ class VisionSettings:
     # Token-position term: each token says which row and column of the grid it is in (two linear
     # heads). Attention hands the LM a token's content, not its place, and the contrastive terms
     # wash place out: the object's own token told its 3x3 position 0.41 of the time (probe
-    # "position_token"; untrained tower 0.72), 0.998 with this term at 1.0. The quickstart did not
-    # gain from it (position 0.49, video direction 0.34, one run), so it is off (0) by default.
+    # "position_token"; untrained tower 0.72), 0.998 with this term at 1.0. Readable is not enough:
+    # at 1.0 place was 5.5% of a token's variance (1.8% after the projector) and the LM never
+    # learned to name an object's column (place listings at the loss of a guess); at 4.0, 18%
+    # (3.1%), and it did. Off (0) by default; the quickstart's --position-drill sets 4.0 (item 24).
     position_weight: float = 0.0
     steps: int = 400
     batch_size: int = 64

@@ -30,7 +30,7 @@ from llavakit.quickstart.contrastive import (
     contrastive_loss,
     to_pixel_values,
 )
-from llavakit.quickstart.probe import run_probes
+from llavakit.quickstart.probe import position_shares, run_probes
 from llavakit.quickstart.settings import ComponentSettings, VisionSettings
 from llavakit.quickstart.world_data import (
     CaptionedImages,
@@ -154,9 +154,11 @@ def train_vision(world_dir: Path, out_dir: Path, settings: ComponentSettings, pr
     _save_tower(model.tower, vision.image_size, out_dir)
     probe_start = time.perf_counter()
     world = read_manifest(world_dir)["settings"]
-    probes = run_probes({"trained": model.tower, "untrained": untrained_tower.to(device)}, vision.probe_images,
-                        vision.image_size, settings.seed, world["max_objects"], FEATURE_LAYER, device,
-                        grid=world.get("grid", 0))
+    towers = {"trained": model.tower, "untrained": untrained_tower.to(device)}
+    probes = run_probes(towers, vision.probe_images, vision.image_size, settings.seed, world["max_objects"],
+                        FEATURE_LAYER, device, grid=world.get("grid", 0))
+    shares = position_shares(towers, vision.probe_images, vision.image_size, settings.seed, FEATURE_LAYER, device,
+                             grid=world.get("grid", 0))
     return {
         "images": len(data.pixels),
         "captions": len(batches.tokens),
@@ -168,6 +170,7 @@ def train_vision(world_dir: Path, out_dir: Path, settings: ComponentSettings, pr
         "loss_curve": runtime.loss_curve(losses),
         "feature_layer": FEATURE_LAYER,
         "probe": probes,
+        "position_share": shares,
         "train_seconds": round(train_seconds, 2),
         "probe_seconds": round(time.perf_counter() - probe_start, 2),
         "device": device.type,

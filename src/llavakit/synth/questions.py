@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from . import vocab
 from .scene import SceneObject
 from .task import A_NUMBER, ONE_WORD
 
@@ -30,6 +31,22 @@ def listing_answer(objects: Sequence[SceneObject], color_first: bool) -> str:
     orange circle."."""
     pairs = ((obj.color, obj.shape) if color_first else (obj.shape, obj.color) for obj in objects)
     return ", ".join(f"{a} {b}" for a, b in pairs) + "."
+
+
+# Place listings split the scene into this many columns and rows: the quickstart tower's 4x4
+# tokens on a 64 px scene (16 px patches), so each column or row is one column or row of tokens.
+PLACE_BANDS = 4
+
+
+def place_question(axis: int) -> str:
+    return f"List the objects by color and {'column' if axis == 0 else 'row'}."
+
+
+def place_answer(objects: Sequence[SceneObject], axis: int, side: int) -> str:
+    """Each object as "<color> <n>", n its column (axis 0, counted from the left) or row (axis 1,
+    from the top) among PLACE_BANDS, as a number word: "orange three, cyan one."."""
+    bands = (min(int(obj.center[axis] * PLACE_BANDS // side), PLACE_BANDS - 1) for obj in objects)
+    return ", ".join(f"{obj.color} {vocab.NUMBER_WORDS[band + 1]}" for obj, band in zip(objects, bands)) + "."
 
 
 def relation_question(a_name: str, b_name: str, axis: int) -> str:

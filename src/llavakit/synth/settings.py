@@ -29,6 +29,9 @@ class WorldSettings:
     # Direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before scale); 0 writes
     # no such file. The quickstart asks for 3,000 with --motion-drill and for none by default.
     motion_drill: int = 0
+    # Scenes of each stage-1.5 position drill, stage15_place.jsonl and stage15_relation.jsonl
+    # (before scale); 0 writes neither. The quickstart asks for 3,000 with --position-drill.
+    position_drill: int = 0
     scale: float = 1.0  # multiplier on every sample count
 
     def __post_init__(self) -> None:
@@ -54,6 +57,8 @@ class WorldSettings:
             problems.append(f"follow_ups must be >= 0, got {self.follow_ups}")
         if self.motion_drill < 0:
             problems.append(f"motion_drill must be >= 0, got {self.motion_drill}")
+        if self.position_drill < 0:
+            problems.append(f"position_drill must be >= 0, got {self.position_drill}")
         if self.scale <= 0:
             problems.append(f"scale must be > 0, got {self.scale}")
         for name in ("stage1_captions", "train_per_task", "eval_per_task"):
