@@ -261,21 +261,29 @@ def test_stage15_recaptions_describe_every_object_of_the_stage1_images(world):
         assert description.startswith(f"There {'is' if len(boxes) == 1 else 'are'} ")
 
 
+def drill_samples(world: Path, name: str, count: int):
+    """Each record of a stage-1.5 drill file (there must be ``count``), placeholders checked (the
+    image first in the first turn), with its image's pixels, its questions (the image placeholder
+    removed) and its answers."""
+    records = read_jsonl(world / name)
+    assert len(records) == count, name
+    for record in records:
+        placeholder_check(record)
+        turns = record["conversations"]
+        assert turns[0]["value"].startswith("<image>\n"), record["id"]
+        yield (record, pixels(world, record["image"]), [t["value"].removeprefix("<image>\n") for t in turns[::2]],
+               [t["value"] for t in turns[1::2]])
+
+
 def test_stage15_grounding_asks_the_colour_of_every_object_by_its_shape(world):
     """Scenes of 3-5 objects of different shapes; each object's colour asked once, by its shape,
     with answers that match the pixels; the image placeholder only in the first turn."""
-    records = read_jsonl(world / "stage15_grounding.jsonl")
-    assert len(records) == 10 * SMALL.train_per_task
     sizes = set()
-    for record in records:
-        placeholder_check(record)
-        image = pixels(world, record["image"])
-        turns = record["conversations"]
-        questions = [t["value"].removeprefix("<image>\n") for t in turns[::2]]
-        assert turns[0]["value"].startswith("<image>\n") and all("<image>" not in q for q in questions)
+    for record, image, questions, answers in drill_samples(world, "stage15_grounding.jsonl", 10 * SMALL.train_per_task):
+        assert all("<image>" not in q for q in questions)
         shapes = [quoted_name(q, r"What color is the (\w+)(\?) Answer with one word\.")[0] for q in questions]
         assert len(set(shapes)) == len(shapes) == len(object_blobs(image)), record["id"]  # every object, once
-        for question, answer in zip(questions, [t["value"] for t in turns[1::2]]):
+        for question, answer in zip(questions, answers):
             assert answer == answer_from_pixels(image, question), (record["id"], question)
         sizes.add(len(shapes))
     assert sizes == {3, 4, 5}
@@ -285,15 +293,11 @@ def test_stage15_listing_names_every_object_by_colour_and_shape(world):
     """Scenes of 3-5 objects of different shapes and colours; one turn naming each object once as
     the pixels show it: "<color> <shape>" in the colours' order, or "<shape> <color>" in the
     shapes' order, half the scenes each."""
-    records = read_jsonl(world / "stage15_listing.jsonl")
-    assert len(records) == 10 * SMALL.train_per_task
     sizes, kinds = set(), []
-    for record in records:
-        placeholder_check(record)
-        image = pixels(world, record["image"])
-        question, answer = (t["value"] for t in record["conversations"])
-        color_first = question == "<image>\nList the objects by color and shape."
-        assert color_first or question == "<image>\nList the objects by shape and color.", question
+    for record, image, [question], [answer] in drill_samples(world, "stage15_listing.jsonl",
+                                                             10 * SMALL.train_per_task):
+        color_first = question == "List the objects by color and shape."
+        assert color_first or question == "List the objects by shape and color.", question
         pairs = [tuple(item.split()) for item in answer.removesuffix(".").split(", ")]
         named = [(a, b) if color_first else (b, a) for a, b in pairs]  # (color, shape)
         assert len(named) == len(object_blobs(image)) == len({c for c, _ in named}) == len({s for _, s in named})
@@ -303,22 +307,16 @@ def test_stage15_listing_names_every_object_by_colour_and_shape(world):
         assert ranks == sorted(ranks), record["id"]
         sizes.add(len(named))
         kinds.append(color_first)
-    assert sizes == {3, 4, 5} and kinds == [i % 2 == 0 for i in range(len(records))]
+    assert sizes == {3, 4, 5} and kinds == [i % 2 == 0 for i in range(len(kinds))]
 
 
 def test_stage15_place_listing_names_every_objects_column_or_row(world):
     """Scenes of 3-5 objects of different shapes and colours; one turn naming each object once by
     its colour and the column (even samples) or row (odd samples) of the 4x4 grid its pixels are
     in, as a number word from the left or top, in the colours' order."""
-    records = read_jsonl(world / "stage15_place.jsonl")
-    assert len(records) == SMALL.position_drill
     sizes, axes, bands = set(), [], set()
-    for record in records:
-        placeholder_check(record)
-        image = pixels(world, record["image"])
-        question, answer = (t["value"] for t in record["conversations"])
-        axis = ["<image>\nList the objects by color and column.", "<image>\nList the objects by color and row."].index(
-            question)
+    for record, image, [question], [answer] in drill_samples(world, "stage15_place.jsonl", SMALL.position_drill):
+        axis = ["List the objects by color and column.", "List the objects by color and row."].index(question)
         named = [tuple(item.split()) for item in answer.removesuffix(".").split(", ")]
         assert len(named) == len(object_blobs(image)) == len({c for c, _ in named}), record["id"]
         for color, number in named:
@@ -331,29 +329,23 @@ def test_stage15_place_listing_names_every_objects_column_or_row(world):
         assert ranks == sorted(ranks), record["id"]
         sizes.add(len(named))
         axes.append(axis)
-    assert sizes == {3, 4, 5} and axes == [i % 2 for i in range(len(records))] and bands == {0, 1, 2, 3}
+    assert sizes == {3, 4, 5} and axes == [i % 2 for i in range(len(axes))] and bands == {0, 1, 2, 3}
 
 
 def test_stage15_relation_asks_about_different_pairs_as_the_pixels_show(world):
     """Scenes of 3-5 objects of different shapes and colours; up to four relation questions, none
     about a pair already asked on the same axis (in either order), answered as the pixels show."""
-    records = read_jsonl(world / "stage15_relation.jsonl")
-    assert len(records) == SMALL.position_drill
-    answers = set()
-    for record in records:
-        placeholder_check(record)
-        image = pixels(world, record["image"])
-        turns = record["conversations"]
-        questions = [t["value"].removeprefix("<image>\n") for t in turns[::2]]
+    seen = set()
+    for record, image, questions, answers in drill_samples(world, "stage15_relation.jsonl", SMALL.position_drill):
         assert 1 <= len(questions) <= 4 and len(object_blobs(image)) in (3, 4, 5), record["id"]
         relation = r"Is the (\w+ \w+) (left or right of|above or below) the (\w+ \w+)\?"
         matches = [re.match(relation, q) for q in questions]
         asked = [(frozenset((m[1], m[3])), m[2]) for m in matches]
         assert len(set(asked)) == len(asked), record["id"]  # no pair asked twice on one axis
-        for question, answer in zip(questions, [t["value"] for t in turns[1::2]]):
+        for question, answer in zip(questions, answers):
             assert answer == answer_from_pixels(image, question), (record["id"], question)
-            answers.add(answer)
-    assert answers == set(vocab.RELATIONS)
+            seen.add(answer)
+    assert seen == set(vocab.RELATIONS)
 
 
 def test_eval_records_and_chance(world):
