@@ -41,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "docs/quickstart.md item 19")
     parser.add_argument("--position-drill", action="store_true",
                         help="a tower whose tokens keep their place, and place and relation phases after "
-                             "grounding (about 2.5 more minutes on 2 CPU cores): relative position 0.67-0.99 "
-                             "instead of chance, but on one world the detail task fell to 0.09-0.15; "
-                             "docs/quickstart.md item 24")
+                             "grounding (about 2.5 more minutes on 2 CPU cores): relative position 0.75-0.77 "
+                             "instead of chance (a variant reached 0.99 on another world), but the detail "
+                             "task fell to 0.09-0.15; docs/quickstart.md item 24")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate at most this many samples per task")
     parser.add_argument("--anyres", choices=["on", "off"], default="on",
                         help="off: one squashed crop per image (the AnyRes ablation's baseline)")
@@ -53,12 +53,12 @@ GROUNDING_MIXTURE = "grounding_mixture.yaml"  # the stage configs' mixtures, wri
 RELATION_MIXTURE = "relation_mixture.yaml"
 MOTION_MIXTURE = "motion_mixture.yaml"
 MOTION_CLIPS = 3000  # in the world, with --motion-drill only (its generation alone takes ~12 s)
+MOTION_EPOCHS = 2  # of the 3,000 motion clips and 1,980 replayed scenes
 POSITION_SCENES = 3000  # place listings and relation scenes each, with --position-drill only
 # The tower's token-position term with --position-drill (VisionSettings.position_weight): at 1.0
 # place was 5.5% of a token's variance and the LM never learned to name an object's column; at
-# 4.0, 18-19% (16.0 added little: 24%) and it did (docs/quickstart.md, item 24).
+# 4.0, 18-26% and it did (16.0 added little: 24%; docs/quickstart.md, item 24).
 POSITION_WEIGHT = 4.0
-MOTION_EPOCHS = 2  # of the 3,000 motion clips and 1,980 replayed scenes
 
 
 def grounding_mixture(world: Path, seed: int) -> dict[str, Any]:
@@ -72,9 +72,9 @@ def grounding_mixture(world: Path, seed: int) -> dict[str, Any]:
 
 
 def relation_mixture(world: Path, seed: int) -> dict[str, Any]:
-    """The relation phase's data (--position-drill) (a `llavakit train` mixture): every relation scene, and the first
-    half of the place listings and of the grounding scenes replayed, so the place lookup learned
-    just before and the lookup by shape learned before that are kept."""
+    """The relation phase's data with --position-drill (a `llavakit train` mixture): every relation
+    scene, and the first half of the place listings and of the grounding scenes replayed, so the
+    place lookup learned just before and the lookup by shape learned before that are kept."""
     return {"seed": seed, "datasets": [
         {"json_path": str(world / "stage15_relation.jsonl"), "image_folder": str(world)},
         *[{"json_path": str(world / name), "image_folder": str(world), "sampling_strategy": "first:50%"}

@@ -119,9 +119,9 @@ def build_place_listing(ctx: Context) -> Sample:
     The place an object is in is what the relation questions need, and the lookup that brings it
     to the LM is the listings' lookup with another attribute: the number after each colour word. The
     LM learns it only once the tower's tokens say where they are (VisionSettings.position_weight):
-    from a tower trained with that term at 1.0 the loss stayed at the floor of a guessed place (the
-    number right 0.23 of the time, teacher-forced on fresh scenes), at 4.0 it left it (0.63 after
-    374 steps; docs/quickstart.md, item 24). Opt-in data (WorldSettings.position_drill).
+    from a tower trained with that term at 1.0 the loss stayed near that of a guessed place (the
+    number right 0.40 of the time after 374 steps, teacher-forced on fresh scenes; chance 0.25), at
+    4.0 it fell (0.63; docs/quickstart.md, item 24). Opt-in data (WorldSettings.position_drill).
     """
     scene, image = _drill_scene(ctx, ("shape", "color"))
     axis = ctx.index % 2
