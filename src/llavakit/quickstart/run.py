@@ -25,6 +25,17 @@ from typing import Any
 
 import yaml
 
+from llavakit.synth.world import (
+    GROUNDING_FILE,
+    LISTING_FILE,
+    MOTION_FILE,
+    PLACE_FILE,
+    RELATION_FILE,
+    STAGE1_FILE,
+    STAGE2_FILE,
+    STAGE15_FILE,
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="output directory")
@@ -61,35 +72,32 @@ POSITION_SCENES = 3000  # place listings and relation scenes each, with --positi
 POSITION_WEIGHT = 4.0
 
 
-def grounding_mixture(world: Path, seed: int) -> dict[str, Any]:
-    """The grounding phase's data (a `llavakit train` mixture): every grounding scene, and the first
-    half of the listing scenes replayed so the lookups learned just before are kept."""
+def replay_mixture(world: Path, seed: int, drill: str, replayed: tuple[str, ...], percent: int,
+                   folder: str = "image_folder") -> dict[str, Any]:
+    """A drill phase's data (a `llavakit train` mixture): every sample of the world's ``drill`` file
+    (its media under ``folder``), and the first ``percent`` % of each ``replayed`` file, so the
+    lookups learned in the phases before are kept."""
     return {"seed": seed, "datasets": [
-        {"json_path": str(world / "stage15_grounding.jsonl"), "image_folder": str(world)},
-        {"json_path": str(world / "stage15_listing.jsonl"), "image_folder": str(world),
-         "sampling_strategy": "first:50%"},
+        {"json_path": str(world / drill), folder: str(world)},
+        *[{"json_path": str(world / name), "image_folder": str(world), "sampling_strategy": f"first:{percent}%"}
+          for name in replayed],
     ]}
+
+
+def grounding_mixture(world: Path, seed: int) -> dict[str, Any]:
+    """Every grounding scene, half the listings replayed."""
+    return replay_mixture(world, seed, GROUNDING_FILE, (LISTING_FILE,), 50)
 
 
 def relation_mixture(world: Path, seed: int) -> dict[str, Any]:
-    """The relation phase's data with --position-drill (a `llavakit train` mixture): every relation
-    scene, and the first half of the place listings and of the grounding scenes replayed, so the
-    place lookup learned just before and the lookup by shape learned before that are kept."""
-    return {"seed": seed, "datasets": [
-        {"json_path": str(world / "stage15_relation.jsonl"), "image_folder": str(world)},
-        *[{"json_path": str(world / name), "image_folder": str(world), "sampling_strategy": "first:50%"}
-          for name in ("stage15_place.jsonl", "stage15_grounding.jsonl")],
-    ]}
+    """With --position-drill: every relation scene, half the place listings (learned just before)
+    and half the grounding scenes (the lookup by shape) replayed."""
+    return replay_mixture(world, seed, RELATION_FILE, (PLACE_FILE, GROUNDING_FILE), 50)
 
 
 def motion_mixture(world: Path, seed: int) -> dict[str, Any]:
-    """The motion phase's data (a `llavakit train` mixture): every motion clip, and the first third
-    of the grounding and of the listing scenes replayed so the lookups learned just before are kept."""
-    return {"seed": seed, "datasets": [
-        {"json_path": str(world / "stage15_motion.jsonl"), "video_folder": str(world)},
-        *[{"json_path": str(world / name), "image_folder": str(world), "sampling_strategy": "first:33%"}
-          for name in ("stage15_grounding.jsonl", "stage15_listing.jsonl")],
-    ]}
+    """With --motion-drill: every motion clip, a third of the grounding and listing scenes replayed."""
+    return replay_mixture(world, seed, MOTION_FILE, (GROUNDING_FILE, LISTING_FILE), 33, folder="video_folder")
 
 
 def visual_settings(anyres: bool) -> dict[str, Any]:
@@ -117,7 +125,7 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
         **common,
         "stage": "stage1",
         "model": {"build": build},
-        "data": {"sources": [{"path": str(world / "stage1_captions.jsonl"), "image_folder": str(world)}],
+        "data": {"sources": [{"path": str(world / STAGE1_FILE), "image_folder": str(world)}],
                  "settings": {"template": "plain", "max_length": 2048}},
         "output_dir": str(out / "stage1"),
         "micro_batch_size": 16, "global_batch_size": 32, "epochs": 1,
@@ -152,7 +160,7 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
         }
 
     stage1_5 = whole_model("stage1.5", "stage1",
-                           [{"path": str(world / "stage15_recap.jsonl"), "image_folder": str(world)}],
+                           [{"path": str(world / STAGE15_FILE), "image_folder": str(world)}],
                            "stage1_5", 3, rates)
     # Listing: every object of a scene named by its colour and shape, "<color> <shape>" in half the
     # scenes and "<shape> <color>" in the others (synth.tasks_single.build_listing), alone. Asked as
@@ -163,7 +171,7 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     # orders leave nothing to guess once learned, so it ends, as grounding does, once the loss has
     # fallen: 20 steps below 0.1 (docs/quickstart.md, item 23).
     listing = whole_model("stage1.5", "stage1_5",
-                          [{"path": str(world / "stage15_listing.jsonl"), "image_folder": str(world)}],
+                          [{"path": str(world / LISTING_FILE), "image_folder": str(world)}],
                           "listing", 3, tower_frozen, schedule="constant")
     listing["stop_at_loss"] = {"below": 0.1, "window": 20}
     # Grounding, the end of stage-1.5: the colour of every object of a scene asked by its shape
@@ -189,7 +197,7 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     # at a constant rate, ended once its loss has fallen.
     if position_drill:
         drills["place"] = whole_model("stage1.5", "grounding",
-                                      [{"path": str(world / "stage15_place.jsonl"), "image_folder": str(world)}],
+                                      [{"path": str(world / PLACE_FILE), "image_folder": str(world)}],
                                       "place", 2, tower_frozen, schedule="constant")
         drills["relation"] = whole_model("stage1.5", "place", [{"path": str(out / "configs" / RELATION_MIXTURE)}],
                                          "relation", 2, tower_frozen, schedule="constant")
@@ -217,7 +225,7 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     # seven paid for the grounding phase, eight again once it ended when learned and decoded
     # crops were reused across epochs (DataSettings.media_cache_mb).
     stage2 = whole_model("stage2", list(drills)[-1],
-                         [{"path": str(world / "stage2_instruct.jsonl"), "image_folder": str(world),
+                         [{"path": str(world / STAGE2_FILE), "image_folder": str(world),
                            "video_folder": str(world)}],
                          "stage2", stage2_epochs if stage2_epochs is not None else max(8.0, 8 * scale ** 0.5),
                          tower_frozen)
