@@ -142,10 +142,10 @@ def test_layout_counts_and_media_exist(world):
     for task in EVAL_TASKS:
         assert manifest["files"][f"eval/{task}.jsonl"] == 16
     media = set()
-    drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_place.jsonl", "stage15_relation.jsonl",
-              "stage15_motion.jsonl"]
-    assert [manifest["files"][name] for name in drills] == ([10 * SMALL.train_per_task] * 2 + [SMALL.position_drill] * 2
-                                                            + [SMALL.motion_drill])
+    drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_tiny.jsonl", "stage15_place.jsonl",
+              "stage15_relation.jsonl", "stage15_motion.jsonl"]
+    assert [manifest["files"][name] for name in drills] == ([10 * SMALL.train_per_task] * 2 + [SMALL.train_per_task]
+                                                            + [SMALL.position_drill] * 2 + [SMALL.motion_drill])
     for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", *drills, "stage2_instruct.jsonl"] + [
         f"eval/{t}.jsonl" for t in EVAL_TASKS
     ]:
@@ -308,6 +308,22 @@ def test_stage15_listing_names_every_object_by_colour_and_shape(world):
         sizes.add(len(named))
         kinds.append(color_first)
     assert sizes == {3, 4, 5} and kinds == [i % 2 == 0 for i in range(len(kinds))]
+
+
+def test_stage15_tiny_asks_the_colour_of_the_one_tiny_object_of_a_large_image(world):
+    """The detail task's colour question on large images of its own: the answer is the colour of
+    the smallest blob, which is a few pixels among objects many times its size; every colour asked."""
+    answers = []
+    for record, image, [question], [answer] in drill_samples(world, "stage15_tiny.jsonl", SMALL.train_per_task):
+        assert question == "What color is the tiny object? Answer with one word."
+        assert image.shape[:2] == (SMALL.hires_side, SMALL.hires_side)
+        blobs = sorted(object_blobs(image), key=lambda blob: blob.sum())
+        assert 2 <= len(blobs) <= 4, record["id"]
+        tiny, *large = blobs
+        assert tiny.sum() * 10 < large[0].sum(), record["id"]
+        assert set(map(tuple, image[tiny])) == {vocab.COLORS[answer]}, record["id"]
+        answers.append(answer)
+    assert set(answers) == set(vocab.COLORS)
 
 
 def test_stage15_place_listing_names_every_objects_column_or_row(world):
@@ -507,14 +523,17 @@ def test_video_objects_move_in_stated_direction(world):
 
 
 def test_stage15_motion_drill_asks_directions_that_match_the_frames(world):
-    """As many clips as motion_drill asks, other draws than stage-2's and the eval's, balanced."""
+    """As many clips as motion_drill asks, other draws than stage-2's and the eval's, balanced; the
+    mover named by colour and shape in even clips, by its colour alone ("the blue object") in odd ones."""
     records = read_jsonl(world / "stage15_motion.jsonl")
     assert len(records) == SMALL.motion_drill
     answers = []
-    for record in records:
+    for index, record in enumerate(records):
         placeholder_check(record)
         (question, answer) = [t["value"] for t in record["conversations"]]
         assert question.startswith("<video>\n") and record["video"].startswith("videos/train_motion_")
+        noun = re.search(r"the \w+ (\w+) moving", question).group(1)
+        assert (noun == "object") == (index % 2 == 1) and (noun == "object" or noun in vocab.SHAPES), question
         assert_moves_as_answered(world, record["id"], record["video"], question.removeprefix("<video>\n"), answer)
         answers.append(answer)
     assert {answers.count(d) for d in vocab.DIRECTIONS} == {len(records) // 4}

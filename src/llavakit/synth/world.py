@@ -26,11 +26,12 @@ from .video import video_codec
 
 EVAL_TASKS: tuple[Task, ...] = tasks_single.TASKS + tasks_multi.TASKS + tasks_video.TASKS
 TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video.TRAIN_ONLY
-(STAGE1_FILE, STAGE15_FILE, GROUNDING_FILE, LISTING_FILE, PLACE_FILE, RELATION_FILE, MOTION_FILE, STAGE2_FILE,
- ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE) = (
+(STAGE1_FILE, STAGE15_FILE, GROUNDING_FILE, TINY_FILE, LISTING_FILE, PLACE_FILE, RELATION_FILE, MOTION_FILE,
+ STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE) = (
     "stage1_captions.jsonl",
     "stage15_recap.jsonl",
     "stage15_grounding.jsonl",
+    "stage15_tiny.jsonl",
     "stage15_listing.jsonl",
     "stage15_place.jsonl",
     "stage15_relation.jsonl",
@@ -40,7 +41,7 @@ TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video
     "text_corpus.txt",
     "world.json",
 )
-DRILL_FILES = (GROUNDING_FILE, LISTING_FILE, PLACE_FILE, RELATION_FILE, MOTION_FILE)  # every file drills() may hold
+DRILL_FILES = (GROUNDING_FILE, TINY_FILE, LISTING_FILE, PLACE_FILE, RELATION_FILE, MOTION_FILE)  # every file drills() may hold
 # Files this generator names; only these are pruned when a world is regenerated.
 GENERATED_MEDIA = re.compile(r"^(stage1|train|eval)_[a-z0-9_]+_\d{5}(_[a-z0-9]+)?\.(png|mp4)$")
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # files.atomic_write_bytes: ".<name>.<random>.tmp"
@@ -60,7 +61,8 @@ def drills(settings: WorldSettings) -> dict[str, tuple[Task, int]]:
     place and relation phases with --position-drill, its motion phase with --motion-drill). Their
     images stay out of annotations.jsonl, so the tower sees what it saw before."""
     files = {file: (task, train_count(task, settings))
-             for file, task in ((GROUNDING_FILE, tasks_single.GROUNDING), (LISTING_FILE, tasks_single.LISTING))}
+             for file, task in ((GROUNDING_FILE, tasks_single.GROUNDING), (TINY_FILE, tasks_single.TINY_GROUNDING),
+                                (LISTING_FILE, tasks_single.LISTING))}
     if settings.position_drill:
         count = settings.scaled(settings.position_drill)
         files[PLACE_FILE] = (tasks_single.PLACE_LISTING, count)
