@@ -24,7 +24,8 @@ from llavakit.synth.language import DETAIL_PROMPTS
 
 pytestmark = pytest.mark.slow
 
-# Held-out colour, shape and count questions must beat chance by this much (absolute accuracy).
+# Held-out colour, shape, count, detail and direction questions must beat chance by this much
+# (absolute accuracy).
 MARGIN = 0.12
 # With the images swapped the model can do no better than chance, up to sampling noise (n = 100).
 CONTROL_SLACK = 0.1
@@ -49,7 +50,7 @@ def results(run) -> dict:
 
 
 def test_writes_results_model_report_and_configs(run, results):
-    assert list(results["stages"]) == ["stage1", "stage1_5", "listing", "grounding", "stage2"]
+    assert list(results["stages"]) == ["stage1", "stage1_5", "listing", "grounding", "motion", "stage2"]
     assert results["stages"]["stage2"]["final_loss"] < results["stages"]["stage2"]["first_loss"]
     assert {"color", "shape", "count", "position", "hires_detail", "spot_difference", "which_image",
             "multiview", "video_direction"} == set(results["eval"])
@@ -65,17 +66,17 @@ def test_writes_results_model_report_and_configs(run, results):
     # each stage starts from the one before it
     assert starts == {"stage1": None, "stage1_5": str(run / "stage1" / "model"),
                       "listing": str(run / "stage1_5" / "model"), "grounding": str(run / "listing" / "model"),
-                      "stage2": str(run / "grounding" / "model")}
-    assert (run / "configs" / "grounding_mixture.yaml").is_file()
-    # the motion and position drills are opt-in: neither their data nor their mixtures by default
-    assert not any((run / "configs" / f"{name}_mixture.yaml").exists() for name in ("motion", "relation"))
-    assert not any((run / "world" / f"stage15_{name}.jsonl").exists() for name in ("motion", "place", "relation"))
-    assert results["components"]["vision"]["position_share"]["trained"] < 0.1  # no position term
-    assert not list((run / "world" / "videos").glob("train_motion_*"))
+                      "motion": str(run / "grounding" / "model"), "stage2": str(run / "motion" / "model")}
+    assert all((run / "configs" / f"{name}_mixture.yaml").is_file() for name in ("grounding", "motion"))
+    assert len(list((run / "world" / "videos").glob("train_motion_*"))) == 3000
+    # the position drill is opt-in: neither its data, nor its mixture, nor the tower's position term
+    assert not (run / "configs" / "relation_mixture.yaml").exists()
+    assert not any((run / "world" / f"stage15_{name}.jsonl").exists() for name in ("place", "relation"))
+    assert results["components"]["vision"]["position_share"]["trained"] < 0.1
 
 
 def test_learns_from_the_images_and_swapped_images_fall_to_chance(results):
-    for task in ("color", "shape", "count"):
+    for task in ("color", "shape", "count", "hires_detail", "video_direction"):
         row = results["eval"][task]
         assert row["accuracy"] >= row["chance"] + MARGIN, (task, row)
     for task, row in results["controls"].items():

@@ -5,8 +5,8 @@
 3. stage-1: align the projector on captions, parts frozen (``llavakit train``'s Trainer);
    stage-1.5: the whole model on detailed re-captions, then on listings of every object by colour
    and shape, then on grounding questions with listings replayed (with --position-drill, then on
-   listings of every object's column or row and on relation questions; with --motion-drill, on
-   motion clips);
+   listings of every object's column or row and on relation questions), then on motion clips
+   (--no-motion-drill skips them);
 4. stage-2: instruction-tune the whole model on the world's tasks;
 5. evaluate every held-out task with the evaluation runner, print a table against chance;
 6. write DIR/results.json, DIR/model/ (loadable, chat-able, servable) and DIR/report.md with plots.
@@ -34,6 +34,7 @@ from llavakit.synth.world import (
     STAGE1_FILE,
     STAGE2_FILE,
     STAGE15_FILE,
+    TINY_FILE,
 )
 
 
@@ -45,11 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world", default=None, help="world directory (default: OUT/world, generated if missing)")
     parser.add_argument("--cache", default=None, help="component cache (default: OUT/cache)")
     parser.add_argument("--stage2-epochs", type=float, default=None, help="override the stage-2 epoch count")
-    parser.add_argument("--motion-drill", action="store_true",
-                        help="a motion phase after the other drills (about 3 more minutes on 2 CPU cores): video "
-                             "direction 0.56 instead of 0.22, shape 0.77 instead of 0.90, measured before the "
-                             "listing phase existed, on the machine of "
-                             "docs/quickstart.md item 19")
+    parser.add_argument("--motion-drill", action=argparse.BooleanOptionalAction, default=True,
+                        help="the motion phase after grounding (on by default; about 2.5 minutes on 2 CPU "
+                             "cores): video direction 0.59-0.66 with it, 0.32 without (chance 0.25); "
+                             "docs/quickstart.md item 25")
     parser.add_argument("--position-drill", action="store_true",
                         help="a tower whose tokens keep their place, and place and relation phases after "
                              "grounding (about 2.5 more minutes on 2 CPU cores): relative position 0.75-0.77 "
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 GROUNDING_MIXTURE = "grounding_mixture.yaml"  # the stage configs' mixtures, written next to them
 RELATION_MIXTURE = "relation_mixture.yaml"
 MOTION_MIXTURE = "motion_mixture.yaml"
-MOTION_CLIPS = 3000  # in the world, with --motion-drill only (its generation alone takes ~12 s)
+MOTION_CLIPS = 3000  # in the world unless --no-motion-drill (their generation takes ~12 s)
 MOTION_EPOCHS = 2  # of the 3,000 motion clips and 1,980 replayed scenes
 POSITION_SCENES = 3000  # place listings and relation scenes each, with --position-drill only
 # The tower's token-position term with --position-drill (VisionSettings.position_weight): at 1.0
@@ -72,32 +72,34 @@ POSITION_SCENES = 3000  # place listings and relation scenes each, with --positi
 POSITION_WEIGHT = 4.0
 
 
-def replay_mixture(world: Path, seed: int, drill: str, replayed: tuple[str, ...], percent: int,
+def replay_mixture(world: Path, seed: int, drills: tuple[str, ...], replayed: dict[str, int],
                    folder: str = "image_folder") -> dict[str, Any]:
-    """A drill phase's data (a `llavakit train` mixture): every sample of the world's ``drill`` file
-    (its media under ``folder``), and the first ``percent`` % of each ``replayed`` file, so the
-    lookups learned in the phases before are kept."""
+    """A drill phase's data (a `llavakit train` mixture): every sample of each of the world's
+    ``drills`` files (their media under ``folder``), and the first N % of each ``replayed`` file,
+    so the lookups learned in the phases before are kept."""
     return {"seed": seed, "datasets": [
-        {"json_path": str(world / drill), folder: str(world)},
+        *[{"json_path": str(world / name), folder: str(world)} for name in drills],
         *[{"json_path": str(world / name), "image_folder": str(world), "sampling_strategy": f"first:{percent}%"}
-          for name in replayed],
+          for name, percent in replayed.items()],
     ]}
 
 
 def grounding_mixture(world: Path, seed: int) -> dict[str, Any]:
-    """Every grounding scene, half the listings replayed."""
-    return replay_mixture(world, seed, GROUNDING_FILE, (LISTING_FILE,), 50)
+    """Every grounding scene and every tiny-object question, half the listings replayed."""
+    return replay_mixture(world, seed, (GROUNDING_FILE, TINY_FILE), {LISTING_FILE: 50})
 
 
 def relation_mixture(world: Path, seed: int) -> dict[str, Any]:
     """With --position-drill: every relation scene, half the place listings (learned just before)
     and half the grounding scenes (the lookup by shape) replayed."""
-    return replay_mixture(world, seed, RELATION_FILE, (PLACE_FILE, GROUNDING_FILE), 50)
+    return replay_mixture(world, seed, (RELATION_FILE,), {PLACE_FILE: 50, GROUNDING_FILE: 50})
 
 
 def motion_mixture(world: Path, seed: int) -> dict[str, Any]:
-    """With --motion-drill: every motion clip, a third of the grounding and listing scenes replayed."""
-    return replay_mixture(world, seed, MOTION_FILE, (GROUNDING_FILE, LISTING_FILE), 33, folder="video_folder")
+    """Every motion clip; a third of the grounding and listing scenes and half the tiny-object
+    questions replayed."""
+    return replay_mixture(world, seed, (MOTION_FILE,), {GROUNDING_FILE: 33, LISTING_FILE: 33, TINY_FILE: 50},
+                          folder="video_folder")
 
 
 def visual_settings(anyres: bool) -> dict[str, Any]:
@@ -114,7 +116,7 @@ def visual_settings(anyres: bool) -> dict[str, Any]:
 
 def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale: float, seed: int,
                   stage2_epochs: float | None, anyres: bool, feature_layer: int = -1,
-                  motion_drill: bool = False, position_drill: bool = False) -> dict[str, dict[str, Any]]:
+                  motion_drill: bool = True, position_drill: bool = False) -> dict[str, dict[str, Any]]:
     common = {"seed": seed, "tensorboard": False, "log_every": 1, "save": {"keep_last": 1}}
     build = {"vision": {"pretrained": str(vision_dir), "feature_layer": feature_layer},
              "llm": {"pretrained": str(llm_dir)}, "visual": visual_settings(anyres)}
@@ -174,8 +176,10 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
                           [{"path": str(world / LISTING_FILE), "image_folder": str(world)}],
                           "listing", 3, tower_frozen, schedule="constant")
     listing["stop_at_loss"] = {"below": 0.1, "window": 20}
-    # Grounding, the end of stage-1.5: the colour of every object of a scene asked by its shape
-    # (synth.tasks_single.build_grounding), the eval's question, with half the listings replayed.
+    # Grounding: the colour of every object of a scene asked by its shape
+    # (synth.tasks_single.build_grounding), the eval's question, and the colour of the tiny object of
+    # 300 large images (build_tiny_grounding, the detail task's lookup by size), with half the
+    # listings replayed.
     # Straight after the re-captions this was learned abruptly, or not at all: near step 450, 650
     # or 900 in some draws, no fall in 1,122 steps in others (items 18, 21); after the listing phase
     # it fell by step 330 on a world where it had not fallen in 1,122. Without it, stage-2 learned
@@ -203,14 +207,14 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
                                          "relation", 2, tower_frozen, schedule="constant")
         for name in ("place", "relation"):
             drills[name]["stop_at_loss"] = {"below": 0.1, "window": 20}
-    # Motion (--motion-drill): which way the one moving object of a clip goes
-    # (synth.tasks_video.MOTION_DRILL), with a third of the grounding and listing scenes replayed.
-    # Stage-2's 300 direction clips leave direction at chance (0.20-0.37); 3,000 clips alone took it
-    # to 0.72 held out in 748 steps but left a model that answered every question with a direction
-    # (stage-2 then brought colour back only to 0.73); with grounding replayed colour stayed at
-    # 0.92. Not on by default: it adds about 150 s, past the 15-minute budget, and the quickstart
-    # with it (before the listing phase) scored shape 0.77 (direction 0.56); with stage-2 shortened
-    # to pay for it, shape fell to 0.66-0.70.
+    # Motion: which way the one moving object of a clip goes (synth.tasks_video.MOTION_DRILL; half
+    # the clips name it by its colour alone), with a third of the grounding and listing scenes and
+    # half the tiny-object questions replayed. Stage-2's 300 direction clips leave direction near
+    # chance (0.20-0.37 in every run without the phase); 3,000 clips took it to 0.59-0.74. Every
+    # clip named as the eval names it ("the blue cross") cost the lookup by colour in stage-2 (shape
+    # 0.73-0.85 against 1.00), and the tiny-object lookup (detail 0.16 in one data order) until the
+    # grounding phase asked it; with both, shape 0.92-0.94 and detail 0.55-0.56 in two data orders
+    # (docs/quickstart.md, items 19 and 25). About 140 s; --no-motion-drill skips it.
     if motion_drill:
         drills["motion"] = whole_model("stage1.5", list(drills)[-1],
                                        [{"path": str(out / "configs" / MOTION_MIXTURE)}],
