@@ -27,7 +27,7 @@ class WorldSettings:
     max_objects: int = 5  # most objects in one scene (count answers go 1..max_objects)
     follow_ups: int = 4  # extra short-answer questions per single-image training sample
     # Direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before scale); 0 writes
-    # no such file. The quickstart asks for 3,000 with --motion-drill and for none by default.
+    # no such file. The quickstart asks for 3,000 (none with --no-motion-drill).
     motion_drill: int = 0
     # Scenes of each stage-1.5 position drill, stage15_place.jsonl and stage15_relation.jsonl
     # (before scale); 0 writes neither. The quickstart asks for 3,000 with --position-drill.

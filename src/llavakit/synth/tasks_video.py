@@ -30,7 +30,7 @@ def build_motion_drill(ctx: Context) -> Sample:
     object": a clip's colours never repeat). Asked always as the eval asks it ("the blue cross"),
     3,000 questions found the mover by its shape word, and stage-2 then learned the lookup by
     colour ("What shape is the red object?") for 0.73-0.85 of held-out scenes, against 1.00 without
-    the phase; named by colour in half, 0.92 (docs/quickstart.md, item 25)."""
+    the phase; named by colour in half, 0.92-0.94 (docs/quickstart.md, item 25)."""
     return build_video_direction(ctx, by_color=ctx.index % 2 == 1)
 
 
@@ -54,6 +54,6 @@ TASKS = (Task("video_direction", build_video_direction, lambda s: vocab.DIRECTIO
 TRAIN_ONLY = (Task("video_caption", build_video_caption, train_weight=0.5),)
 # The motion drill of stage-1.5: direction questions alone, on as many clips as
 # WorldSettings.motion_drill asks (a task name of its own, so its clips are other draws than
-# stage-2's). Among the other tasks the tiny model stayed at chance on direction; alone it learns it
-# (the quickstart's --motion-drill).
+# stage-2's). Among the other tasks the tiny model stayed near chance on direction; in a phase of
+# their own it learns it (the quickstart's motion phase).
 MOTION_DRILL = Task("motion", build_motion_drill)
