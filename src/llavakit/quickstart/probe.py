@@ -124,13 +124,18 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: np.ndarray, test_x: to
 
 
 def run_probes(towers: dict[str, nn.Module], n: int, side: int, seed: int, max_objects: int, layer: int,
-               device: torch.device, grid: int = 0) -> dict[str, dict[str, float]]:
-    """{task: {tower name: test accuracy, ..., "chance": 1 / classes}} for each probe task."""
+               device: torch.device, grid: int = 0) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """({task: {tower name: test accuracy, ..., "chance": 1 / classes}} for each probe task,
+    {tower name: position share}). The position share is the share of the object's own token's
+    variance that its 3x3 position explains (test scenes of one object). A linear probe reads place
+    from a small share; the LM learned to name an object's column only once the share was large
+    (VisionSettings.position_weight)."""
     sets = [
         (single_object_scenes(n, side, seed, 0, grid), single_object_scenes(n, side, seed, 1, grid)),
         (count_scenes(n, side, seed, 0, max_objects, grid), count_scenes(n, side, seed, 1, max_objects, grid)),
     ]
     results: dict[str, dict[str, float]] = {}
+    shares: dict[str, float] = {}
     for train, test in sets:
         probes = {probe: (label, pool) for probe, (label, pool) in PROBES.items() if label in train.labels}
         for probe, (label, _) in probes.items():
@@ -142,7 +147,9 @@ def run_probes(towers: dict[str, nn.Module], n: int, side: int, seed: int, max_o
                 accuracy = linear_probe_accuracy(train_x[pool], train.labels[label], test_x[pool], test.labels[label],
                                                  train.classes[label])
                 results[probe][name] = round(accuracy, 4)
-    return results
+            if "position" in test.labels:
+                shares[name] = round(label_variance_share(test_x["center"], test.labels["position"]), 4)
+    return results, shares
 
 
 def label_variance_share(features: torch.Tensor, labels: np.ndarray) -> float:
@@ -153,12 +160,3 @@ def label_variance_share(features: torch.Tensor, labels: np.ndarray) -> float:
     between = sum(centred[labels == c].mean(0).pow(2).sum() * float((labels == c).mean()) for c in np.unique(labels))
     return float(between / total)
 
-
-def position_shares(towers: dict[str, nn.Module], n: int, side: int, seed: int, layer: int, device: torch.device,
-                    grid: int = 0) -> dict[str, float]:
-    """{tower name: share of the object's own token's variance explained by its 3x3 position}.
-    A linear probe can read place from a small share; the LM learned to name an object's column
-    only once this share was large (VisionSettings.position_weight)."""
-    scenes = single_object_scenes(n, side, seed, 1, grid)
-    return {name: round(label_variance_share(pooled_features(tower, scenes, layer, device)["center"],
-                                             scenes.labels["position"]), 4) for name, tower in towers.items()}

@@ -30,7 +30,7 @@ from llavakit.quickstart.contrastive import (
     contrastive_loss,
     to_pixel_values,
 )
-from llavakit.quickstart.probe import position_shares, run_probes
+from llavakit.quickstart.probe import run_probes
 from llavakit.quickstart.settings import ComponentSettings, VisionSettings
 from llavakit.quickstart.world_data import (
     CaptionedImages,
@@ -155,10 +155,8 @@ def train_vision(world_dir: Path, out_dir: Path, settings: ComponentSettings, pr
     probe_start = time.perf_counter()
     world = read_manifest(world_dir)["settings"]
     towers = {"trained": model.tower, "untrained": untrained_tower.to(device)}
-    probes = run_probes(towers, vision.probe_images, vision.image_size, settings.seed, world["max_objects"],
-                        FEATURE_LAYER, device, grid=world.get("grid", 0))
-    shares = position_shares(towers, vision.probe_images, vision.image_size, settings.seed, FEATURE_LAYER, device,
-                             grid=world.get("grid", 0))
+    probes, shares = run_probes(towers, vision.probe_images, vision.image_size, settings.seed, world["max_objects"],
+                                FEATURE_LAYER, device, grid=world.get("grid", 0))
     return {
         "images": len(data.pixels),
         "captions": len(batches.tokens),

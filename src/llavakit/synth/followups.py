@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .questions import COUNT_QUESTION, color_question, relation_question, shape_question
-from .scene import Scene, horizontal_relation, separated, vertical_relation
+from .questions import COUNT_QUESTION, color_question, relation_turn, shape_question
+from .scene import Scene, separated
 
 
 def candidate_pairs(scene: Scene) -> list[tuple[str, str, str]]:
@@ -28,12 +28,11 @@ def candidate_pairs(scene: Scene) -> list[tuple[str, str, str]]:
     pairs.append(("count", COUNT_QUESTION, str(len(objects))))
     if len({o.name for o in objects}) < len(objects):
         return pairs  # a relation needs each object named unambiguously
-    relations = ((0, horizontal_relation), (1, vertical_relation))
     for a in objects:
         for b in objects:
-            for axis, relation in relations:
+            for axis in (0, 1):
                 if a is not b and separated(a, b, axis, scene.side):
-                    pairs.append(("relation", relation_question(a.name, b.name, axis), relation(a, b)))
+                    pairs.append(("relation", *relation_turn(a, b, axis)))
     return pairs
 
 

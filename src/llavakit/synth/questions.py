@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import vocab
-from .scene import SceneObject
+from .scene import SceneObject, horizontal_relation, vertical_relation
 from .task import A_NUMBER, ONE_WORD
 
 COUNT_QUESTION = f"How many objects are there? {A_NUMBER}"
@@ -55,3 +55,8 @@ def relation_question(a_name: str, b_name: str, axis: int) -> str:
         return f"Is the {a_name} left or right of the {b_name}? {ONE_WORD}"
     return f"Is the {a_name} above or below the {b_name}? {ONE_WORD}"
 
+
+def relation_turn(a: SceneObject, b: SceneObject, axis: int) -> tuple[str, str]:
+    """The relation question about a against b on ``axis`` and its answer."""
+    relation = horizontal_relation if axis == 0 else vertical_relation
+    return relation_question(a.name, b.name, axis), relation(a, b)

@@ -12,6 +12,7 @@ from .questions import (
     place_answer,
     place_question,
     relation_question,
+    relation_turn,
     shape_question,
 )
 from .records import annotation_record
@@ -153,8 +154,7 @@ def build_relation_drill(ctx: Context) -> Sample:
         a, b, axis = pairs[int(k)]
         if ctx.rng.random() < 0.5:
             a, b = b, a
-        relation = horizontal_relation(a, b) if axis == 0 else vertical_relation(a, b)
-        asked.append((relation_question(a.name, b.name, axis), relation))
+        asked.append(relation_turn(a, b, axis))
     return Sample(image_turns(asked), image=image)
 
 
@@ -218,11 +218,18 @@ def build_hires_detail(ctx: Context) -> Sample:
         question, options = f"What letter is written in the image? {ONE_LETTER}", vocab.LETTERS
     else:
         target = COLOR_NAMES[turn % len(COLOR_NAMES)]
-        detail = Spec(pick(ctx.rng, vocab.SHAPES), target, "tiny")
-        question, options = f"What color is the tiny object? {ONE_WORD}", COLOR_NAMES
+        detail = _tiny_object(ctx, target)
+        question, options = TINY_COLOR_QUESTION, COLOR_NAMES
     scene = _hires_scene(ctx, detail)
     # The tiny detail is what this task is about; the others are context, so no follow-ups.
     return _save(ctx, scene, question, target, options, follow_ups=False)
+
+
+TINY_COLOR_QUESTION = f"What color is the tiny object? {ONE_WORD}"
+
+
+def _tiny_object(ctx: Context, color: str) -> Spec:
+    return Spec(pick(ctx.rng, vocab.SHAPES), color, "tiny")
 
 
 def _hires_scene(ctx: Context, detail: Spec) -> Scene:
@@ -244,9 +251,8 @@ def build_tiny_grounding(ctx: Context) -> Sample:
     as for the other drills.
     """
     target = COLOR_NAMES[ctx.index % len(COLOR_NAMES)]
-    scene = _hires_scene(ctx, Spec(pick(ctx.rng, vocab.SHAPES), target, "tiny"))
-    image = ctx.save_image(draw_scene(scene))
-    return single_image_question(f"What color is the tiny object? {ONE_WORD}", target, image, COLOR_NAMES)
+    image = ctx.save_image(draw_scene(_hires_scene(ctx, _tiny_object(ctx, target))))
+    return single_image_question(TINY_COLOR_QUESTION, target, image, COLOR_NAMES)
 
 
 TASKS = (

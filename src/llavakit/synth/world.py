@@ -41,7 +41,8 @@ TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video
     "text_corpus.txt",
     "world.json",
 )
-DRILL_FILES = (GROUNDING_FILE, TINY_FILE, LISTING_FILE, PLACE_FILE, RELATION_FILE, MOTION_FILE)  # every file drills() may hold
+# Every file drills() may hold.
+DRILL_FILES = (GROUNDING_FILE, TINY_FILE, LISTING_FILE, PLACE_FILE, RELATION_FILE, MOTION_FILE)
 # Files this generator names; only these are pruned when a world is regenerated.
 GENERATED_MEDIA = re.compile(r"^(stage1|train|eval)_[a-z0-9_]+_\d{5}(_[a-z0-9]+)?\.(png|mp4)$")
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # files.atomic_write_bytes: ".<name>.<random>.tmp"
