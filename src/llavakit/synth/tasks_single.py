@@ -246,9 +246,11 @@ def build_tiny_grounding(ctx: Context) -> Sample:
 
     Finding the tiny object among large ones is a lookup by size, learned in stage-2 from its 150
     questions, or not: after a motion phase it named the right colour for 14 of 50 held-out images
-    in one stage-2 data order (37 in another); with these scenes in the grounding phase, where the
-    other lookups are learned, 49 of 50 in the first (docs/quickstart.md, item 25). No annotation,
-    as for the other drills.
+    in one stage-2 data order (37 in another); with these scenes in the grounding phase and half of
+    them replayed in the motion phase, 49 of 50 in the first (docs/quickstart.md, item 25). The
+    grounding phase ends before it learns them (7-10 of 50 from the grounding models of three
+    worlds, item 26): what they change is what stage-2 starts from. No annotation, as for the other
+    drills.
     """
     target = COLOR_NAMES[ctx.index % len(COLOR_NAMES)]
     image = ctx.save_image(draw_scene(_hires_scene(ctx, _tiny_object(ctx, target))))
