@@ -118,8 +118,8 @@ def test_vision_probe_beats_chance_by_a_wide_margin(parts):
 
 def test_the_position_term_makes_the_objects_own_token_say_where_it_is(world, parts, tmp_path):
     """Without the term the contrastive tower's tokens lose their place (the quickstart tower read
-    it 0.41 from the object's token, the untrained one 0.72); with it at the weight of the
-    quickstart's --position-drill, at the default step count, the object's token reads its 3x3
+    it 0.41 from the object's token, the untrained one 0.72); with it at the quickstart's weight,
+    at the default step count, the object's token reads its 3x3
     position and place is a large share of what the token carries (5.5% at weight 1.0, too little
     for the LM to learn to read)."""
     from llavakit.quickstart.run import POSITION_WEIGHT

@@ -24,7 +24,7 @@ from llavakit.synth.files import read_jsonl
 from llavakit.synth.solids import shade
 from llavakit.synth.video import decode_mp4
 
-SMALL = WorldSettings(stage1_captions=40, train_per_task=16, eval_per_task=16, motion_drill=40, position_drill=60)
+SMALL = WorldSettings(stage1_captions=40, train_per_task=16, eval_per_task=16, motion_drill=40)
 EVAL_TASKS = (
     "color", "shape", "count", "position", "hires_detail",
     "spot_difference", "which_image", "video_direction", "multiview",
@@ -142,10 +142,10 @@ def test_layout_counts_and_media_exist(world):
     for task in EVAL_TASKS:
         assert manifest["files"][f"eval/{task}.jsonl"] == 16
     media = set()
-    drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_tiny.jsonl", "stage15_place.jsonl",
-              "stage15_relation.jsonl", "stage15_motion.jsonl"]
-    assert [manifest["files"][name] for name in drills] == ([10 * SMALL.train_per_task] * 2 + [SMALL.train_per_task]
-                                                            + [SMALL.position_drill] * 2 + [SMALL.motion_drill])
+    drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_side_listing.jsonl", "stage15_side.jsonl",
+              "stage15_tiny.jsonl", "stage15_motion.jsonl"]
+    assert [manifest["files"][name] for name in drills] == ([10 * SMALL.train_per_task] * 4 + [SMALL.train_per_task]
+                                                            + [SMALL.motion_drill])
     for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", *drills, "stage2_instruct.jsonl"] + [
         f"eval/{t}.jsonl" for t in EVAL_TASKS
     ]:
@@ -326,42 +326,51 @@ def test_stage15_tiny_asks_the_colour_of_the_one_tiny_object_of_a_large_image(wo
     assert set(answers) == set(vocab.COLORS)
 
 
-def test_stage15_place_listing_names_every_objects_column_or_row(world):
+def side_from_pixels(image: np.ndarray, color: str, axis: int) -> str:
+    """The side of the image's centre the object of this colour is on: left or right (axis 0),
+    above or below (axis 1); its centroid must be clear of the centre line."""
+    [blob] = components(mask_of(image, vocab.COLORS[color]))
+    offset = np.argwhere(blob).mean(0)[1 - axis] - image.shape[0] / 2  # argwhere gives (row, column)
+    assert abs(offset) >= 0.03 * image.shape[0]  # the centroid, not the box centre: a little slack
+    return [("left", "right"), ("above", "below")][axis][int(offset > 0)]
+
+
+def test_stage15_side_listing_names_every_objects_side_of_the_centre(world):
     """Scenes of 3-5 objects of different shapes and colours; one turn naming each object once by
-    its colour and the column (even samples) or row (odd samples) of the 4x4 grid its pixels are
-    in, as a number word from the left or top, in the colours' order."""
-    sizes, axes, bands = set(), [], set()
-    for record, image, [question], [answer] in drill_samples(world, "stage15_place.jsonl", SMALL.position_drill):
-        axis = ["List the objects by color and column.", "List the objects by color and row."].index(question)
+    its colour and the side of the image's centre its pixels are on, left or right (even samples)
+    or above or below (odd samples), in the colours' order."""
+    sizes, axes, words = set(), [], set()
+    for record, image, [question], [answer] in drill_samples(world, "stage15_side_listing.jsonl",
+                                                             10 * SMALL.train_per_task):
+        axis = ["List the objects by color, left or right of the center.",
+                "List the objects by color, above or below the center."].index(question)
         named = [tuple(item.split()) for item in answer.removesuffix(".").split(", ")]
         assert len(named) == len(object_blobs(image)) == len({c for c, _ in named}), record["id"]
-        for color, number in named:
-            [blob] = components(mask_of(image, vocab.COLORS[color]))
-            center = np.argwhere(blob).mean(0)[1 - axis]  # argwhere gives (row, column)
-            band = int(center * 4 // image.shape[0])
-            assert number == vocab.NUMBER_WORDS[band + 1], (record["id"], color)
-            bands.add(band)
+        for color, word in named:
+            assert word == side_from_pixels(image, color, axis), (record["id"], color)
+            words.add(word)
         ranks = [list(vocab.COLORS).index(c) for c, _ in named]
         assert ranks == sorted(ranks), record["id"]
         sizes.add(len(named))
         axes.append(axis)
-    assert sizes == {3, 4, 5} and axes == [i % 2 for i in range(len(axes))] and bands == {0, 1, 2, 3}
+    assert sizes == {3, 4, 5} and axes == [i % 2 for i in range(len(axes))] and words == set(vocab.RELATIONS)
 
 
-def test_stage15_relation_asks_about_different_pairs_as_the_pixels_show(world):
-    """Scenes of 3-5 objects of different shapes and colours; up to four relation questions, none
-    about a pair already asked on the same axis (in either order), answered as the pixels show."""
-    seen = set()
-    for record, image, questions, answers in drill_samples(world, "stage15_relation.jsonl", SMALL.position_drill):
+def test_stage15_side_questions_ask_each_objects_side_of_the_centre_as_the_pixels_show(world):
+    """Scenes of 3-5 objects of different shapes and colours; up to four relation questions against
+    the image's centre, each object asked once, answered as the pixels show."""
+    words = set()
+    for record, image, questions, answers in drill_samples(world, "stage15_side.jsonl", 10 * SMALL.train_per_task):
         assert 1 <= len(questions) <= 4 and len(object_blobs(image)) in (3, 4, 5), record["id"]
-        relation = r"Is the (\w+ \w+) (left or right of|above or below) the (\w+ \w+)\?"
-        matches = [re.match(relation, q) for q in questions]
-        asked = [(frozenset((m[1], m[3])), m[2]) for m in matches]
-        assert len(set(asked)) == len(asked), record["id"]  # no pair asked twice on one axis
-        for question, answer in zip(questions, answers):
-            assert answer == answer_from_pixels(image, question), (record["id"], question)
-            seen.add(answer)
-    assert seen == set(vocab.RELATIONS)
+        matches = [re.fullmatch(r"Is the (\w+) (\w+) (left or right of|above or below) the center\? Answer with one "
+                                r"word\.", q) for q in questions]
+        assert all(matches) and len({m[1] for m in matches}) == len(matches), record["id"]
+        for match, answer in zip(matches, answers):
+            axis = int(match[3] == "above or below")
+            assert answer == side_from_pixels(image, match[1], axis), (record["id"], match[0])
+            assert answer_from_pixels(image, f"What shape is the {match[1]} object?") == match[2], record["id"]
+            words.add(answer)
+    assert words == set(vocab.RELATIONS)
 
 
 def test_eval_records_and_chance(world):
@@ -615,7 +624,7 @@ def test_rerun_with_same_settings_does_nothing(world, capsys):
     cli.add_arguments(parser)
     args = parser.parse_args(
         ["--out", str(world), "--stage1-captions", "40", "--train-per-task", "16", "--eval-per-task", "16",
-         "--motion-drill", "40", "--position-drill", "60"]
+         "--motion-drill", "40"]
     )
     assert cli.settings_from_args(args) == SMALL
     assert cli.run(args) == 0

@@ -4,8 +4,8 @@
 2. train the tiny vision encoder and language model the stages start from (cached);
 3. stage-1: align the projector on captions, parts frozen (``llavakit train``'s Trainer);
    stage-1.5: the whole model on detailed re-captions, then on listings of every object by colour
-   and shape, then on grounding questions with listings replayed (with --position-drill, then on
-   listings of every object's column or row and on relation questions), then on motion clips
+   and shape, then on grounding questions with listings replayed, then on listings of every
+   object's side of the centre and questions about it, then on motion clips
    (--no-motion-drill skips them);
 4. stage-2: instruction-tune the whole model on the world's tasks;
 5. evaluate every held-out task with the evaluation runner, print a table against chance;
@@ -29,8 +29,8 @@ from llavakit.synth.world import (
     GROUNDING_FILE,
     LISTING_FILE,
     MOTION_FILE,
-    PLACE_FILE,
-    RELATION_FILE,
+    SIDE_FILE,
+    SIDE_LISTING_FILE,
     STAGE1_FILE,
     STAGE2_FILE,
     STAGE15_FILE,
@@ -50,25 +50,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the motion phase after grounding (on by default; about 2.5 minutes on 2 CPU "
                              "cores): video direction 0.59-0.69 with it, 0.32 without (chance 0.25); "
                              "docs/quickstart.md item 25")
-    parser.add_argument("--position-drill", action="store_true",
-                        help="a tower whose tokens keep their place, and place and relation phases after "
-                             "grounding (about 4.5 more minutes on 2 CPU cores): relative position 0.58-0.77 "
-                             "on two worlds instead of chance (a variant reached 0.99 on a third); "
-                             "docs/quickstart.md items 24 and 25")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate at most this many samples per task")
     parser.add_argument("--anyres", choices=["on", "off"], default="on",
                         help="off: one squashed crop per image (the AnyRes ablation's baseline)")
 
 
 GROUNDING_MIXTURE = "grounding_mixture.yaml"  # the stage configs' mixtures, written next to them
-RELATION_MIXTURE = "relation_mixture.yaml"
 MOTION_MIXTURE = "motion_mixture.yaml"
-MOTION_CLIPS = 3000  # in the world unless --no-motion-drill (their generation takes ~12 s)
-MOTION_EPOCHS = 2  # of the 3,000 motion clips and 1,980 replayed scenes
-POSITION_SCENES = 3000  # place listings and relation scenes each, with --position-drill only
-# The tower's token-position term with --position-drill (VisionSettings.position_weight): at 1.0
-# place was 5.5% of a token's variance and the LM never learned to name an object's column; at
-# 4.0, 18-26% and it did (16.0 added little: 24%; docs/quickstart.md, item 24).
+MOTION_CLIPS = 2000  # in the world unless --no-motion-drill (their generation takes ~12 s)
+MOTION_EPOCHS = 2  # of the 3,000 motion clips and 3,120 replayed scenes
+# The tower's token-position term (VisionSettings.position_weight): without it place is 1.7% of an
+# object token's variance and the LM never learned to name an object's side (side listings at the
+# loss of a guess after 374 steps); at 1.0, 5.5%; at 4.0, 18-26%, and the side listings were
+# learned within 250 steps (16.0 added little: 24%; docs/quickstart.md, items 24 and 26).
 POSITION_WEIGHT = 4.0
 
 
@@ -89,16 +83,11 @@ def grounding_mixture(world: Path, seed: int) -> dict[str, Any]:
     return replay_mixture(world, seed, (GROUNDING_FILE, TINY_FILE), {LISTING_FILE: 50})
 
 
-def relation_mixture(world: Path, seed: int) -> dict[str, Any]:
-    """With --position-drill: every relation scene, half the place listings (learned just before)
-    and half the grounding scenes (the lookup by shape) replayed."""
-    return replay_mixture(world, seed, (RELATION_FILE,), {PLACE_FILE: 50, GROUNDING_FILE: 50})
-
-
 def motion_mixture(world: Path, seed: int) -> dict[str, Any]:
-    """Every motion clip; a third of the grounding and listing scenes and half the tiny-object
-    questions replayed."""
-    return replay_mixture(world, seed, (MOTION_FILE,), {GROUNDING_FILE: 33, LISTING_FILE: 33, TINY_FILE: 50},
+    """Every motion clip; a third of the grounding scenes, listings and side questions and half
+    the tiny-object questions replayed."""
+    return replay_mixture(world, seed, (MOTION_FILE,),
+                          {SIDE_FILE: 100, GROUNDING_FILE: 33, LISTING_FILE: 33, TINY_FILE: 100},
                           folder="video_folder")
 
 
@@ -116,7 +105,7 @@ def visual_settings(anyres: bool) -> dict[str, Any]:
 
 def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale: float, seed: int,
                   stage2_epochs: float | None, anyres: bool, feature_layer: int = -1,
-                  motion_drill: bool = True, position_drill: bool = False) -> dict[str, dict[str, Any]]:
+                  motion_drill: bool = True) -> dict[str, dict[str, Any]]:
     common = {"seed": seed, "tensorboard": False, "log_every": 1, "save": {"keep_last": 1}}
     build = {"vision": {"pretrained": str(vision_dir), "feature_layer": feature_layer},
              "llm": {"pretrained": str(llm_dir)}, "visual": visual_settings(anyres)}
@@ -188,30 +177,24 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     grounding = whole_model("stage1.5", "listing", [{"path": str(out / "configs" / GROUNDING_MIXTURE)}],
                             "grounding", 4, tower_frozen, schedule="constant")
     grounding["stop_at_loss"] = {"below": 0.15, "window": 20}
-    drills = {"listing": listing, "grounding": grounding}
-    # Place, then relations (--position-drill): relative position ("Is the red circle left or right
-    # of the blue square?") stayed at chance in every default run (0.44-0.62). It needs each
-    # object's place, which the LM does not read from a token until the tower's tokens carry it
-    # (POSITION_WEIGHT), and a lookup that brings it to the LM: the place listings ("orange three,
-    # cyan one.") teach it as the listings taught the others, then the eval's questions are asked
-    # with half the place listings and half the grounding scenes replayed. On one world this took
-    # stage-2's position to 0.99; on another the relation phase did not fall in its two epochs,
-    # position reached 0.75-0.77, and the detail task fell to 0.09-0.15 (0.41 from that world's
-    # grounding model); on a third, with the tiny-object questions in grounding, the relations did
-    # not fall either and position was 0.58 (the detail task kept: 0.49). So it is opt-in
-    # (docs/quickstart.md, items 24 and 25). Each phase up to two epochs at a constant rate, ended
-    # once its loss has fallen.
-    if position_drill:
-        drills["place"] = whole_model("stage1.5", "grounding",
-                                      [{"path": str(world / PLACE_FILE), "image_folder": str(world)}],
-                                      "place", 2, tower_frozen, schedule="constant")
-        drills["relation"] = whole_model("stage1.5", "place", [{"path": str(out / "configs" / RELATION_MIXTURE)}],
-                                         "relation", 2, tower_frozen, schedule="constant")
-        for name in ("place", "relation"):
-            drills[name]["stop_at_loss"] = {"below": 0.1, "window": 20}
+    # Sides: relative position ("Is the red circle left or right of the blue square?") stayed at
+    # chance in every run without this (0.44-0.62). It needs each object's place, which the LM
+    # reads from a token only once the tower's tokens keep it (POSITION_WEIGHT), and a lookup that
+    # brings it to the LM. The side listings ("orange left, cyan right.") teach that lookup as the
+    # listings taught colour and shape, in 200-460 steps on two worlds, where an object's grid
+    # column (place listings) was learned on one world of three (items 24-26). Then questions
+    # against the image's centre ("Is the red circle left or right of the center?"): one lookup
+    # where a relation needs two and a comparison, and the first object's side alone answers 0.83
+    # of the eval's relations. Up to four epochs of listings and two of questions, at a constant
+    # rate, each ended once its loss has fallen.
+    side_listing = whole_model("stage1.5", "grounding",
+                               [{"path": str(world / SIDE_LISTING_FILE), "image_folder": str(world)}],
+                               "side_listing", 4, tower_frozen, schedule="constant")
+    side_listing["stop_at_loss"] = {"below": 0.1, "window": 20}
+    drills = {"listing": listing, "grounding": grounding, "side_listing": side_listing}
     # Motion: which way the one moving object of a clip goes (synth.tasks_video.MOTION_DRILL; half
-    # the clips name it by its colour alone), with a third of the grounding and listing scenes and
-    # half the tiny-object questions replayed. Stage-2's 300 direction clips leave direction near
+    # the clips name it by its colour alone), with a third of the grounding scenes, listings and
+    # side questions and half the tiny-object questions replayed. Stage-2's 300 direction clips leave direction near
     # chance (0.20-0.37 in every run without the phase); 3,000 clips took it to 0.59-0.74. Every
     # clip named as the eval names it ("the blue cross") cost the lookup by colour in stage-2 (shape
     # 0.73-0.85 against 1.00), and the tiny-object lookup (detail 0.16 in one data order) until the
@@ -328,22 +311,19 @@ def run(args: argparse.Namespace) -> int:
     world = Path(args.world).resolve() if args.world else out / "world"
     print(f"== world: {world}")
     generate_world(world, WorldSettings(seed=args.seed, scale=args.scale,
-                                        motion_drill=MOTION_CLIPS if args.motion_drill else 0,
-                                        position_drill=POSITION_SCENES if args.position_drill else 0))
+                                        motion_drill=MOTION_CLIPS if args.motion_drill else 0))
     print("== components (tiny vision encoder and language model, cached)")
-    vision = VisionSettings(position_weight=POSITION_WEIGHT) if args.position_drill else VisionSettings()
+    vision = VisionSettings(position_weight=POSITION_WEIGHT)
     components = prepare_components(world, Path(args.cache).resolve() if args.cache else out / "cache",
                                     ComponentSettings(vision=vision, seed=args.seed, scale=args.scale))
     configs_dir = out / "configs"
     configs_dir.mkdir(exist_ok=True)
-    mixtures = ({GROUNDING_MIXTURE: grounding_mixture}
-                | ({RELATION_MIXTURE: relation_mixture} if args.position_drill else {})
-                | ({MOTION_MIXTURE: motion_mixture} if args.motion_drill else {}))
+    mixtures = {GROUNDING_MIXTURE: grounding_mixture} | ({MOTION_MIXTURE: motion_mixture} if args.motion_drill else {})
     for name, mixture in mixtures.items():
         (configs_dir / name).write_text(yaml.safe_dump(mixture(world, args.seed), sort_keys=False))
     configs = stage_configs(out, world, components.vision_dir, components.llm_dir, args.scale, args.seed,
                             args.stage2_epochs, args.anyres == "on", components.vision_feature_layer,
-                            args.motion_drill, args.position_drill)
+                            args.motion_drill)
     stages = {name: run_stage(name, data, configs_dir) for name, data in configs.items()}
     with atomic_directory(out / "model") as staging:
         for item in (out / "stage2" / "model").iterdir():
@@ -365,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "model": str(out / "model"),
         "settings": {"scale": args.scale, "seed": args.seed, "anyres": args.anyres,
-                     "motion_drill": args.motion_drill, "position_drill": args.position_drill},
+                     "motion_drill": args.motion_drill},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = write_report(out, results, table)

@@ -52,7 +52,7 @@ class VisionSettings:
     # "position_token"; untrained tower 0.72), 0.998 with this term at 1.0. Readable is not enough:
     # at 1.0 place was 5.5% of a token's variance (1.8% after the projector) and the LM never
     # learned to name an object's column (place listings at the loss of a guess); at 4.0, 18-26%
-    # (3.1-3.4%), and it did. Off (0) by default; the quickstart's --position-drill sets 4.0 (item 24).
+    # (3.1-3.4%), and it did. Off (0) by default; the quickstart sets 4.0 (items 24, 26).
     position_weight: float = 0.0
     steps: int = 400
     batch_size: int = 64

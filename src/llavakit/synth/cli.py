@@ -26,8 +26,6 @@ FLAGS = {
     "max_objects": "most objects in one scene",
     "follow_ups": "extra short-answer questions per single-image training sample",
     "motion_drill": "direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before --scale; 0: no file)",
-    "position_drill": "scenes of each stage-1.5 position drill, stage15_place.jsonl and stage15_relation.jsonl "
-                      "(before --scale; 0: no files)",
     "scale": "multiplier on every sample count",
 }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import vocab
 from .scene import SceneObject, horizontal_relation, vertical_relation
 from .task import A_NUMBER, ONE_WORD
 
@@ -33,20 +32,24 @@ def listing_answer(objects: Sequence[SceneObject], color_first: bool) -> str:
     return ", ".join(f"{a} {b}" for a, b in pairs) + "."
 
 
-# Place listings split the scene into this many columns and rows: the quickstart tower's 4x4
-# tokens on a 64 px scene (16 px patches), so each column or row is one column or row of tokens.
-PLACE_BANDS = 4
+# Side listings name each object's side of the image's centre with the relation questions' own
+# words: axis 0 left or right, axis 1 above or below.
+SIDE_WORDS = (("left", "right"), ("above", "below"))
 
 
-def place_question(axis: int) -> str:
-    return f"List the objects by color and {'column' if axis == 0 else 'row'}."
+def side_question(axis: int) -> str:
+    return f"List the objects by color, {'left or right of' if axis == 0 else 'above or below'} the center."
 
 
-def place_answer(objects: Sequence[SceneObject], axis: int, side: int) -> str:
-    """Each object as "<color> <n>", n its column (axis 0, counted from the left) or row (axis 1,
-    from the top) among PLACE_BANDS, as a number word: "orange three, cyan one."."""
-    bands = (min(int(obj.center[axis] * PLACE_BANDS // side), PLACE_BANDS - 1) for obj in objects)
-    return ", ".join(f"{obj.color} {vocab.NUMBER_WORDS[band + 1]}" for obj, band in zip(objects, bands)) + "."
+def side_answer(objects: Sequence[SceneObject], axis: int, side: int) -> str:
+    """Each object as "<color> <word>", the word its side of the centre on ``axis``: "orange left,
+    cyan right."."""
+    return ", ".join(f"{obj.color} {side_word(obj, axis, side)}" for obj in objects) + "."
+
+
+def side_word(obj: SceneObject, axis: int, side: int) -> str:
+    """The object's side of the image's centre on ``axis``."""
+    return SIDE_WORDS[axis][int(obj.center[axis] > side / 2)]
 
 
 def relation_question(a_name: str, b_name: str, axis: int) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 # Bump when a change to the generator changes its output for the same settings, so an old
 # world on disk is regenerated instead of being taken as complete.
-WORLD_VERSION = 9
+WORLD_VERSION = 10
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,6 @@ class WorldSettings:
     # Direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before scale); 0 writes
     # no such file. The quickstart asks for 3,000 (none with --no-motion-drill).
     motion_drill: int = 0
-    # Scenes of each stage-1.5 position drill, stage15_place.jsonl and stage15_relation.jsonl
-    # (before scale); 0 writes neither. The quickstart asks for 3,000 with --position-drill.
-    position_drill: int = 0
     scale: float = 1.0  # multiplier on every sample count
 
     def __post_init__(self) -> None:
@@ -57,8 +54,6 @@ class WorldSettings:
             problems.append(f"follow_ups must be >= 0, got {self.follow_ups}")
         if self.motion_drill < 0:
             problems.append(f"motion_drill must be >= 0, got {self.motion_drill}")
-        if self.position_drill < 0:
-            problems.append(f"position_drill must be >= 0, got {self.position_drill}")
         if self.scale <= 0:
             problems.append(f"scale must be > 0, got {self.scale}")
         for name in ("stage1_captions", "train_per_task", "eval_per_task"):
