@@ -11,6 +11,7 @@ GOOD = {
     "textvqa": {"prediction": "Two", "answers": ["2"] * 10},
     "exact_match": {"prediction": "Yes.", "answer": "yes"},
     "accuracy": {"prediction": "A cube.", "answer": "cube"},
+    "reasoned_accuracy": {"prediction": "red left, blue right, so left.", "answer": "left"},
     "anls": {"prediction": "Dr. Lobo", "answers": ["dr. lobo", "Lobo"]},
     "relaxed_accuracy": {"prediction": "0.45", "answer": "45%"},
     "multiple_choice": {"prediction": "(B)", "answer": "B", "choices": ["x", "y"]},

@@ -8,6 +8,8 @@ from llavakit.evaluation.text import (
     levenshtein,
     normalize_short_answer,
     normalized_levenshtein,
+    reasoned_accuracy,
+    reasoned_answer,
     relaxed_accuracy,
     relaxed_correctness,
     short_answer_accuracy,
@@ -48,6 +50,25 @@ def test_exact_match_any_answer():
 )
 def test_short_answer_accuracy(prediction, answer, expected):
     assert short_answer_accuracy(prediction, [answer]) == expected
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answer", "expected"),
+    [
+        ("red left, blue right, so left.", "left", 1.0),
+        ("red left, blue left, so right.", "left", 0.0),  # the conclusion counts, not the sides
+        ("red left, blue right, so left, so right.", "right", 1.0),  # the last conclusion
+        ("Left.", "left", 1.0),  # a one-word reply is its own answer
+        ("red left, blue right", "left", 0.0),  # sides without a conclusion answer nothing
+    ],
+)
+def test_reasoned_accuracy_scores_the_words_after_the_last_so(prediction, answer, expected):
+    assert reasoned_accuracy(prediction, [answer]) == expected
+
+
+def test_reasoned_answer():
+    assert reasoned_answer("cyan above, red below, so above.") == "above."
+    assert reasoned_answer("above") == "above"
 
 
 def test_normalize_short_answer():

@@ -1,6 +1,6 @@
 """Evaluation: benchmark metrics as pure functions, a registry naming them, and predictions files.
 
-Per-sample scorers: `vqa_accuracy`, `exact_match`, `short_answer_accuracy`, `anls`,
+Per-sample scorers: `vqa_accuracy`, `exact_match`, `short_answer_accuracy`, `reasoned_accuracy`, `anls`,
 `relaxed_accuracy`, `extract_choice_letter`, `scienceqa_letter`, `parse_pope_answer`,
 `parse_mme_answer`, `parse_judge_scores`. Aggregates: `pope_metrics`, `mme_scores`, `relative_score`.
 `METRICS` maps the names tasks use to `Metric` objects that score whole lists of records; see
@@ -20,6 +20,7 @@ from llavakit.evaluation.text import (
     exact_match,
     levenshtein,
     normalized_levenshtein,
+    reasoned_accuracy,
     relaxed_accuracy,
     relaxed_correctness,
     short_answer_accuracy,
@@ -50,6 +51,7 @@ __all__ = [
     "pope_counts",
     "pope_metrics",
     "read_predictions",
+    "reasoned_accuracy",
     "relative_score",
     "relaxed_accuracy",
     "relaxed_correctness",

@@ -341,6 +341,9 @@ METRICS: dict[str, Metric] = {
                      ("prediction", _ANSWERS), "exact_match", partial(_text_sample, text.exact_match)),
         _mean_metric("accuracy", "synthetic tasks: case-insensitive, no trailing punctuation or leading article",
                      ("prediction", _ANSWERS), "accuracy", partial(_text_sample, text.short_answer_accuracy)),
+        _mean_metric("reasoned_accuracy", "synthetic tasks answered after reasoning: `accuracy` of the words after "
+                     "the reply's last ', so '", ("prediction", _ANSWERS), "accuracy",
+                     partial(_text_sample, text.reasoned_accuracy)),
         _mean_metric("anls", "ANLS (DocVQA, InfoVQA): normalized Levenshtein similarity, 0 below 0.5",
                      ("prediction", _ANSWERS), "anls", partial(_text_sample, text.anls)),
         _mean_metric("relaxed_accuracy", "ChartQA relaxed accuracy: numbers within 5%, else case-insensitive match",

@@ -43,6 +43,20 @@ def short_answer_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return float(any(pred == normalize_short_answer(a) for a in answers))
 
 
+REASONED_MARKER = ", so "  # synth.questions.SO: what follows it is a reasoned reply's answer
+
+
+def reasoned_answer(prediction: str) -> str:
+    """The answer a reasoned reply ends with: the words after its last ", so " ("red left, blue
+    right, so left." -> "left."), or the whole reply when it has none."""
+    return prediction.rsplit(REASONED_MARKER, 1)[-1]
+
+
+def reasoned_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """`short_answer_accuracy` of the reply's `reasoned_answer`."""
+    return short_answer_accuracy(reasoned_answer(prediction), answers)
+
+
 def levenshtein(a: str, b: str) -> int:
     """Edit distance (insertions, deletions, substitutions of one character, each costing 1)."""
     if len(a) < len(b):
