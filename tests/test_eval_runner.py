@@ -81,7 +81,8 @@ def test_killed_run_resumes_to_the_results_of_an_uninterrupted_run(tmp_path, one
     assert list(resumed) == SYNTH_TASKS
     world = json.loads((world / "world.json").read_text())
     for task, row in resumed.items():
-        assert row["n"] == 6 and row["metric"] == "accuracy" and 0.0 <= row["accuracy"] <= 1.0
+        metric = "reasoned_accuracy" if task == "synth_position" else "accuracy"  # position replies reason first
+        assert row["n"] == 6 and row["metric"] == metric and 0.0 <= row["accuracy"] <= 1.0
         assert row["chance"] == pytest.approx(world["tasks"][task.removeprefix("synth_")]["chance"])
         assert (killed / "predictions" / f"{task}.jsonl").read_text() == \
             (tmp_path / "fresh" / "predictions" / f"{task}.jsonl").read_text()

@@ -18,13 +18,14 @@ import pytest
 import yaml
 
 from llavakit.cli import main
+from llavakit.quickstart.run import MOTION_CLIPS
 from llavakit.quickstart.runtime import cpu_threads
 from llavakit.synth import render_random_scene, vocab
 from llavakit.synth.language import DETAIL_PROMPTS
 
 pytestmark = pytest.mark.slow
 
-# Held-out colour, shape, count, detail and direction questions must beat chance by this much
+# Held-out colour, shape, count, position, detail and direction questions must beat chance by this much
 # (absolute accuracy).
 MARGIN = 0.12
 # With the images swapped the model can do no better than chance, up to sampling noise (n = 100).
@@ -50,7 +51,7 @@ def results(run) -> dict:
 
 
 def test_writes_results_model_report_and_configs(run, results):
-    order = ["stage1", "stage1_5", "listing", "grounding", "side_listing", "side", "motion", "stage2"]
+    order = ["stage1", "stage1_5", "listing", "grounding", "side_listing", "relation", "motion", "stage2"]
     assert list(results["stages"]) == order
     assert results["stages"]["stage2"]["final_loss"] < results["stages"]["stage2"]["first_loss"]
     assert {"color", "shape", "count", "position", "hires_detail", "spot_difference", "which_image",
@@ -68,13 +69,13 @@ def test_writes_results_model_report_and_configs(run, results):
     assert starts == {"stage1": None,
                       **{later: str(run / earlier / "model") for earlier, later in zip(order, order[1:])}}
     assert all((run / "configs" / f"{name}_mixture.yaml").is_file() for name in ("grounding", "motion"))
-    assert len(list((run / "world" / "videos").glob("train_motion_*"))) == 3000
+    assert len(list((run / "world" / "videos").glob("train_motion_*"))) == MOTION_CLIPS
     # the tower keeps place in its tokens (its position term): a large share of what a token carries
     assert results["components"]["vision"]["position_share"]["trained"] > 0.1
 
 
 def test_learns_from_the_images_and_swapped_images_fall_to_chance(results):
-    for task in ("color", "shape", "count", "hires_detail", "video_direction"):
+    for task in ("color", "shape", "count", "position", "hires_detail", "video_direction"):
         row = results["eval"][task]
         assert row["accuracy"] >= row["chance"] + MARGIN, (task, row)
     for task, row in results["controls"].items():

@@ -42,7 +42,7 @@ def drill_checks(stages: dict, names: list[str]) -> None:
 
 def test_default_recipe_goes_through_the_drills_in_order_to_stage2(tmp_path):
     stages = configs(tmp_path)
-    order = ["stage1", "stage1_5", "listing", "grounding", "side_listing", "side", "motion", "stage2"]
+    order = ["stage1", "stage1_5", "listing", "grounding", "side_listing", "relation", "motion", "stage2"]
     assert list(stages) == order
     assert starts(stages) == {"stage1": None, **{later: earlier for earlier, later in zip(order, order[1:])}}
     world, mixtures = tmp_path / "world", tmp_path / "out" / "configs"
@@ -51,15 +51,15 @@ def test_default_recipe_goes_through_the_drills_in_order_to_stage2(tmp_path):
     assert stages["grounding"]["data"]["sources"] == [{"path": str(mixtures / GROUNDING_MIXTURE)}]
     assert stages["side_listing"]["data"]["sources"] == [{"path": str(world / "stage15_side_listing.jsonl"),
                                                           "image_folder": str(world)}]
-    assert stages["side"]["data"]["sources"] == [{"path": str(world / "stage15_side.jsonl"),
-                                                  "image_folder": str(world)}]
+    assert stages["relation"]["data"]["sources"] == [{"path": str(world / "stage15_relation.jsonl"),
+                                                      "image_folder": str(world)}]
     assert stages["motion"]["data"]["sources"] == [{"path": str(mixtures / MOTION_MIXTURE)}]
-    drill_checks(stages, ["listing", "grounding", "side_listing", "side", "motion"])
+    drill_checks(stages, ["listing", "grounding", "side_listing", "relation", "motion"])
 
 
-def test_without_the_motion_drill_stage2_starts_from_the_side_questions(tmp_path):
+def test_without_the_motion_drill_stage2_starts_from_the_relation_phase(tmp_path):
     stages, without = configs(tmp_path), configs(tmp_path, motion_drill=False)
-    assert "motion" not in without and starts(without)["stage2"] == "side"
+    assert "motion" not in without and starts(without)["stage2"] == "relation"
     assert stages["stage2"]["epochs"] == without["stage2"]["epochs"]
     assert all(stages[name] == without[name] for name in list(without)[:-1])
 
@@ -80,7 +80,7 @@ def test_grounding_mixture_loads_every_grounding_scene_and_tiny_question_and_hal
     assert len(images) == scenes + tiny + scenes // 2 and all(path.is_file() for path in images)
 
 
-def test_motion_mixture_loads_every_clip_a_third_of_the_grounding_listing_and_side_scenes_half_the_tiny(
+def test_motion_mixture_loads_every_clip_a_third_of_the_grounding_listing_and_relation_scenes_half_the_tiny(
         world, tmp_path):
     path = tmp_path / MOTION_MIXTURE
     path.write_text(yaml.safe_dump(motion_mixture(world, seed=0)))
@@ -89,6 +89,6 @@ def test_motion_mixture_loads_every_clip_a_third_of_the_grounding_listing_and_si
     third = -(-scenes * 33 // 100)
     assert [(p.name, p.available, p.selected) for p in mixture.parts] == [
         ("stage15_motion", clips, clips), ("stage15_grounding", scenes, third), ("stage15_listing", scenes, third),
-        ("stage15_tiny", tiny, tiny // 2), ("stage15_side", scenes, third)]
+        ("stage15_tiny", tiny, tiny // 2), ("stage15_relation", scenes, third)]
     videos = [Path(e.video_folder) / e.record["video"] for e in mixture.entries if "video" in e.record]
     assert len(videos) == clips and all(path.is_file() for path in videos)

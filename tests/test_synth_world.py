@@ -142,7 +142,7 @@ def test_layout_counts_and_media_exist(world):
     for task in EVAL_TASKS:
         assert manifest["files"][f"eval/{task}.jsonl"] == 16
     media = set()
-    drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_side_listing.jsonl", "stage15_side.jsonl",
+    drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_side_listing.jsonl", "stage15_relation.jsonl",
               "stage15_tiny.jsonl", "stage15_motion.jsonl"]
     assert [manifest["files"][name] for name in drills] == ([10 * SMALL.train_per_task] * 4 + [SMALL.train_per_task]
                                                             + [SMALL.motion_drill])
@@ -218,12 +218,15 @@ def answer_from_pixels(image: np.ndarray, question: str) -> str:
     if m := re.match(r"What shape is the (?:(\w+) )?object\?", question):
         [blob] = components(mask_of(image, vocab.COLORS[m[1]])) if m[1] else blobs
         return classify_shape(blob)
-    m = re.match(r"Is the (\w+ \w+) (left or right of|above or below) the (\w+ \w+)\?", question)
+    m = re.match(r"Is the (\w+ \w+) (left or right of|above or below) the (\w+ \w+)\? Name each side first\.$",
+                 question)
     assert m, question
+    axis = int(m[2] == "above or below")
     (ay, ax), (by, bx) = (np.argwhere(blob_named(image, name)).mean(0) for name in (m[1], m[3]))
-    if m[2].startswith("left"):
-        return "left" if ax < bx else "right"
-    return "above" if ay < by else "below"
+    relation = ("left" if ax < bx else "right") if axis == 0 else ("above" if ay < by else "below")
+    # the reasoned reply: each object by its colour and side of the centre, then the relation
+    sides = ", ".join(f"{name.split()[0]} {side_from_pixels(image, name.split()[0], axis)}" for name in (m[1], m[3]))
+    return f"{sides}, so {relation}."
 
 
 def test_single_image_training_samples_ask_follow_ups_that_match_the_pixels(world):
@@ -356,21 +359,23 @@ def test_stage15_side_listing_names_every_objects_side_of_the_centre(world):
     assert sizes == {3, 4, 5} and axes == [i % 2 for i in range(len(axes))] and words == set(vocab.RELATIONS)
 
 
-def test_stage15_side_questions_ask_each_objects_side_of_the_centre_as_the_pixels_show(world):
-    """Scenes of 3-5 objects of different shapes and colours; up to four relation questions against
-    the image's centre, each object asked once, answered as the pixels show."""
-    words = set()
-    for record, image, questions, answers in drill_samples(world, "stage15_side.jsonl", 10 * SMALL.train_per_task):
+def test_stage15_relation_questions_are_answered_side_by_side_as_the_pixels_show(world):
+    """Scenes of 3-5 objects of different shapes and colours; up to four of the eval's relation
+    questions, each object asked about once, each answered with both objects' sides of the centre
+    and then the relation, as the pixels show."""
+    relations, agree = set(), []
+    for record, image, questions, answers in drill_samples(world, "stage15_relation.jsonl", 10 * SMALL.train_per_task):
         assert 1 <= len(questions) <= 4 and len(object_blobs(image)) in (3, 4, 5), record["id"]
-        matches = [re.fullmatch(r"Is the (\w+) (\w+) (left or right of|above or below) the center\? Answer with one "
-                                r"word\.", q) for q in questions]
-        assert all(matches) and len({m[1] for m in matches}) == len(matches), record["id"]
-        for match, answer in zip(matches, answers):
-            axis = int(match[3] == "above or below")
-            assert answer == side_from_pixels(image, match[1], axis), (record["id"], match[0])
-            assert answer_from_pixels(image, f"What shape is the {match[1]} object?") == match[2], record["id"]
-            words.add(answer)
-    assert words == set(vocab.RELATIONS)
+        subjects = [re.match(r"Is the (\w+ \w+) ", q)[1] for q in questions]
+        assert len(set(subjects)) == len(subjects), record["id"]
+        for question, answer in zip(questions, answers):
+            assert answer == answer_from_pixels(image, question), (record["id"], question)
+            first, second, relation = re.fullmatch(r"\w+ (\w+), \w+ (\w+), so (\w+)\.", answer).groups()
+            relations.add(relation)
+            agree.append(first != second)
+    assert relations == set(vocab.RELATIONS)
+    # both kinds: objects on two sides (the sides give the relation) and on one (they do not)
+    assert 0.3 < np.mean(agree) < 0.95
 
 
 def test_eval_records_and_chance(world):
@@ -380,10 +385,13 @@ def test_eval_records_and_chance(world):
             placeholder_check(record)
             assert record["task"] == task
             assert record["question"] == record["conversations"][0]["value"]
-            assert record["answer"] == record["conversations"][1]["value"]
+            reply = record["conversations"][1]["value"]
+            # a reasoned reply ends with its answer (position: "red left, blue right, so left.")
+            assert record["answer"] == (reply if task != "position" else reply.split(", so ")[-1].removesuffix("."))
             assert record["answer"] in record["options"] and set(record["options"]) <= set(record["choices"])
             assert record["question"].endswith(
-                ("Answer with one word.", "Answer with a number.", "Answer with one letter.", "Answer first or second.")
+                ("Answer with one word.", "Answer with a number.", "Answer with one letter.", "Answer first or second.",
+                 "Name each side first.")
             )
         answers = [r["answer"] for r in records]
         majority = max(answers.count(a) for a in set(answers)) / len(answers)
@@ -466,6 +474,7 @@ def test_position_answers(world):
             r"Is the (\w+ \w+) (left or right of|above or below) the (\w+ \w+)\?", record["question"]
         ).groups()
         (ay, ax), (by, bx) = (np.argwhere(mask_of(image, vocab.COLORS[name.split()[0]])).mean(0) for name in (a, b))
+        assert record["conversations"][1]["value"] == answer_from_pixels(image, record["question"].split("\n")[-1])
         if relation.startswith("left"):
             assert record["answer"] == ("left" if ax < bx else "right")
             assert abs(ax - bx) >= 0.1 * image.shape[1]

@@ -5,7 +5,7 @@
 3. stage-1: align the projector on captions, parts frozen (``llavakit train``'s Trainer);
    stage-1.5: the whole model on detailed re-captions, then on listings of every object by colour
    and shape, then on grounding questions with listings replayed, then on listings of every
-   object's side of the centre and questions about it, then on motion clips
+   object's side of the centre, then on relation questions answered side by side, then on motion clips
    (--no-motion-drill skips them);
 4. stage-2: instruction-tune the whole model on the world's tasks;
 5. evaluate every held-out task with the evaluation runner, print a table against chance;
@@ -29,7 +29,7 @@ from llavakit.synth.world import (
     GROUNDING_FILE,
     LISTING_FILE,
     MOTION_FILE,
-    SIDE_FILE,
+    RELATION_FILE,
     SIDE_LISTING_FILE,
     STAGE1_FILE,
     STAGE2_FILE,
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 GROUNDING_MIXTURE = "grounding_mixture.yaml"  # the stage configs' mixtures, written next to them
 MOTION_MIXTURE = "motion_mixture.yaml"
 MOTION_CLIPS = 2000  # in the world unless --no-motion-drill (their generation takes ~12 s)
-MOTION_EPOCHS = 2  # of the 3,000 motion clips and 3,120 replayed scenes
+MOTION_EPOCHS = 2  # of the 2,000 motion clips and 3,120 replayed scenes
 # The tower's token-position term (VisionSettings.position_weight): without it place is 1.7% of an
 # object token's variance and the LM never learned to name an object's side (side listings at the
 # loss of a guess after 374 steps); at 1.0, 5.5%; at 4.0, 18-26%, and the side listings were
@@ -84,10 +84,10 @@ def grounding_mixture(world: Path, seed: int) -> dict[str, Any]:
 
 
 def motion_mixture(world: Path, seed: int) -> dict[str, Any]:
-    """Every motion clip; a third of the grounding scenes, listings and side questions and half
+    """Every motion clip; a third of the grounding scenes, listings and relation scenes and half
     the tiny-object questions replayed."""
     return replay_mixture(world, seed, (MOTION_FILE,),
-                          {SIDE_FILE: 100, GROUNDING_FILE: 33, LISTING_FILE: 33, TINY_FILE: 100},
+                          {GROUNDING_FILE: 33, LISTING_FILE: 33, TINY_FILE: 50, RELATION_FILE: 33},
                           folder="video_folder")
 
 
@@ -177,24 +177,31 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     grounding = whole_model("stage1.5", "listing", [{"path": str(out / "configs" / GROUNDING_MIXTURE)}],
                             "grounding", 4, tower_frozen, schedule="constant")
     grounding["stop_at_loss"] = {"below": 0.15, "window": 20}
-    # Sides: relative position ("Is the red circle left or right of the blue square?") stayed at
-    # chance in every run without this (0.44-0.62). It needs each object's place, which the LM
-    # reads from a token only once the tower's tokens keep it (POSITION_WEIGHT), and a lookup that
-    # brings it to the LM. The side listings ("orange left, cyan right.") teach that lookup as the
-    # listings taught colour and shape, in 200-460 steps on two worlds, where an object's grid
-    # column (place listings) was learned on one world of three (items 24-26). Then questions
-    # against the image's centre ("Is the red circle left or right of the center?"): one lookup
-    # where a relation needs two and a comparison, and the first object's side alone answers 0.83
-    # of the eval's relations. Up to four epochs of listings and two of questions, at a constant
-    # rate, each ended once its loss has fallen.
+    # Relative position ("Is the red circle left or right of the blue square?") stayed at chance
+    # in every run that asked for the relation word alone (0.44-0.62, chance 0.5): it needs two
+    # lookups of place and a comparison in one step. The world now asks for the reasoning ("Name
+    # each side first." "red left, blue right, so left.", synth.questions.relation_answer), each
+    # side right after the colour that finds its object. Two phases teach it, each up to its
+    # epochs at a constant rate and ended once its loss has fallen. The side listings ("orange
+    # left, cyan right.", every object of a scene) teach the lookup of an object's side as the
+    # listings taught colour and shape, in 250-460 steps on three worlds, once the tower's tokens
+    # keep their place (POSITION_WEIGHT); the relation questions after them reached 0.84-0.87 held
+    # out on the three worlds (the sides 0.975-1.00), and stayed at a guess without the listings
+    # before them (docs/quickstart.md, items 26 and 27).
     side_listing = whole_model("stage1.5", "grounding",
                                [{"path": str(world / SIDE_LISTING_FILE), "image_folder": str(world)}],
                                "side_listing", 4, tower_frozen, schedule="constant")
     side_listing["stop_at_loss"] = {"below": 0.1, "window": 20}
-    drills = {"listing": listing, "grounding": grounding, "side_listing": side_listing}
+    relation = whole_model("stage1.5", "side_listing",
+                           [{"path": str(world / RELATION_FILE), "image_folder": str(world)}],
+                           "relation", 2, tower_frozen, schedule="constant")
+    # Its floor is above the listings': when both objects lie on one side, the relation is not in
+    # the sides (about 0.03 on three worlds).
+    relation["stop_at_loss"] = {"below": 0.05, "window": 20}
+    drills = {"listing": listing, "grounding": grounding, "side_listing": side_listing, "relation": relation}
     # Motion: which way the one moving object of a clip goes (synth.tasks_video.MOTION_DRILL; half
     # the clips name it by its colour alone), with a third of the grounding scenes, listings and
-    # side questions and half the tiny-object questions replayed. Stage-2's 300 direction clips leave direction near
+    # relation scenes and half the tiny-object questions replayed. Stage-2's 300 direction clips leave direction near
     # chance (0.20-0.37 in every run without the phase); 3,000 clips took it to 0.59-0.74. Every
     # clip named as the eval names it ("the blue cross") cost the lookup by colour in stage-2 (shape
     # 0.73-0.85 against 1.00), and the tiny-object lookup (detail 0.16 in one data order) until the

@@ -26,13 +26,13 @@ def candidate_pairs(scene: Scene) -> list[tuple[str, str, str]]:
         if sum(o.color == obj.color for o in objects) == 1:
             pairs.append(("shape", shape_question(None if alone else obj.color), obj.shape))
     pairs.append(("count", COUNT_QUESTION, str(len(objects))))
-    if len({o.name for o in objects}) < len(objects):
-        return pairs  # a relation needs each object named unambiguously
+    if len({o.color for o in objects}) < len(objects):
+        return pairs  # a relation's reasoned answer names each object by its colour alone
     for a in objects:
         for b in objects:
             for axis in (0, 1):
                 if a is not b and separated(a, b, axis, scene.side):
-                    pairs.append(("relation", *relation_turn(a, b, axis)))
+                    pairs.append(("relation", *relation_turn(a, b, axis, scene.side)))
     return pairs
 
 

@@ -52,14 +52,35 @@ def side_word(obj: SceneObject, axis: int, side: int) -> str:
     return SIDE_WORDS[axis][int(obj.center[axis] > side / 2)]
 
 
+# The relation questions ask for reasoning: each object's side of the centre first, then the
+# relation ("red left, blue right, so left."). Asked for the relation word alone, the LM never
+# learned it (0.44-0.62 in every default run, chance 0.5); each side named right after the
+# object's colour is a lookup it learns as it learns the listings, and the comparison is then
+# text (docs/quickstart.md, item 27). The eval scores the word after the last ", so ".
+NAME_SIDES = "Name each side first."
+SO = ", so "
+
+
 def relation_question(a_name: str, b_name: str, axis: int) -> str:
     """Where object a is against object b: axis 0 left or right, axis 1 above or below."""
     if axis == 0:
-        return f"Is the {a_name} left or right of the {b_name}? {ONE_WORD}"
-    return f"Is the {a_name} above or below the {b_name}? {ONE_WORD}"
+        return f"Is the {a_name} left or right of the {b_name}? {NAME_SIDES}"
+    return f"Is the {a_name} above or below the {b_name}? {NAME_SIDES}"
 
 
-def relation_turn(a: SceneObject, b: SceneObject, axis: int) -> tuple[str, str]:
-    """The relation question about a against b on ``axis`` and its answer."""
-    relation = horizontal_relation if axis == 0 else vertical_relation
-    return relation_question(a.name, b.name, axis), relation(a, b)
+def relation_word(a: SceneObject, b: SceneObject, axis: int) -> str:
+    """a against b on ``axis``: left or right (axis 0), above or below (axis 1)."""
+    return (horizontal_relation if axis == 0 else vertical_relation)(a, b)
+
+
+def relation_answer(a: SceneObject, b: SceneObject, axis: int, side: int) -> str:
+    """The reasoned answer: each object by its colour and side of the centre, then the relation:
+    "red left, blue right, so left."."""
+    return (f"{a.color} {side_word(a, axis, side)}, {b.color} {side_word(b, axis, side)}"
+            f"{SO}{relation_word(a, b, axis)}.")
+
+
+def relation_turn(a: SceneObject, b: SceneObject, axis: int, side: int) -> tuple[str, str]:
+    """The relation question about a against b on ``axis`` and its reasoned answer (objects of
+    different colours: the answer names them by colour)."""
+    return relation_question(a.name, b.name, axis), relation_answer(a, b, axis, side)

@@ -133,8 +133,12 @@ def image_turns(pairs: Sequence[tuple[str, str]]) -> list[dict]:
     return turns((f"{IMAGE}\n{first_human}", first_gpt), *rest)
 
 
-def single_image_question(question: str, answer: str, image: str, options: Sequence[str]) -> Sample:
-    return Sample(turns((f"{IMAGE}\n{question}", answer)), image=image, answer=answer, options=tuple(options))
+def single_image_question(question: str, answer: str, image: str, options: Sequence[str],
+                          reply: str | None = None) -> Sample:
+    """One question about one image; ``reply`` is the assistant's turn when it reasons its way to
+    ``answer`` (the scored word), else the answer itself."""
+    return Sample(turns((f"{IMAGE}\n{question}", reply or answer)), image=image, answer=answer,
+                  options=tuple(options))
 
 
 def multi_image_prompt(labels: Sequence[str], text: str, image_format: str) -> str:
