@@ -80,15 +80,17 @@ def test_grounding_mixture_loads_every_grounding_scene_and_tiny_question_and_hal
     assert len(images) == scenes + tiny + scenes // 2 and all(path.is_file() for path in images)
 
 
-def test_motion_mixture_loads_every_clip_a_third_of_the_grounding_listing_and_relation_scenes_half_the_tiny(
+def test_motion_mixture_loads_every_clip_a_third_of_the_grounding_listing_and_relation_scenes_half_the_tiny_all_shape(
         world, tmp_path):
     path = tmp_path / MOTION_MIXTURE
     path.write_text(yaml.safe_dump(motion_mixture(world, seed=0)))
     mixture = load_mixture(path)
     clips, scenes, tiny = SMALL.motion_drill, 10 * SMALL.train_per_task, SMALL.train_per_task
+    shapes = round(5 / 3 * SMALL.train_per_task)
     third = -(-scenes * 33 // 100)
     assert [(p.name, p.available, p.selected) for p in mixture.parts] == [
         ("stage15_motion", clips, clips), ("stage15_grounding", scenes, third), ("stage15_listing", scenes, third),
-        ("stage15_tiny", tiny, tiny // 2), ("stage15_relation", scenes, third)]
+        ("stage15_tiny", tiny, tiny // 2), ("stage15_relation", scenes, third),
+        ("stage15_shape", shapes, shapes)]
     videos = [Path(e.video_folder) / e.record["video"] for e in mixture.entries if "video" in e.record]
     assert len(videos) == clips and all(path.is_file() for path in videos)

@@ -25,6 +25,7 @@ from llavakit.synth.solids import shade
 from llavakit.synth.video import decode_mp4
 
 SMALL = WorldSettings(stage1_captions=40, train_per_task=16, eval_per_task=16, motion_drill=40)
+SHAPE_SCENES = round(5 / 3 * SMALL.train_per_task)  # stage15_shape.jsonl: 500 at the default 300 a task
 EVAL_TASKS = (
     "color", "shape", "count", "position", "hires_detail",
     "spot_difference", "which_image", "video_direction", "multiview",
@@ -143,9 +144,9 @@ def test_layout_counts_and_media_exist(world):
         assert manifest["files"][f"eval/{task}.jsonl"] == 16
     media = set()
     drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_side_listing.jsonl", "stage15_relation.jsonl",
-              "stage15_tiny.jsonl", "stage15_motion.jsonl"]
+              "stage15_tiny.jsonl", "stage15_shape.jsonl", "stage15_motion.jsonl"]
     assert [manifest["files"][name] for name in drills] == ([10 * SMALL.train_per_task] * 4 + [SMALL.train_per_task]
-                                                            + [SMALL.motion_drill])
+                                                            + [SHAPE_SCENES, SMALL.motion_drill])
     for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", *drills, "stage2_instruct.jsonl"] + [
         f"eval/{t}.jsonl" for t in EVAL_TASKS
     ]:
@@ -289,6 +290,19 @@ def test_stage15_grounding_asks_the_colour_of_every_object_by_its_shape(world):
         for question, answer in zip(questions, answers):
             assert answer == answer_from_pixels(image, question), (record["id"], question)
         sizes.add(len(shapes))
+    assert sizes == {3, 4, 5}
+
+
+def test_stage15_shape_grounding_asks_the_shape_of_every_object_by_its_colour(world):
+    """Scenes of 3-5 objects of different colours; each object's shape asked once, by its colour,
+    with answers that match the pixels."""
+    sizes = set()
+    for record, image, questions, answers in drill_samples(world, "stage15_shape.jsonl", SHAPE_SCENES):
+        colors = [re.fullmatch(r"What shape is the (\w+) object\? Answer with one word\.", q)[1] for q in questions]
+        assert len(set(colors)) == len(colors) == len(object_blobs(image)), record["id"]  # every object, once
+        for question, answer in zip(questions, answers):
+            assert answer == answer_from_pixels(image, question), (record["id"], question)
+        sizes.add(len(colors))
     assert sizes == {3, 4, 5}
 
 

@@ -30,6 +30,7 @@ from llavakit.synth.world import (
     LISTING_FILE,
     MOTION_FILE,
     RELATION_FILE,
+    SHAPE_FILE,
     SIDE_LISTING_FILE,
     STAGE1_FILE,
     STAGE2_FILE,
@@ -84,10 +85,10 @@ def grounding_mixture(world: Path, seed: int) -> dict[str, Any]:
 
 
 def motion_mixture(world: Path, seed: int) -> dict[str, Any]:
-    """Every motion clip; a third of the grounding scenes, listings and relation scenes and half
-    the tiny-object questions replayed."""
+    """Every motion clip; a third of the grounding scenes, listings and relation scenes, half the
+    tiny-object questions and every shape question replayed."""
     return replay_mixture(world, seed, (MOTION_FILE,),
-                          {GROUNDING_FILE: 33, LISTING_FILE: 33, TINY_FILE: 50, RELATION_FILE: 33},
+                          {GROUNDING_FILE: 33, LISTING_FILE: 33, TINY_FILE: 50, RELATION_FILE: 33, SHAPE_FILE: 100},
                           folder="video_folder")
 
 
@@ -201,7 +202,10 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     drills = {"listing": listing, "grounding": grounding, "side_listing": side_listing, "relation": relation}
     # Motion: which way the one moving object of a clip goes (synth.tasks_video.MOTION_DRILL; half
     # the clips name it by its colour alone), with a third of the grounding scenes, listings and
-    # relation scenes and half the tiny-object questions replayed. Stage-2's 300 direction clips leave direction near
+    # relation scenes, half the tiny-object questions and 500 shape questions ("What shape is the red
+    # object?", synth.tasks_single.build_shape_grounding) replayed: after the side and relation
+    # phases stage-2 lost that lookup without them (shape 0.72-0.88, 1.00 with them; item 27).
+    # Stage-2's 300 direction clips leave direction near
     # chance (0.20-0.37 in every run without the phase); 3,000 clips took it to 0.59-0.74. Every
     # clip named as the eval names it ("the blue cross") cost the lookup by colour in stage-2 (shape
     # 0.73-0.85 against 1.00), and the tiny-object lookup (detail 0.16 in one data order) until the

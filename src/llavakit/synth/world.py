@@ -26,8 +26,8 @@ from .video import video_codec
 
 EVAL_TASKS: tuple[Task, ...] = tasks_single.TASKS + tasks_multi.TASKS + tasks_video.TASKS
 TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video.TRAIN_ONLY
-(STAGE1_FILE, STAGE15_FILE, GROUNDING_FILE, TINY_FILE, LISTING_FILE, SIDE_LISTING_FILE, RELATION_FILE, MOTION_FILE,
- STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE) = (
+(STAGE1_FILE, STAGE15_FILE, GROUNDING_FILE, TINY_FILE, LISTING_FILE, SIDE_LISTING_FILE, RELATION_FILE, SHAPE_FILE,
+ MOTION_FILE, STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE) = (
     "stage1_captions.jsonl",
     "stage15_recap.jsonl",
     "stage15_grounding.jsonl",
@@ -35,6 +35,7 @@ TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video
     "stage15_listing.jsonl",
     "stage15_side_listing.jsonl",
     "stage15_relation.jsonl",
+    "stage15_shape.jsonl",
     "stage15_motion.jsonl",
     "stage2_instruct.jsonl",
     "annotations.jsonl",
@@ -42,7 +43,7 @@ TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video
     "world.json",
 )
 # Every file drills() may hold.
-DRILL_FILES = (GROUNDING_FILE, TINY_FILE, LISTING_FILE, SIDE_LISTING_FILE, RELATION_FILE, MOTION_FILE)
+DRILL_FILES = (GROUNDING_FILE, TINY_FILE, LISTING_FILE, SIDE_LISTING_FILE, RELATION_FILE, SHAPE_FILE, MOTION_FILE)
 # Files this generator names; only these are pruned when a world is regenerated.
 GENERATED_MEDIA = re.compile(r"^(stage1|train|eval)_[a-z0-9_]+_\d{5}(_[a-z0-9]+)?\.(png|mp4)$")
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # files.atomic_write_bytes: ".<name>.<random>.tmp"
@@ -59,13 +60,14 @@ def train_count(task: Task, settings: WorldSettings) -> int:
 def drills(settings: WorldSettings) -> dict[str, tuple[Task, int]]:
     """The stage-1.5 drill files this world holds, each with its task and sample count: one skill
     each, many samples, trained alone or nearly (the quickstart's listing phase, its grounding phase
-    with the tiny-object questions, its side listings and relation questions, and its motion phase, whose clips the
+    with the tiny-object questions, its side listings and relation questions, and its motion phase
+    with the shape questions replayed, whose clips the
     quickstart asks for unless --no-motion-drill). Their images stay out of annotations.jsonl, so
     the tower sees what it saw before."""
     files = {file: (task, train_count(task, settings)) for file, task in (
         (GROUNDING_FILE, tasks_single.GROUNDING), (TINY_FILE, tasks_single.TINY_GROUNDING),
         (LISTING_FILE, tasks_single.LISTING), (SIDE_LISTING_FILE, tasks_single.SIDE_LISTING),
-        (RELATION_FILE, tasks_single.RELATION_DRILL))}
+        (RELATION_FILE, tasks_single.RELATION_DRILL), (SHAPE_FILE, tasks_single.SHAPE_GROUNDING))}
     if settings.motion_drill:
         files[MOTION_FILE] = (tasks_video.MOTION_DRILL, settings.scaled(settings.motion_drill))
     return files
