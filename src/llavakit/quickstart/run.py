@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 GROUNDING_MIXTURE = "grounding_mixture.yaml"  # the stage configs' mixtures, written next to them
 MOTION_MIXTURE = "motion_mixture.yaml"
 MOTION_CLIPS = 2000  # in the world unless --no-motion-drill (their generation takes ~12 s)
-MOTION_EPOCHS = 2  # of the 2,000 motion clips and 3,120 replayed scenes
+MOTION_EPOCHS = 2  # of the 2,000 motion clips and 3,620 replayed scenes
 # The tower's token-position term (VisionSettings.position_weight): without it place is 1.7% of an
 # object token's variance and the LM never learned to name an object's side (side listings at the
 # loss of a guess after 374 steps); at 1.0, 5.5%; at 4.0, 18-26%, and the side listings were
