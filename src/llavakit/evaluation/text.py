@@ -43,7 +43,7 @@ def short_answer_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return float(any(pred == normalize_short_answer(a) for a in answers))
 
 
-REASONED_MARKER = ", so "  # synth.questions.SO: what follows it is a reasoned reply's answer
+REASONED_MARKER = ", so "  # what follows it is a reasoned reply's answer (synth.questions.relation_answer)
 
 
 def reasoned_answer(prediction: str) -> str:

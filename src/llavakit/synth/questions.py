@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from llavakit.evaluation.text import REASONED_MARKER
+
 from .scene import SceneObject, horizontal_relation, vertical_relation
 from .task import A_NUMBER, ONE_WORD
 
@@ -56,9 +58,9 @@ def side_word(obj: SceneObject, axis: int, side: int) -> str:
 # relation ("red left, blue right, so left."). Asked for the relation word alone, the LM never
 # learned it (0.44-0.62 in every default run, chance 0.5); each side named right after the
 # object's colour is a lookup it learns as it learns the listings, and the comparison is then
-# text (docs/quickstart.md, item 27). The eval scores the word after the last ", so ".
+# text (docs/quickstart.md, item 27). The eval (`reasoned_accuracy`) scores the words after the
+# last REASONED_MARKER, ", so ".
 NAME_SIDES = "Name each side first."
-SO = ", so "
 
 
 def relation_question(a_name: str, b_name: str, axis: int) -> str:
@@ -77,7 +79,7 @@ def relation_answer(a: SceneObject, b: SceneObject, axis: int, side: int) -> str
     """The reasoned answer: each object by its colour and side of the centre, then the relation:
     "red left, blue right, so left."."""
     return (f"{a.color} {side_word(a, axis, side)}, {b.color} {side_word(b, axis, side)}"
-            f"{SO}{relation_word(a, b, axis)}.")
+            f"{REASONED_MARKER}{relation_word(a, b, axis)}.")
 
 
 def relation_turn(a: SceneObject, b: SceneObject, axis: int, side: int) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from .records import annotation_record
 from .render import draw_scene
 from .scene import (
     Scene,
+    SceneObject,
     Spec,
     distinct_specs,
     horizontal_relation,
@@ -81,6 +82,15 @@ def _drill_scene(ctx: Context, unique: tuple[str, ...],
     return scene, ctx.save_image(draw_scene(scene))
 
 
+def _ask_every_object(ctx: Context, key: str, turn: Callable[[SceneObject], tuple[str, str]]) -> Sample:
+    """A drill scene whose objects never repeat their ``key`` attribute, and one ``turn`` about each
+    object in a random order. No annotation: the tower keeps training on the same images as without
+    the drill."""
+    scene, image = _drill_scene(ctx, (key,))
+    asked = [scene.objects[int(i)] for i in ctx.rng.permutation(len(scene.objects))]
+    return Sample(image_turns([turn(obj) for obj in asked]), image=image)
+
+
 def build_grounding(ctx: Context) -> Sample:
     """Stage-1.5 grounding: a scene of 3 to 5 objects of different shapes, and the colour of every
     object asked by its shape, one turn each (the eval's "What color is the triangle?").
@@ -93,10 +103,7 @@ def build_grounding(ctx: Context) -> Sample:
     330 (the quickstart's grounding phase, run.py). No turn names a colour and a shape together, so
     no answer can be copied from an earlier one.
     """
-    scene, image = _drill_scene(ctx, ("shape",))
-    asked = [scene.objects[int(i)] for i in ctx.rng.permutation(len(scene.objects))]
-    # No annotation: the tower keeps training on the same images as without this set.
-    return Sample(image_turns([(color_question(obj.shape), obj.color) for obj in asked]), image=image)
+    return _ask_every_object(ctx, "shape", lambda obj: (color_question(obj.shape), obj.color))
 
 
 def build_shape_grounding(ctx: Context) -> Sample:
@@ -109,9 +116,7 @@ def build_shape_grounding(ctx: Context) -> Sample:
     0.72), with 500 of these 1.00 (docs/quickstart.md, item 27). Twice as many cost the lookup
     the other way (colour 0.77).
     """
-    scene, image = _drill_scene(ctx, ("color",))
-    asked = [scene.objects[int(i)] for i in ctx.rng.permutation(len(scene.objects))]
-    return Sample(image_turns([(shape_question(obj.color), obj.shape) for obj in asked]), image=image)
+    return _ask_every_object(ctx, "color", lambda obj: (shape_question(obj.color), obj.shape))
 
 
 def build_listing(ctx: Context) -> Sample:
