@@ -162,6 +162,25 @@ def test_atomic_jsonl_write_replaces_whole_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.jsonl"]
 
 
+@pytest.mark.parametrize("durable, syncs", [(True, 1), (False, 0)])
+def test_media_writes_skip_the_per_file_sync_and_stay_atomic(tmp_path, monkeypatch, durable, syncs):
+    # A world's 20,000 images and clips are synced once, before world.json (world.py), not one
+    # by one; the rename still leaves either the old file or the new one.
+    import os
+
+    from llavakit.synth.files import atomic_write_bytes
+
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    path = tmp_path / "a.png"
+    path.write_bytes(b"old")
+    path.chmod(0o640)
+    atomic_write_bytes(path, b"new", durable=durable)
+    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"] and len(calls) == syncs
+
+
 def test_encoded_clips_repeat_byte_for_byte_whatever_the_heap_holds():
     # libx264's macroblock-tree lookahead gave 5 of these 150 clips other bytes after the process
     # had allocated 40 MB (every run); encode_mp4 turns it off.

@@ -90,12 +90,12 @@ class Context:
 
     def save_image(self, image: Image.Image, suffix: str = "") -> str:
         relative = f"images/{self.stem}{suffix}.png"
-        atomic_write_bytes(self.out_dir / relative, png_bytes(image))
+        atomic_write_bytes(self.out_dir / relative, png_bytes(image), durable=False)  # world.py syncs once
         return relative
 
     def save_video(self, frames: Sequence[Image.Image]) -> str:
         relative = f"videos/{self.stem}.mp4"
-        atomic_write_bytes(self.out_dir / relative, encode_mp4(frames, self.settings.video_fps))
+        atomic_write_bytes(self.out_dir / relative, encode_mp4(frames, self.settings.video_fps), durable=False)
         return relative
 
 

@@ -1,12 +1,14 @@
 """Generate a whole world into a directory: eval splits first, then stage-2, stage-1 and the stage-1.5 drills.
 
 Eval goes first so its scene signatures are held out before any training scene is drawn.
-Every file is written atomically and world.json last, so world.json marks a complete world.
+Every file is written atomically and world.json last, so world.json marks a complete world. The
+media files are not synced one by one: the whole filesystem is synced once before world.json.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -161,6 +163,7 @@ def _write_world(
                          + drill_all)
     _prune(out, media, set(map(eval_file, evals)))
     manifest = world_manifest(settings, counts, media, evals, {kind: len(samples) for kind, samples in train.items()})
+    os.sync()  # the media (written without a sync each) are on disk before world.json vouches for them
     atomic_write_text(out / WORLD_FILE, json.dumps(manifest, indent=2) + "\n")
 
 
