@@ -100,7 +100,7 @@ def test_quickstart_model_recaptions_scenes_that_train_as_stage_1_5(run, tmp_pat
         render_random_scene(seed=seed).image.save(scenes / f"scene_{seed}.png")
     recap = tmp_path / "recap.jsonl"
     # Stage-2's own wording of the request: the stage-1.5 ReCap prompt is not practised after stage-1.5,
-    # and eight stage-2 epochs later the tiny LM answers it as one of stage-2's questions half the time.
+    # and after the stage-2 epochs the tiny LM answered it as one of stage-2's questions half the time.
     assert main(["recaption", "--model", str(run / "model"), "--images", str(scenes), "--out", str(recap),
                  "--prompt", DETAIL_PROMPTS[1], "--batch-size", "4", "--max-new-tokens", "160", "--keep-truncated",
                  "--quiet"]) == 0

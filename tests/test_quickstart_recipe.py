@@ -13,8 +13,12 @@ from llavakit.data.mixture import load_mixture
 from llavakit.quickstart.run import (
     GROUNDING_MIXTURE,
     MOTION_MIXTURE,
+    RELATION_MIXTURE,
+    SIDE_LISTING_MIXTURE,
     grounding_mixture,
     motion_mixture,
+    relation_mixture,
+    side_listing_mixture,
     stage_configs,
 )
 from llavakit.synth import WorldSettings, generate_world
@@ -49,10 +53,8 @@ def test_default_recipe_goes_through_the_drills_in_order_to_stage2(tmp_path):
     assert stages["listing"]["data"]["sources"] == [{"path": str(world / "stage15_listing.jsonl"),
                                                      "image_folder": str(world)}]
     assert stages["grounding"]["data"]["sources"] == [{"path": str(mixtures / GROUNDING_MIXTURE)}]
-    assert stages["side_listing"]["data"]["sources"] == [{"path": str(world / "stage15_side_listing.jsonl"),
-                                                          "image_folder": str(world)}]
-    assert stages["relation"]["data"]["sources"] == [{"path": str(world / "stage15_relation.jsonl"),
-                                                      "image_folder": str(world)}]
+    assert stages["side_listing"]["data"]["sources"] == [{"path": str(mixtures / SIDE_LISTING_MIXTURE)}]
+    assert stages["relation"]["data"]["sources"] == [{"path": str(mixtures / RELATION_MIXTURE)}]
     assert stages["motion"]["data"]["sources"] == [{"path": str(mixtures / MOTION_MIXTURE)}]
     drill_checks(stages, ["listing", "grounding", "side_listing", "relation", "motion"])
 
@@ -78,6 +80,21 @@ def test_grounding_mixture_loads_every_grounding_scene_and_tiny_question_and_hal
         ("stage15_grounding", scenes, scenes), ("stage15_tiny", tiny, tiny), ("stage15_listing", scenes, scenes // 2)]
     images = {Path(e.image_folder) / e.record["image"] for e in mixture.entries}
     assert len(images) == scenes + tiny + scenes // 2 and all(path.is_file() for path in images)
+
+
+@pytest.mark.parametrize("name, mixture, drill", [(SIDE_LISTING_MIXTURE, side_listing_mixture, "stage15_side_listing"),
+                                                  (RELATION_MIXTURE, relation_mixture, "stage15_relation")])
+def test_side_phases_load_every_drill_scene_and_a_third_of_the_listings(world, tmp_path, name, mixture, drill):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(mixture(world, seed=0)))
+    loaded = load_mixture(path)
+    scenes = 10 * SMALL.train_per_task
+    third = -(-scenes * 33 // 100)
+    assert [(p.name, p.available, p.selected) for p in loaded.parts] == [(drill, scenes, scenes),
+                                                                         ("stage15_listing", scenes, third)]
+    answers = [e.record["conversations"][-1]["value"] for e in loaded.entries]
+    sides = sum(any(f" {word}" in a for word in ("left", "right", "above", "below")) for a in answers)
+    assert sides == scenes and len(answers) == scenes + third
 
 
 def test_motion_mixture_loads_every_clip_a_third_of_the_grounding_listing_and_relation_scenes_half_the_tiny_all_shape(
