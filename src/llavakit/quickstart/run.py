@@ -203,9 +203,10 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     # before them (docs/quickstart.md, items 26 and 27).
     # Both phases replay a third of the listings: drilled on "<colour> <side>" alone, the model lost
     # the lookup of shape by colour ("What shape is the red object?": 0.54 after the motion phase,
-    # 0.76 after stage-2, where colour stayed 1.00); with the listings, 0.73 and 1.00 from the same
-    # grounding model and the same stage-2 data order, position 0.87 against 0.85. It costs steps:
-    # side listings 575 against 400, relations 266 against 111 (about 45 s; item 28).
+    # 0.76 after stage-2, where colour stayed 1.00); with the listings, from the same grounding
+    # model, 0.73 after the motion phase and 0.99-1.00 after stage-2 in three data orders, position
+    # 0.84-0.88. It costs steps: side listings 575 against 400, relations 266 against 111 (about
+    # 45 s; item 28).
     side_listing = whole_model("stage1.5", "grounding", [{"path": str(out / "configs" / SIDE_LISTING_MIXTURE)}],
                                "side_listing", 4, tower_frozen, schedule="constant")
     side_listing["stop_at_loss"] = {"below": 0.1, "window": 20}
@@ -218,8 +219,8 @@ def stage_configs(out: Path, world: Path, vision_dir: Path, llm_dir: Path, scale
     # Motion: which way the one moving object of a clip goes (synth.tasks_video.MOTION_DRILL; half
     # the clips name it by its colour alone), with a third of the grounding scenes, listings and
     # relation scenes, half the tiny-object questions and 500 shape questions ("What shape is the red
-    # object?", synth.tasks_single.build_shape_grounding) replayed: after side and relation
-    # phases without listings stage-2 lost that lookup without them (shape 0.72-0.88; item 27).
+    # object?", synth.tasks_single.build_shape_grounding) replayed: after side phases that replayed
+    # no listings, stage-2 lost that lookup without the shape questions (0.72-0.88; item 27).
     # Stage-2's 300 direction clips leave direction near
     # chance (0.20-0.37 in every run without the phase); 3,000 clips took it to 0.59-0.74. Every
     # clip named as the eval names it ("the blue cross") cost the lookup by colour in stage-2 (shape
