@@ -163,7 +163,8 @@ def _write_world(
                          + drill_all)
     _prune(out, media, set(map(eval_file, evals)))
     manifest = world_manifest(settings, counts, media, evals, {kind: len(samples) for kind, samples in train.items()})
-    os.sync()  # the media (written without a sync each) are on disk before world.json vouches for them
+    if hasattr(os, "sync"):  # POSIX: the media (written without a sync each) reach the disk before world.json
+        os.sync()
     atomic_write_text(out / WORLD_FILE, json.dumps(manifest, indent=2) + "\n")
 
 
