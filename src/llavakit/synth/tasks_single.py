@@ -8,10 +8,12 @@ from . import vocab
 from .followups import follow_up_pairs
 from .questions import (
     COUNT_QUESTION,
+    SIDE_WORDS,
     color_question,
     list_question,
     listing_answer,
     relation_turn,
+    relation_word,
     side_answer,
     side_question,
     shape_question,
@@ -23,11 +25,9 @@ from .scene import (
     SceneObject,
     Spec,
     distinct_specs,
-    horizontal_relation,
     pick,
     random_spec,
     separated,
-    vertical_relation,
 )
 from .settings import WorldSettings
 from .task import (
@@ -230,7 +230,7 @@ def build_count(ctx: Context) -> Sample:
 
 def build_position(ctx: Context) -> Sample:
     target = ctx.cycle(vocab.RELATIONS)
-    axis, relation = (0, horizontal_relation) if target in ("left", "right") else (1, vertical_relation)
+    axis = 0 if target in ("left", "right") else 1
     side = ctx.settings.image_side
 
     def draw() -> Scene | None:
@@ -238,11 +238,11 @@ def build_position(ctx: Context) -> Sample:
         if scene is None:
             return None
         a, b = scene.objects[:2]
-        return scene if separated(a, b, axis, side) and relation(a, b) == target else None
+        return scene if separated(a, b, axis, side) and relation_word(a, b, axis) == target else None
 
     scene = ctx.fresh(draw)
     a, b = scene.objects[:2]
-    options = ("left", "right") if axis == 0 else ("above", "below")
+    options = SIDE_WORDS[axis]
     question, reply = relation_turn(a, b, axis, side)
     return _save(ctx, scene, question, target, options, reply=reply)
 

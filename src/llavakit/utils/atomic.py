@@ -1,7 +1,8 @@
 """Atomic file writes: readers see the old file or the whole new one, never a part.
 
 Every package that publishes results (datasets, predictions, reports, configs) writes through
-here: a temporary file in the same folder, flushed and fsynced, then renamed over the target.
+here: a temporary file in the same folder, flushed and fsynced (unless the caller syncs once for
+many files, ``durable=False``), then renamed over the target.
 """
 
 from __future__ import annotations
