@@ -71,8 +71,11 @@ def merged(model: LlavaForCausalLM, state_dict: dict[str, torch.Tensor] | None =
 
 def merge_adapter(model: LlavaForCausalLM, adapter: str | Path) -> LlavaForCausalLM:
     """Load an adapter directory onto a base model and merge it in: the model a LoRA run ends with."""
-    from peft import PeftModel
-
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise CheckpointError(f"adapter {adapter}: loading a LoRA adapter needs peft "
+                              "(pip install 'llavakit[train]')") from None
     directory = Path(adapter).expanduser()
     if not directory.is_dir():
         raise CheckpointError(f"adapter {adapter}: no such directory")
