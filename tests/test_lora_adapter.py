@@ -5,6 +5,7 @@ Also `llavakit --version` and a served model's default name."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -12,7 +13,9 @@ from importlib.metadata import version
 import httpx
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 import llavakit
 from llavakit.checkpoint import adapter
@@ -162,3 +165,29 @@ def test_a_checkpoints_name_is_its_folder_or_its_runs(tmp_path):
 def test_version_prints_the_installed_version():
     done = subprocess.run([sys.executable, "-m", "llavakit", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == f"llavakit {version('llavakit')}\n"
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_saves_the_adapter_and_merged_model_of_one_process(data, onevision_dir, tmp_path):
+    """FSDP gathers the weights from shards: adapter and merged model come from them (a deep copy of
+    a sharded model is refused), equal to one process's with the same global batch."""
+    runs = {}
+    for name, launcher, overrides in (
+        ("fsdp", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+         {"distributed": "fsdp", "micro_batch_size": 2}),
+        ("single", [], {"micro_batch_size": 4}),
+    ):
+        config = base_config(data, tmp_path / name, model={"checkpoint": str(onevision_dir)}, lora=LORA,
+                             trainable=[FROZEN_TOWER, {"pattern": ".", "lr": 1e-2}], **overrides)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        done = subprocess.run([sys.executable, *launcher, "-m", "llavakit", "train", str(tmp_path / f"{name}.yaml")],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        runs[name] = tmp_path / name
+    for file in ("adapter_model.safetensors", adapter.NON_LORA_NAME):
+        sharded, single = (load_file(str(runs[n] / "adapter" / file)) for n in ("fsdp", "single"))
+        _assert_same_weights(sharded, single, atol=1e-5)
+    merged = llavakit.load(runs["fsdp"] / "model").model.state_dict()
+    _assert_same_weights(merged, llavakit.load(runs["single"] / "model").model.state_dict(), atol=1e-5)
+    _assert_same_weights(llavakit.load(onevision_dir, adapter=runs["fsdp"] / "adapter").model.state_dict(), merged,
+                         atol=1e-6)

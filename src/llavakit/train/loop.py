@@ -313,7 +313,7 @@ class Trainer:
     def unwrapped(self) -> LlavaForCausalLM:
         return self.backend.unwrap(self.model)
 
-    def save_model(self, checkpoint: Path, state_dict: dict | None = None) -> None:
+    def save_outputs(self, checkpoint: Path, state_dict: dict | None = None) -> None:
         """``checkpoint/model`` (loadable), and under LoRA ``checkpoint/adapter`` (peft's format),
         the merged model only if ``lora.save_merged``. ``state_dict``: gathered from shards."""
         model = self.unwrapped()
@@ -336,7 +336,7 @@ class Trainer:
         self.backend.save_state(staging / "state", self.model, self.optimizer, self.scheduler)
         gathered = self.backend.full_state_dict(self.model)  # collective: every process takes part
         if accelerator.is_main_process:
-            self.save_model(staging, gathered)
+            self.save_outputs(staging, gathered)
             state = {"step": step, "total_steps": self.total_steps, "stage": self.config.stage,
                      "skipped": len(self.skips), "stopped_early": self.stopped_at is not None}
             checkpoints.publish(self.run_dir, step, state, self.config.save.keep_last)
@@ -363,7 +363,7 @@ class Trainer:
         if accelerator.is_main_process:
             final = checkpoints.latest(self.run_dir)
             outputs = {}
-            for name in ("model", "adapter"):  # what save_model wrote: RUN/model, RUN/adapter
+            for name in ("model", "adapter"):  # what save_outputs wrote: RUN/model, RUN/adapter
                 if (final / name).is_dir():
                     outputs[name] = str(self.run_dir / name)
                     with io.atomic_directory(self.run_dir / name) as staging:
