@@ -120,7 +120,16 @@ class Llava:
         return io.export_hf(self.model, self.tokenizer, directory)
 
 
-def load(path_or_id: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llava:
-    """Load a llavakit checkpoint, or a transformers llava / llava_next / llava_onevision one."""
+def load(path_or_id: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+         adapter: str | Path | None = None) -> Llava:
+    """Load a llavakit checkpoint, or a transformers llava / llava_next / llava_onevision one.
+
+    ``adapter``: a LoRA adapter directory (a LoRA run's ``RUN/adapter``) to merge into the loaded
+    base model, giving the model that run trained.
+    """
     model, tokenizer, _ = io.load(path_or_id, dtype=dtype)
+    if adapter is not None:
+        from llavakit.checkpoint.adapter import merge_adapter
+
+        model = merge_adapter(model, adapter).eval()
     return Llava(model.to(device), tokenizer)

@@ -54,6 +54,21 @@ def resolve(path_or_id: str | Path) -> Path:
         raise CheckpointError(f"checkpoint {text!r}: not a local directory and not downloadable ({err})") from None
 
 
+# Folders a training run writes its outputs to; such a folder goes by its run's name.
+RUN_OUTPUT_NAMES = ("model", "adapter")
+
+
+def checkpoint_name(path_or_id: str | Path) -> str:
+    """The name a checkpoint goes by (a served model's default id): its folder's name, or its run's
+    name for a run's ``RUN/model`` or ``RUN/adapter``; a hub id's last part."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        path = path.resolve()
+    if path.name in RUN_OUTPUT_NAMES and path.parent.name:
+        return path.parent.name
+    return path.name or str(path_or_id)
+
+
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     files = [directory / WEIGHTS_NAME]
     if (directory / INDEX_NAME).is_file():

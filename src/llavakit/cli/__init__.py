@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "demo": ("llavakit.cli.demo", "build a tiny model, save, reload and generate (smoke demo)"),
     "export": ("llavakit.cli.export", "write a checkpoint in the transformers hub layout"),
+    "merge-lora": ("llavakit.cli.merge_lora", "merge a LoRA adapter into its base model, write a loadable model"),
     "train": ("llavakit.train.cli", "train a stage (1, 1.5, 2, continue, dpo) from a YAML config"),
     "plot": ("llavakit.train.plot", "draw loss and learning-rate curves of a run to PNG"),
     "eval": ("llavakit.evaluation.eval_cli", "evaluate a model on benchmark tasks; compare runs"),
@@ -31,8 +32,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("llavakit")
+    except PackageNotFoundError:  # a source tree on the path, never installed
+        from llavakit import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llavakit", description="LLaVA-family models: build, train, evaluate, serve.")
+    parser.add_argument("--version", action="version", version=f"llavakit {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -41,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        print(f"llavakit {version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] not in ("-h", "--help"):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from llavakit.checkpoint.io import checkpoint_name
 from llavakit.serving.engine import EngineLimits
 from llavakit.serving.media import MediaPolicy
 from llavakit.serving.settings import ServerSettings
@@ -22,6 +23,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="llavakit or transformers llava / llava_next / llava_onevision checkpoint")
+    parser.add_argument("--adapter", help="LoRA adapter directory (a LoRA run's RUN/adapter) merged into --model")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", help="the model id clients send (default: the checkpoint folder's name)")
@@ -70,7 +72,8 @@ def settings_from_args(args: argparse.Namespace, context_length: int) -> ServerS
     engine = EngineLimits(max_batch_rows=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,
                           batch_window_s=args.batch_window_ms / 1000, max_queued=args.max_queue)
     return ServerSettings(
-        model_name=args.served_model_name or Path(args.model).name, max_model_len=args.max_model_len or context_length,
+        model_name=args.served_model_name or checkpoint_name(args.adapter or args.model),
+        max_model_len=args.max_model_len or context_length,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, max_body_bytes=args.max_body_bytes,
         max_images=args.max_images, max_videos=args.max_videos, max_n=args.max_n,
         default_max_tokens=args.default_max_tokens, request_timeout_s=args.request_timeout, media=media, engine=engine,
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("llavakit.serving")
     if args.threads:
         torch.set_num_threads(args.threads)
-    llava = llavakit.load(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    llava = llavakit.load(args.model, dtype=DTYPES[args.dtype], device=args.device, adapter=args.adapter)
     try:
         settings = settings_from_args(args, context_length(llava))
     except (ValueError, OSError) as err:  # contradictory limits, a missing --allowed-local-media-path

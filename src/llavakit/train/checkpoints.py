@@ -2,7 +2,8 @@
 
 ``RUN/checkpoints/step-00000042/`` holds ``state/`` (model, optimizer, scheduler and every
 process's RNG, written by accelerate whatever the backend), ``model/`` (a native checkpoint that
-``llavakit.load`` and ``serve`` read) and ``trainer_state.json``. It is assembled under a hidden
+``llavakit.load`` and ``serve`` read; under LoRA only with ``lora.save_merged``), under LoRA
+``adapter/`` (peft's adapter directory, ``checkpoint.adapter``) and ``trainer_state.json``. It is assembled under a hidden
 name and renamed when complete, so a kill never leaves a half-written checkpoint under a final name.
 """
 

@@ -87,6 +87,10 @@ class LoraSettings(_Strict):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     lr: float | None = None  # None: the optimizer's base lr
     quantize: Literal["none", "4bit", "8bit"] = "none"  # QLoRA needs CUDA and bitsandbytes
+    # Every checkpoint holds the peft adapter (adapter/); save_merged adds the adapters merged into
+    # a full model (model/), which load, eval and serve read directly. false: adapter only (a
+    # fraction of the disk for large models; `llavakit merge-lora` or `--adapter` use it).
+    save_merged: bool = True
 
 
 class DpoSettings(_Strict):

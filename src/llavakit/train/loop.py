@@ -7,7 +7,6 @@ batch, normalises the summed token loss by the global token count, and steps onc
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -19,7 +18,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from llavakit.api import Llava
-from llavakit.checkpoint import components, io
+from llavakit.checkpoint import adapter, components, io
 from llavakit.data import Collator, LlavaDataset, PackingCollator, SkipReport, load_entries
 from llavakit.data.errors import SkippedSample
 from llavakit.model.llava import LlavaForCausalLM
@@ -51,14 +50,6 @@ def apply_lora(model: LlavaForCausalLM, settings) -> None:
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=settings.target_modules, bias="none")
     model.language_model = get_peft_model(model.language_model, lora)
-
-
-def merged_copy(model: LlavaForCausalLM) -> LlavaForCausalLM:
-    """A copy with LoRA adapters merged into the base weights (the model itself keeps training)."""
-    merged = copy.deepcopy(model)
-    if hasattr(merged.language_model, "merge_and_unload"):
-        merged.language_model = merged.language_model.merge_and_unload()
-    return merged
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str, min_ratio: float):
@@ -322,11 +313,18 @@ class Trainer:
     def unwrapped(self) -> LlavaForCausalLM:
         return self.backend.unwrap(self.model)
 
-    def save_model(self, directory: Path, state_dict: dict | None = None) -> Path:
+    def save_outputs(self, checkpoint: Path, state_dict: dict | None = None) -> None:
+        """``checkpoint/model`` (loadable), and under LoRA ``checkpoint/adapter`` (peft's format),
+        the merged model only if ``lora.save_merged``. ``state_dict``: gathered from shards."""
         model = self.unwrapped()
-        model = merged_copy(model) if self.config.lora is not None else model
-        return io.save(model, self.tokenizer, directory, connector_only=self.config.save.projector_only,
-                       state_dict=state_dict)
+        lora = self.config.lora
+        if lora is not None:
+            adapter.save_adapter(model, checkpoint / "adapter", state_dict)
+            if not lora.save_merged:
+                return
+            model, state_dict = adapter.merged(model, state_dict), None
+        io.save(model, self.tokenizer, checkpoint / "model", connector_only=self.config.save.projector_only,
+                state_dict=state_dict)
 
     def save_checkpoint(self, step: int) -> None:
         accelerator = self.accelerator
@@ -338,7 +336,7 @@ class Trainer:
         self.backend.save_state(staging / "state", self.model, self.optimizer, self.scheduler)
         gathered = self.backend.full_state_dict(self.model)  # collective: every process takes part
         if accelerator.is_main_process:
-            self.save_model(staging / "model", gathered)
+            self.save_outputs(staging, gathered)
             state = {"step": step, "total_steps": self.total_steps, "stage": self.config.stage,
                      "skipped": len(self.skips), "stopped_early": self.stopped_at is not None}
             checkpoints.publish(self.run_dir, step, state, self.config.save.keep_last)
@@ -364,16 +362,19 @@ class Trainer:
         summary: dict[str, Any] = {}
         if accelerator.is_main_process:
             final = checkpoints.latest(self.run_dir)
-            model_dir = self.run_dir / "model"
-            with io.atomic_directory(model_dir) as staging:
-                for item in (final / "model").iterdir():
-                    (staging / item.name).write_bytes(item.read_bytes())
+            outputs = {}
+            for name in ("model", "adapter"):  # what save_outputs wrote: RUN/model, RUN/adapter
+                if (final / name).is_dir():
+                    outputs[name] = str(self.run_dir / name)
+                    with io.atomic_directory(self.run_dir / name) as staging:
+                        for item in (final / name).iterdir():
+                            (staging / item.name).write_bytes(item.read_bytes())
             if len(self.skips):
                 self.skips.write(self.run_dir / "skipped.jsonl")
                 print(f"skipped {len(self.skips)} samples: {self.skips.summary()} (see {self.run_dir / 'skipped.jsonl'})")
             summary = {"stage": self.config.stage, "steps": steps_done, "planned_steps": self.total_steps,
                        "stopped_early": self.stopped_at is not None, "seconds": round(seconds, 2),
-                       "model": str(model_dir), "skipped": len(self.skips)}
+                       **outputs, "skipped": len(self.skips)}
             checkpoints.write_json_atomic(self.run_dir / "summary.json", summary)
             log.close()
         accelerator.wait_for_everyone()
