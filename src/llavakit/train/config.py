@@ -112,6 +112,47 @@ class StopAtLoss(_Strict):
     min_steps: int = Field(0, ge=0)
 
 
+Tracker = Literal["tensorboard", "wandb", "jsonl"]
+
+
+class WandbSettings(_Strict):
+    """Weights & Biases run settings, used when ``report_to`` lists ``wandb`` (``pip install wandb``)."""
+
+    project: str = Field("llavakit", description="W&B project the run is logged to")
+    entity: str | None = Field(None, description="W&B team or user (None: the account's default)")
+    name: str | None = Field(None, description="run name (None: the output_dir's folder name)")
+    tags: list[str] = Field([], description="tags attached to the run")
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="online, offline (files under RUN/wandb, synced later with `wandb sync`) or disabled; "
+                          "None: $WANDB_MODE, else online")
+
+
+class InLoopEval(_Strict):
+    """Evaluation during training: the tasks run in-process on the model being trained (eval mode,
+    then back to train mode with every RNG restored, so the losses do not change), their scores are
+    logged with the losses, and ``best_metric`` keeps the best model in ``RUN/best``."""
+
+    tasks: list[str] = Field(min_length=1, description="built-in task names or task YAML files, as `llavakit eval "
+                                                        "--tasks` takes them")
+    every_steps: int = Field(ge=1, description="evaluate after every N optimizer steps")
+    at_end: bool = Field(True, description="also evaluate after the last step")
+    limit: int | None = Field(None, ge=1, description="only the first N samples of each task (None: all)")
+    data_root: str | None = Field(None, description="the folder the tasks' data_dirs are relative to (`llavakit "
+                                                    "eval --data-root`; for synth_* tasks the synthetic world)")
+    batch_size: int = Field(8, ge=1, description="prompts generated together")
+    best_metric: str | None = Field(
+        None, description="'task/score' (e.g. synth_color/accuracy): keep the model with the best value in RUN/best "
+                          "(None: keep none)")
+    greater_is_better: bool = Field(True, description="whether a larger best_metric is better")
+
+    @model_validator(mode="after")
+    def _best_metric_form(self) -> InLoopEval:
+        if self.best_metric is not None and self.best_metric.count("/") != 1:
+            raise ValueError(f"eval.best_metric={self.best_metric!r}: expected 'task/score', e.g. "
+                             "'synth_color/accuracy'")
+        return self
+
+
 class TrainConfig(_Strict):
     stage: Stage
     model: ModelInit
@@ -139,10 +180,22 @@ class TrainConfig(_Strict):
     distributed: Literal["auto", "fsdp"] = "auto"
     save: SaveConfig = SaveConfig()
     log_every: int = Field(1, ge=1)
-    tensorboard: bool = True
+    report_to: list[Tracker] = Field(
+        ["tensorboard", "jsonl"], description="where metrics go: tensorboard (RUN/tensorboard), wandb, jsonl "
+                                              "(RUN/metrics.jsonl, always written: `llavakit plot` reads it)")
+    wandb: WandbSettings = Field(WandbSettings(), description="the W&B run, when report_to lists wandb")
+    tensorboard: bool = Field(True, description="false drops tensorboard from report_to (kept for older configs)")
+    eval: InLoopEval | None = Field(None, description="evaluation during training (None: none)")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if "jsonl" not in self.report_to:  # metrics.jsonl is the log every tool reads: always written
+            self.report_to = [*self.report_to, "jsonl"]
+        if not self.tensorboard:
+            self.report_to = [t for t in self.report_to if t != "tensorboard"]
+        if self.eval is not None and self.distributed == "fsdp":
+            raise ValueError("eval: evaluation during training generates on one process, which a model sharded "
+                             "by distributed=fsdp cannot do; evaluate the saved checkpoints with `llavakit eval`")
         if self.stage == "dpo" and self.dpo is None:
             self.dpo = DpoSettings()
         if self.stage == "dpo" and self.loss_reduction != "token":
@@ -245,6 +298,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
                 source[key] = resolve(source[key])
     if data.get("output_dir"):
         data["output_dir"] = resolve(data["output_dir"])
+    evaluation = data.get("eval") or {}
+    if isinstance(evaluation, dict):
+        if evaluation.get("data_root"):
+            evaluation["data_root"] = resolve(evaluation["data_root"])
+        if isinstance(evaluation.get("tasks"), list):  # task files, not built-in names
+            evaluation["tasks"] = [resolve(t) if isinstance(t, str) and t.endswith((".yaml", ".yml")) else t
+                                   for t in evaluation["tasks"]]
     model = data.get("model", {})
     if model.get("checkpoint"):
         model["checkpoint"] = resolve(model["checkpoint"])
