@@ -1,0 +1,123 @@
+"""Evaluation during training: the scores logged at the chosen steps equal `llavakit eval` on the
+checkpoints of those steps, training gives the same losses with and without it (the model has
+dropout and one task samples from the global RNG, so both would show), and RUN/best is the best
+step's model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_eval_support import eval_world, one_torch_thread  # noqa: F401 - autouse fixture
+from train_fixtures import base_config, write_caption_data
+
+import llavakit
+from llavakit.evaluation.runner import evaluate
+from llavakit.evaluation.task_spec import load_task
+from llavakit.train.config import TrainConfigError, build_config
+from llavakit.train.in_loop_eval import read_best
+from llavakit.train.loop import Trainer
+from llavakit.train.telemetry import read_metrics
+
+LIMIT = 3
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_caption_data(tmp_path_factory.mktemp("data"), count=8)
+
+
+@pytest.fixture(scope="module")
+def dropout_model(onevision_dir, tmp_path_factory) -> Path:
+    """The tiny model with attention dropout in its LLM: training draws from the torch RNG."""
+    copy = tmp_path_factory.mktemp("dropout") / "model"
+    shutil.copytree(onevision_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["text_config"]["attention_dropout"] = 0.1
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def sampled_task(tmp_path_factory) -> Path:
+    """synth_color answered by sampling without a seed: generation draws from the global RNG."""
+    spec = load_task("synth_color").model_dump()
+    spec["name"] = "synth_color_sampled"
+    spec["generation"]["temperature"] = 1.0
+    path = tmp_path_factory.mktemp("tasks") / "synth_color_sampled.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _config(data: Path, run: Path, model: Path, evaluation: dict | None) -> dict:
+    config = base_config(data, run, model={"checkpoint": str(model)}, max_steps=4,
+                         trainable=[{"pattern": ".", "lr": 3e-3}],  # large enough that predictions change
+                         optim={"warmup_ratio": 0.0, "schedule": "constant"},
+                         save={"every_steps": 2, "keep_last": 3})
+    if evaluation is not None:
+        config["eval"] = evaluation
+    return config
+
+
+def _eval_settings(world: Path, sampled_task: Path, **extra) -> dict:
+    return {"tasks": ["synth_color", str(sampled_task)], "every_steps": 2, "limit": LIMIT, "batch_size": LIMIT,
+            "data_root": str(world), "best_metric": "synth_color/accuracy", **extra}
+
+
+def _prediction_texts(folder: Path, task: str) -> list[str]:
+    lines = (folder / "predictions" / f"{task}.jsonl").read_text().splitlines()
+    return [json.loads(line)["prediction"] for line in lines if line.strip()]
+
+
+def test_in_loop_scores_equal_eval_of_the_checkpoints_and_losses_do_not_change(
+        data, dropout_model, sampled_task, tmp_path):
+    world = eval_world()
+    run = tmp_path / "with-eval"
+    Trainer(build_config(_config(data, run, dropout_model, _eval_settings(world, sampled_task)))).run()
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    evaluated = {r["step"] for r in records if any(k.startswith("eval/") for k in r)}
+    assert evaluated == {2, 4}
+    assert {"eval/synth_color/accuracy", "eval/synth_color_sampled/accuracy", "loss"} <= set(records[1])
+
+    texts = {}
+    for step in (2, 4):
+        checkpoint = run / "checkpoints" / f"step-{step:08d}" / "model"
+        after = evaluate(checkpoint, ["synth_color"], tmp_path / f"eval-{step}", data_root=world, limit=LIMIT,
+                         batch_size=LIMIT, progress=False)
+        assert records[step - 1]["eval/synth_color/accuracy"] == after["synth_color"]["accuracy"]
+        in_loop = _prediction_texts(run / "eval" / f"step-{step:08d}", "synth_color")
+        assert in_loop == _prediction_texts(tmp_path / f"eval-{step}", "synth_color")
+        texts[step] = in_loop
+    assert texts[2] != texts[4]  # the steps' models differ, so the comparison above could fail
+
+    without = tmp_path / "without-eval"
+    Trainer(build_config(_config(data, without, dropout_model, None))).run()
+    plain = read_metrics(without / "metrics.jsonl")
+    assert [r["loss"] for r in plain] == [r["loss"] for r in records]
+    assert not (without / "eval").exists() and not (without / "best").exists()
+
+    best = read_best(run)
+    scores = {step: records[step - 1]["eval/synth_color/accuracy"] for step in (2, 4)}
+    assert best["score"] == max(scores.values()) and best["metric"] == "synth_color/accuracy"
+    assert best["step"] == (2 if scores[2] >= scores[4] else 4)  # a tie keeps the earlier model
+    kept = llavakit.load(run / "best").model.state_dict()
+    source = llavakit.load(run / "checkpoints" / f"step-{best['step']:08d}" / "model").model.state_dict()
+    assert kept.keys() == source.keys() and all(torch.equal(kept[k], source[k]) for k in kept)
+
+
+def test_best_metric_must_name_an_evaluated_task(data, onevision_dir, tmp_path):
+    config = _config(data, tmp_path / "run", onevision_dir,
+                     {"tasks": ["synth_color"], "every_steps": 2, "best_metric": "synth_count/accuracy"})
+    with pytest.raises(TrainConfigError, match="synth_count.*not in eval.tasks"):
+        Trainer(build_config(config)).setup()
+    config["eval"]["best_metric"] = "accuracy"
+    with pytest.raises(TrainConfigError, match="expected 'task/score'"):
+        build_config(config)
+    config["eval"] = {"tasks": ["synth_color"], "every_steps": 2}
+    with pytest.raises(TrainConfigError, match="fsdp"):
+        build_config({**config, "distributed": "fsdp"})
