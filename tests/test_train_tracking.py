@@ -121,3 +121,28 @@ def test_report_to_is_checked_and_jsonl_is_always_on(tmp_path):
 
     with pytest.raises(TrainConfigError, match="report_to"):
         build_config({**config, "report_to": ["mlflow"]})
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
+    from llavakit.train.config import WandbSettings
+    from llavakit.train.tracking import WandbTracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    first = WandbTracker(WandbSettings(), run, {"seed": 0}, resume=False)
+    first.log({"loss": 2.0}, 1)
+    first.close()
+    again = WandbTracker(WandbSettings(), run, {"seed": 0}, resume=True)
+    again.log({"loss": 1.0}, 2)
+    again.close()
+    fresh = WandbTracker(WandbSettings(), run, {"seed": 0}, resume=False)
+    fresh.close()
+    assert again.run.id == first.run.id != fresh.run.id
+    assert first.run.name == "run"  # the output folder's name
+    files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))  # RUN/wandb without WANDB_DIR
+    assert {f.name for f in files} == {f"run-{first.run.id}.wandb", f"run-{fresh.run.id}.wandb"}
+    history = [row for f in files if f.name == f"run-{first.run.id}.wandb" for row in wandb_history(f)]
+    assert sorted((row["_step"], row["loss"]) for row in history) == [(1, 2.0), (2, 1.0)]
