@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,18 +79,34 @@ def test_in_loop_scores_equal_eval_of_the_checkpoints_and_losses_do_not_change(
         data, dropout_model, sampled_task, tmp_path):
     world = eval_world()
     run = tmp_path / "with-eval"
-    Trainer(build_config(_config(data, run, dropout_model, _eval_settings(world, sampled_task)))).run()
+    config = _config(data, run, dropout_model, _eval_settings(world, sampled_task))
+    Trainer(build_config({**config, "tensorboard": True})).run()
     records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     evaluated = {r["step"] for r in records if any(k.startswith("eval/") for k in r)}
     assert evaluated == {2, 4}
     assert {"eval/synth_color/accuracy", "eval/synth_color_sampled/accuracy", "loss"} <= set(records[1])
 
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("eval/synth_color/accuracy")]
+    assert logged == [(step, pytest.approx(records[step - 1]["eval/synth_color/accuracy"])) for step in (2, 4)]
+
     texts = {}
     for step in (2, 4):
         checkpoint = run / "checkpoints" / f"step-{step:08d}" / "model"
-        after = evaluate(checkpoint, ["synth_color"], tmp_path / f"eval-{step}", data_root=world, limit=LIMIT,
-                         batch_size=LIMIT, progress=False)
+        out = tmp_path / f"eval-{step}"
+        if step == 2:  # the command, as a user runs it
+            subprocess.run([sys.executable, "-m", "llavakit", "eval", "--model", str(checkpoint), "--tasks",
+                            "synth_color", "--data-root", str(world), "--out", str(out), "--limit", str(LIMIT),
+                            "--batch-size", str(LIMIT), "--threads", "1", "--no-progress"], check=True,
+                           capture_output=True)
+            after = json.loads((out / "results.json").read_text())["tasks"]
+        else:  # the function behind it
+            after = evaluate(checkpoint, ["synth_color"], out, data_root=world, limit=LIMIT, batch_size=LIMIT,
+                             progress=False)
         assert records[step - 1]["eval/synth_color/accuracy"] == after["synth_color"]["accuracy"]
         in_loop = _prediction_texts(run / "eval" / f"step-{step:08d}", "synth_color")
         assert in_loop == _prediction_texts(tmp_path / f"eval-{step}", "synth_color")
@@ -121,3 +139,19 @@ def test_best_metric_must_name_an_evaluated_task(data, onevision_dir, tmp_path):
     config["eval"] = {"tasks": ["synth_color"], "every_steps": 2}
     with pytest.raises(TrainConfigError, match="fsdp"):
         build_config({**config, "distributed": "fsdp"})
+
+
+def test_eval_paths_in_a_yaml_are_relative_to_it(tmp_path):
+    from llavakit.train.config import load_config
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mine.yaml").write_text("name: mine\n")
+    (tmp_path / "world").mkdir()
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({
+        "stage": "stage2", "model": {"checkpoint": "some/hub-id"}, "output_dir": "run",
+        "data": {"sources": [{"path": "data.jsonl"}]},
+        "eval": {"tasks": ["synth_color", "tasks/mine.yaml"], "every_steps": 10, "data_root": "world"}}))
+    config = load_config(tmp_path / "train.yaml")
+    assert config.eval.tasks == ["synth_color", str(tmp_path / "tasks" / "mine.yaml")]
+    assert config.eval.data_root == str(tmp_path / "world")
+    assert config.report_to == ["tensorboard", "jsonl"]  # today's behaviour by default
