@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -29,15 +30,15 @@ def _train(data: Path, run: Path, checkpoint: Path, **overrides) -> list[dict]:
     return read_metrics(run / "metrics.jsonl")
 
 
-def wandb_history(run_file: Path) -> list[dict]:
-    """The history rows of an offline W&B run file (``run-<id>.wandb``): a 7-byte W&B header, then
-    LevelDB log records (32 KiB blocks of [crc:4][length:2][type:1][data]) holding wandb's own
-    protobuf `Record` messages."""
+def _wandb_records(run_file: Path) -> list:
+    """The records of an offline W&B run file (``run-<id>.wandb``): a 7-byte W&B header, then
+    LevelDB log records (32 KiB blocks of [crc:4][length:2][type:1][data], the header counted in the
+    first block) holding wandb's own protobuf `Record` messages."""
     from wandb.proto.wandb_internal_pb2 import Record
 
     raw = run_file.read_bytes()
     assert raw[:4] == b":W&B"
-    payloads, pending, offset, block = [], b"", 7, 32768
+    records, pending, offset, block = [], b"", 7, 32768
     while offset + 7 <= len(raw):
         if block - offset % block < 7:  # a block's tail too short for a header is padding
             offset += block - offset % block
@@ -49,16 +50,25 @@ def wandb_history(run_file: Path) -> list[dict]:
             continue
         pending += chunk
         if kind in (1, 4):  # FULL or LAST
-            payloads.append(pending)
+            record = Record()
+            record.ParseFromString(pending)
+            records.append(record)
             pending = b""
-    rows = []
-    for payload in payloads:
-        record = Record()
-        record.ParseFromString(payload)
-        if record.WhichOneof("record_type") == "history":
-            rows.append({(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
-                         for item in record.history.item})
-    return rows
+    return records
+
+
+def wandb_history(run_file: Path, timeout: float = 60.0) -> list[dict]:
+    """The history rows of a finished offline run. wandb's service process writes the file and may
+    still be flushing when ``run.finish()`` returns: wait for the run's exit record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(run_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        assert time.monotonic() < deadline, f"{run_file}: no exit record within {timeout} s"
+        time.sleep(0.1)
+    return [{(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
 
 
 def test_learning_rates_are_named_by_part(onevision_dir):
