@@ -284,7 +284,10 @@ class Trainer:
                       "epoch": (step + 1) / self.plan.steps_per_epoch, "elapsed_s": time.perf_counter() - started}
             record |= params.learning_rates(self.optimizer.param_groups)
             record |= self.step_record()
+            paused = time.perf_counter()
             scores = self.in_loop_eval(step + 1, last=step + 1 == self.total_steps or stopping)
+            if scores:
+                throughput.exclude(time.perf_counter() - paused)
             record |= scores
             if log is not None and ((step + 1) % self.config.log_every == 0 or step + 1 == self.total_steps
                                     or stopping or scores):

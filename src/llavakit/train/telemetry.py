@@ -59,3 +59,8 @@ class Throughput:
             return 0.0
         elapsed = self.events[-1][0] - self.events[0][0]
         return sum(t for _, t in self.events[1:]) / elapsed if elapsed > 0 else 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave a pause (an evaluation during training) out of the window: the steps before it move
+        forward by its length."""
+        self.events = [(at + seconds, tokens) for at, tokens in self.events]
