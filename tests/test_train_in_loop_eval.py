@@ -19,6 +19,7 @@ from train_fixtures import base_config, write_caption_data
 
 import llavakit
 from llavakit.evaluation.runner import evaluate
+from llavakit.evaluation.samples import TaskDataError
 from llavakit.evaluation.task_spec import load_task
 from llavakit.train.config import TrainConfigError, build_config
 from llavakit.train.in_loop_eval import read_best
@@ -130,8 +131,12 @@ def test_in_loop_scores_equal_eval_of_the_checkpoints_and_losses_do_not_change(
 
 def test_best_metric_must_name_an_evaluated_task(data, onevision_dir, tmp_path):
     config = _config(data, tmp_path / "run", onevision_dir,
-                     {"tasks": ["synth_color"], "every_steps": 2, "best_metric": "synth_count/accuracy"})
+                     {"tasks": ["synth_color"], "every_steps": 2, "best_metric": "synth_count/accuracy",
+                      "data_root": str(eval_world())})
     with pytest.raises(TrainConfigError, match="synth_count.*not in eval.tasks"):
+        Trainer(build_config(config)).setup()
+    config["eval"] = {"tasks": ["synth_color"], "every_steps": 2, "data_root": str(tmp_path / "no-world")}
+    with pytest.raises(TaskDataError, match="synth_color"):  # before the first step, not at step 2
         Trainer(build_config(config)).setup()
     config["eval"]["best_metric"] = "accuracy"
     with pytest.raises(TrainConfigError, match="expected 'task/score'"):

@@ -75,9 +75,10 @@ def read_best(run_dir: Path) -> dict[str, Any] | None:
 
 
 class InLoopEvaluator:
-    """Built at setup (task files are read and checked before the first step)."""
+    """Built at setup: task files and their data are read and checked before the first step."""
 
     def __init__(self, settings: InLoopEval, run_dir: Path, accelerator: Any):
+        from llavakit.evaluation.samples import load_samples
         from llavakit.evaluation.task_spec import load_task
 
         self.settings, self.run_dir, self.accelerator = settings, run_dir, accelerator
@@ -86,6 +87,8 @@ class InLoopEvaluator:
         names = [spec.name for spec in self.specs]
         if len(set(names)) != len(names):
             raise TrainConfigError(f"eval.tasks: a task is listed twice ({', '.join(names)})")
+        for spec in self.specs:  # missing or bad task data is found now, not after the first N steps
+            load_samples(spec, settings.data_root, settings.limit)
         self.best_task = self.best_score = None
         if settings.best_metric is not None:
             self.best_task, self.best_score = settings.best_metric.split("/")
