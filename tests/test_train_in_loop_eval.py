@@ -6,6 +6,7 @@ step's model."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -160,3 +161,28 @@ def test_eval_paths_in_a_yaml_are_relative_to_it(tmp_path):
     assert config.eval.tasks == ["synth_color", str(tmp_path / "tasks" / "mine.yaml")]
     assert config.eval.data_root == str(tmp_path / "world")
     assert config.report_to == ["tensorboard", "jsonl"]  # today's behaviour by default
+
+
+@pytest.mark.slow
+def test_ddp_evaluates_on_the_main_process_while_the_other_waits(data, onevision_dir, tmp_path):
+    """Two CPU processes (gloo): the main one evaluates, the other waits at the barrier; the losses
+    are those of one process without evaluation."""
+    world = eval_world()
+    settings = {"tasks": ["synth_color"], "every_steps": 2, "limit": LIMIT, "batch_size": LIMIT,
+                "data_root": str(world), "best_metric": "synth_color/accuracy"}
+    runs = {}
+    for name, evaluation, processes in (("ddp", settings, 2), ("single", None, 1)):
+        config = _config(data, tmp_path / name, onevision_dir, evaluation)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+                    if processes == 2 else [sys.executable])
+        done = subprocess.run([*launcher, "-m", "llavakit", "train", str(path)], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        runs[name] = read_metrics(tmp_path / name / "metrics.jsonl")
+    ddp, single = runs["ddp"], runs["single"]
+    assert [r["step"] for r in ddp] == [1, 2, 3, 4]  # one record per step: only the main process logs
+    assert [r["step"] for r in ddp if "eval/synth_color/accuracy" in r] == [2, 4]
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(ddp, single)) < 1e-5
+    assert read_best(tmp_path / "ddp")["step"] in (2, 4)
