@@ -34,11 +34,14 @@ class _Strict(BaseModel):
 class VisionTowerConfig(_Strict):
     """Which vision model, and which of its hidden states become visual tokens."""
 
-    hf_config: dict[str, Any] | None = None  # a transformers vision config (to_dict())
-    pretrained: str | None = None  # directory or hub id of a transformers vision model
-    feature_layer: int | list[int] = -2  # hidden_states index (or several, concatenated)
+    hf_config: dict[str, Any] | None = Field(None, description="a transformers vision config (to_dict()): SigLIP, "
+                                                               "SigLIP2 or CLIP")
+    pretrained: str | None = Field(None, description="directory or hub id of a transformers vision model")
+    feature_layer: int | list[int] = Field(-2, description="hidden_states index whose features become visual "
+                                                           "tokens (or several, concatenated)")
     # CLIP prepends a CLS token that LLaVA drops; SigLIP has none. None: decided by the tower type.
-    cls_token: Literal["drop", "keep"] | None = None
+    cls_token: Literal["drop", "keep"] | None = Field(
+        None, description="drop CLIP's CLS token or keep (towers without one); None: from the tower type")
 
     @model_validator(mode="after")
     def _has_source(self) -> VisionTowerConfig:
@@ -84,8 +87,8 @@ class VisionTowerConfig(_Strict):
 class ProjectorConfig(_Strict):
     """``linear`` or ``mlp{N}x_gelu``: Linear(vision->H), then N-1 x (GELU, Linear(H->H))."""
 
-    type: str = "mlp2x_gelu"
-    bias: bool = True
+    type: str = Field("mlp2x_gelu", description="linear, or mlp{N}x_gelu: N linear layers with GELU between")
+    bias: bool = Field(True, description="linear layers with biases")
 
     @field_validator("type")
     @classmethod
@@ -104,8 +107,8 @@ class ProjectorConfig(_Strict):
 class LLMConfig(_Strict):
     """Any transformers causal language model."""
 
-    hf_config: dict[str, Any] | None = None
-    pretrained: str | None = None
+    hf_config: dict[str, Any] | None = Field(None, description="a transformers causal LM config (to_dict())")
+    pretrained: str | None = Field(None, description="directory or hub id of a transformers causal LM")
 
     @model_validator(mode="after")
     def _has_source(self) -> LLMConfig:
@@ -125,28 +128,37 @@ Reduction = Literal["bilinear", "adaptive_avg"]
 class VisualConfig(_Strict):
     """How pixels become visual tokens: tiling, reduction, newlines, frames, pooling."""
 
-    crop_size: int = 384  # side of one crop fed to the vision tower
-    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    resample: Literal["bicubic", "bilinear"] = "bicubic"
+    crop_size: int = Field(384, description="side of one crop fed to the vision tower (its image size)")
+    image_mean: tuple[float, float, float] = Field((0.5, 0.5, 0.5), description="per-channel normalisation mean")
+    image_std: tuple[float, float, float] = Field((0.5, 0.5, 0.5), description="per-channel normalisation std")
+    resample: Literal["bicubic", "bilinear"] = Field("bicubic", description="resampling filter of resizes")
     # A single image in a prompt.
-    image_mode: ImageMode = "anyres"
-    grid_pinpoints: str | list[list[int]] = "(1x1),...,(6x6)"
-    max_grids: int | None = 9  # anyres_max_N; None turns thresholding off
-    reduce_margin: float = 1.1  # reduce only when the token ratio exceeds this
-    reduce_method: Reduction = "bilinear"
-    reduce_position: Literal["after_projector", "before_projector"] = "after_projector"
-    image_newline: Literal["row", "image", "none"] = "row"
+    image_mode: ImageMode = Field("anyres", description="a single image: anyres (a grid of crops plus an "
+                                                        "overview), pad_square, squash or resize_crop")
+    grid_pinpoints: str | list[list[int]] = Field(
+        "(1x1),...,(6x6)", description="the AnyRes grids, in crops, e.g. '(1x1),...,(6x6)', or pixel sizes")
+    max_grids: int | None = Field(9, description="anyres_max_N: reduce an image's tokens to N crops' worth "
+                                                 "(None: no reduction)")
+    reduce_margin: float = Field(1.1, description="reduce only when the token ratio exceeds this")
+    reduce_method: Reduction = Field("bilinear", description="how tokens are reduced: bilinear or adaptive_avg")
+    reduce_position: Literal["after_projector", "before_projector"] = Field(
+        "after_projector", description="reduce the projected tokens or the vision features")
+    image_newline: Literal["row", "image", "none"] = Field(
+        "row", description="the learned newline vector after every row of tokens, after the image, or none")
     # Several images in one prompt (Interleave / OneVision: one padded crop each).
-    multi_image_mode: ImageMode = "pad_square"
-    multi_image_newline: Literal["row", "image", "none"] = "image"
+    multi_image_mode: ImageMode = Field("pad_square", description="each image of a multi-image prompt "
+                                                                  "(modes as image_mode)")
+    multi_image_newline: Literal["row", "image", "none"] = Field(
+        "image", description="newline vectors of each image of a multi-image prompt")
     # Video.
-    video_frames: int = Field(32, ge=1)
-    video_pool_factor: int = Field(2, ge=1)
-    video_pool_method: Reduction = "bilinear"
-    video_newline: Literal["video", "frame", "row", "none"] = "video"
+    video_frames: int = Field(32, ge=1, description="frames sampled uniformly from a video")
+    video_pool_factor: int = Field(2, ge=1, description="each frame's token grid is pooled by this factor per side")
+    video_pool_method: Reduction = Field("bilinear", description="how frames are pooled: bilinear or adaptive_avg")
+    video_newline: Literal["video", "frame", "row", "none"] = Field(
+        "video", description="newline vectors: after the video, after each frame, after each row, or none")
     # Safety: refuse decompression bombs before decoding pixels.
-    max_image_pixels: int = Field(178_956_970, ge=1)
+    max_image_pixels: int = Field(178_956_970, ge=1, description="images with more pixels are refused before "
+                                                                 "decoding")
 
     @model_validator(mode="after")
     def _consistent(self) -> VisualConfig:
@@ -170,16 +182,20 @@ class VisualConfig(_Strict):
 class LlavaConfig(_Strict):
     """The whole model. Saved as ``llavakit_config.json`` beside the weights."""
 
-    vision: VisionTowerConfig
-    projector: ProjectorConfig = ProjectorConfig()
-    llm: LLMConfig
-    visual: VisualConfig = VisualConfig()
-    image_token: str = "<image>"
-    video_token: str = "<video>"
-    image_token_id: int | None = None
-    video_token_id: int | None = None
+    vision: VisionTowerConfig = Field(description="the vision tower")
+    projector: ProjectorConfig = Field(ProjectorConfig(), description="the projector from vision features to the "
+                                                                      "LLM's embeddings")
+    llm: LLMConfig = Field(description="the language model")
+    visual: VisualConfig = Field(VisualConfig(), description="how images and videos become visual tokens")
+    image_token: str = Field("<image>", description="the image placeholder in prompts")
+    video_token: str = Field("<video>", description="the video placeholder in prompts")
+    image_token_id: int | None = Field(None, description="the image placeholder's token id (None: from the "
+                                                         "tokenizer)")
+    video_token_id: int | None = Field(None, description="the video placeholder's token id (None: from the "
+                                                         "tokenizer)")
     # Which transformers family an export writes (llava_onevision, llava_next, llava).
-    family: Literal["llava_onevision", "llava_next", "llava"] = "llava_onevision"
+    family: Literal["llava_onevision", "llava_next", "llava"] = Field(
+        "llava_onevision", description="the transformers family `llavakit export` writes")
 
     @model_validator(mode="after")
     def _tower_matches_crops(self) -> LlavaConfig:

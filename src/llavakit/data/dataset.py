@@ -38,19 +38,24 @@ class DataSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    template: str = "auto"  # auto (tokenizer's own, else chatml), tokenizer, plain, chatml, qwen, vicuna_v1, llama3
-    max_length: int = Field(4096, ge=1)  # tokens, visual ones included; longer samples are bad data
-    on_error: OnError = "raise"
-    placement: PlacementSettings = PlacementSettings()
-    time_instruction: bool = False  # LLaVA-Video: duration and frame times in the prompt
+    template: str = Field("auto", description="chat template: auto (the tokenizer's own, else chatml), tokenizer, "
+                                              "plain, chatml, qwen, vicuna_v1, llama3")
+    max_length: int = Field(4096, ge=1, description="tokens per sample, visual ones included; longer samples are "
+                                                    "bad data")
+    on_error: OnError = Field("raise", description="a bad sample: raise (stop, naming it) or skip (leave it out "
+                                                   "and list it in RUN/skipped.jsonl)")
+    placement: PlacementSettings = Field(PlacementSettings(), description="where the images of multi-image "
+                                                                          "samples go")
+    time_instruction: bool = Field(False, description="LLaVA-Video: video duration and frame times in the prompt")
     # Tokenized conversations kept for reuse (samples, 0: off). Rendering a conversation through a
     # Jinja chat template and tokenizing it cost a fifth of a quickstart stage-2 step on 2 CPU
     # cores, and every epoch (and the length pre-pass) repeated it for the same text.
-    token_cache: int = Field(100_000, ge=0)
+    token_cache: int = Field(100_000, ge=0, description="tokenized conversations kept for reuse (0: off)")
     # Decoded crops kept across epochs, in MiB (0: off; media_ops.MediaCache). Worth it when the
     # decoded data fits in memory and a stage runs several epochs over it (the quickstart's stages);
     # each DataLoader worker keeps its own.
-    media_cache_mb: float = Field(0.0, ge=0)
+    media_cache_mb: float = Field(0.0, ge=0, description="MiB of decoded crops kept across epochs, per process "
+                                                         "(0: off)")
 
 
 @dataclass

@@ -24,10 +24,12 @@ Format = Literal["interleaved", "front"]
 class PlacementSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["interleaved", "front", "mixed"] = "interleaved"
-    front_ratio: float = Field(0.5, ge=0.0, le=1.0)
-    reference: str = "Image {k}"  # what replaces a moved placeholder; {k} counts from 1
-    seed: int = 0
+    format: Literal["interleaved", "front", "mixed"] = Field(
+        "interleaved", description="where a multi-image sample's images go: interleaved (as written), front (all "
+                                   "first) or mixed (a per-sample draw)")
+    front_ratio: float = Field(0.5, ge=0.0, le=1.0, description="mixed: the probability of front")
+    reference: str = Field("Image {k}", description="what replaces a moved placeholder; {k} counts from 1")
+    seed: int = Field(0, description="mixed: seed of the per-sample draw")
 
 
 def choose_format(settings: PlacementSettings, key: int) -> Format:

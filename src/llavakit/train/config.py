@@ -32,17 +32,22 @@ class _Strict(BaseModel):
 class ParamRule(_Strict):
     """Parameters whose name matches ``pattern`` (re.search) get this lr, or are frozen."""
 
-    pattern: str
-    lr: float | None = None  # None: the optimizer's base lr
-    frozen: bool = False
-    weight_decay: float | None = None  # None: optimizer default (0 for biases, norms and vectors)
+    pattern: str = Field(description="regular expression searched in the parameter name (re.search)")
+    lr: float | None = Field(None, description="learning rate of the matched parameters (None: optim.lr)")
+    frozen: bool = Field(False, description="true: the matched parameters do not train")
+    weight_decay: float | None = Field(
+        None, description="weight decay of the matched parameters (None: optim.weight_decay; biases, norms and "
+                          "vectors are never decayed)")
 
 
 class ModelInit(_Strict):
     """Where the weights start: a checkpoint (continue) or pretrained parts plus a new projector."""
 
-    checkpoint: str | None = None  # any directory or hub id llavakit.load accepts
-    build: dict[str, Any] | None = None  # LlavaConfig data whose vision/llm name `pretrained` paths
+    checkpoint: str | None = Field(None, description="continue from a checkpoint: any directory or hub id "
+                                                     "llavakit.load accepts")
+    build: dict[str, Any] | None = Field(
+        None, description="build from pretrained parts: LlavaConfig data (see the model config below) whose vision "
+                          "and llm name `pretrained` paths; the projector starts new")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelInit:
@@ -54,56 +59,72 @@ class ModelInit(_Strict):
 class DataSource(_Strict):
     """One LLaVA JSON/JSONL file, or a YAML mixture of several."""
 
-    path: str  # .json, .jsonl or .yaml (mixture)
-    image_folder: str | None = None
-    video_folder: str | None = None
+    path: str = Field(description="a LLaVA .json / .jsonl file, or a .yaml mixture of several")
+    image_folder: str | None = Field(None, description="the folder image paths in the data are relative to "
+                                                       "(None: the data file's folder)")
+    video_folder: str | None = Field(None, description="the folder video paths in the data are relative to "
+                                                       "(None: the data file's folder)")
 
 
 class DataConfig(_Strict):
-    sources: list[DataSource]
-    settings: DataSettings = DataSettings()
-    packing: bool = False  # several samples per row, no cross-sample attention
-    group_by_length: bool = True  # batches of similar modality and length
-    num_workers: int = 0
+    """The training data and how it becomes batches."""
+
+    sources: list[DataSource] = Field(description="data files, concatenated in this order")
+    settings: DataSettings = Field(DataSettings(), description="how samples become token sequences")
+    packing: bool = Field(False, description="several samples per row, with no attention across samples")
+    group_by_length: bool = Field(True, description="batches of samples of similar modality and length")
+    num_workers: int = Field(0, description="not used yet: batches are built in the training process")
 
 
 class OptimConfig(_Strict):
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    grad_clip: float | None = 1.0
-    warmup_ratio: float = Field(0.03, ge=0, le=1)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = Field(2e-5, description="base learning rate (parameters no `trainable` rule gives another)")
+    weight_decay: float = Field(0.0, description="AdamW weight decay (never on biases, norms and vectors)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    eps: float = Field(1e-8, description="AdamW epsilon")
+    grad_clip: float | None = Field(1.0, description="clip the global gradient norm to this (None: no clipping)")
+    warmup_ratio: float = Field(0.03, ge=0, le=1, description="share of the steps with a linear warm-up")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after the warm-up")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the decay ends at this fraction of each lr")
 
 
 class LoraSettings(_Strict):
     """LoRA on the language model through peft; composes with any stage."""
 
-    rank: int = Field(16, ge=1)
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    lr: float | None = None  # None: the optimizer's base lr
-    quantize: Literal["none", "4bit", "8bit"] = "none"  # QLoRA needs CUDA and bitsandbytes
-    # Every checkpoint holds the peft adapter (adapter/); save_merged adds the adapters merged into
-    # a full model (model/), which load, eval and serve read directly. false: adapter only (a
-    # fraction of the disk for large models; `llavakit merge-lora` or `--adapter` use it).
-    save_merged: bool = True
+    rank: int = Field(16, ge=1, description="LoRA rank r")
+    alpha: int = Field(32, description="LoRA alpha (the update is scaled by alpha / rank)")
+    dropout: float = Field(0.0, description="dropout on the adapters' input")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="names of the LLM's linear layers that get adapters")
+    lr: float | None = Field(None, description="learning rate of the adapters (None: optim.lr)")
+    quantize: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="QLoRA: quantize the frozen LLM (needs CUDA and bitsandbytes)")
+    save_merged: bool = Field(
+        True, description="also save the adapters merged into a full model (model/), which load, eval "
+        "and serve read directly; false: only the peft adapter (adapter/), for merge-lora or --adapter")
 
 
 class DpoSettings(_Strict):
-    beta: float = Field(0.1, gt=0)
-    loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
-    reference: Literal["model", "precomputed"] = "model"  # a frozen copy, or logps stored in the data
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Direct preference optimisation (stage: dpo)."""
+
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference model")
+    loss: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="sigmoid (DPO), ipo or hinge (SLiC)")
+    reference: Literal["model", "precomputed"] = Field(
+        "model", description="model: a frozen copy of the starting model; precomputed: ref_chosen_logp and "
+                             "ref_rejected_logp stored in the data")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO: assumed share of flipped "
+                                                                  "preference labels (sigmoid loss)")
 
 
 class SaveConfig(_Strict):
-    every_steps: int | None = None  # None: only at the end
-    keep_last: int = Field(2, ge=1)
-    projector_only: bool = False  # stage-1: save the connector, reference the frozen parts
+    """Checkpoints under RUN/checkpoints/step-NNNNNNNN (the final model also in RUN/model)."""
+
+    every_steps: int | None = Field(None, description="save a checkpoint every N steps (None: only at the end)")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted")
+    projector_only: bool = Field(False, description="stage-1: save the connector alone, referencing the frozen "
+                                                    "pretrained parts")
 
 
 class StopAtLoss(_Strict):
@@ -111,42 +132,112 @@ class StopAtLoss(_Strict):
     ``below`` (after ``min_steps``). For drills whose skill is learned abruptly at a step that
     varies from run to run: the epoch count covers the late case, this ends the early one."""
 
-    below: float = Field(gt=0)
-    window: int = Field(50, ge=1)
-    min_steps: int = Field(0, ge=0)
+    below: float = Field(gt=0, description="end once the mean loss of the window is below this")
+    window: int = Field(50, ge=1, description="steps averaged")
+    min_steps: int = Field(0, ge=0, description="never end before this step")
+
+
+Tracker = Literal["tensorboard", "wandb", "jsonl"]
+
+
+class WandbSettings(_Strict):
+    """Weights & Biases run settings, used when ``report_to`` lists ``wandb`` (``pip install wandb``)."""
+
+    project: str = Field("llavakit", description="W&B project the run is logged to")
+    entity: str | None = Field(None, description="W&B team or user (None: the account's default)")
+    name: str | None = Field(None, description="run name (None: the output_dir's folder name)")
+    tags: list[str] = Field([], description="tags attached to the run")
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="online, offline (files under RUN/wandb, synced later with `wandb sync`) or disabled; "
+                          "None: $WANDB_MODE, else online")
+
+
+class InLoopEval(_Strict):
+    """Evaluation during training: the tasks run in-process on the model being trained (eval mode,
+    then back to train mode with every RNG restored, so the losses do not change), their scores are
+    logged with the losses, and ``best_metric`` keeps the best model in ``RUN/best``."""
+
+    tasks: list[str] = Field(min_length=1, description="built-in task names or task YAML files, as `llavakit eval "
+                                                        "--tasks` takes them")
+    every_steps: int = Field(ge=1, description="evaluate after every N optimizer steps")
+    at_end: bool = Field(True, description="also evaluate after the last step")
+    limit: int | None = Field(None, ge=1, description="only the first N samples of each task (None: all)")
+    data_root: str | None = Field(None, description="the folder the tasks' data_dirs are relative to (`llavakit "
+                                                    "eval --data-root`; for synth_* tasks the synthetic world)")
+    batch_size: int = Field(8, ge=1, description="prompts generated together")
+    best_metric: str | None = Field(
+        None, description="'task/score' (e.g. synth_color/accuracy): keep the model with the best value in RUN/best "
+                          "(None: keep none)")
+    greater_is_better: bool = Field(True, description="whether a larger best_metric is better")
+
+    @model_validator(mode="after")
+    def _best_metric_form(self) -> InLoopEval:
+        if self.best_metric is not None and self.best_metric.count("/") != 1:
+            raise ValueError(f"eval.best_metric={self.best_metric!r}: expected 'task/score', e.g. "
+                             "'synth_color/accuracy'")
+        return self
 
 
 class TrainConfig(_Strict):
-    stage: Stage
-    model: ModelInit
-    data: DataConfig
-    output_dir: str
-    trainable: list[ParamRule] = []
-    optim: OptimConfig = OptimConfig()
-    lora: LoraSettings | None = None
-    dpo: DpoSettings | None = None
-    micro_batch_size: int = Field(4, ge=1)
-    global_batch_size: int = Field(16, ge=1)  # samples per optimizer step over all processes
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = None
-    stop_at_loss: StopAtLoss | None = None  # None: run every step
-    seed: int = 0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    """One training stage: `llavakit train CONFIG.yaml`. The stage's preset fills what the file omits."""
+
+    stage: Stage = Field(description="which preset fills the fields the file leaves out (trainable parts, "
+                                     "learning rates, template)")
+    model: ModelInit = Field(description="where the weights start")
+    data: DataConfig = Field(description="the training data")
+    output_dir: str = Field(description="the run folder: checkpoints, model/, metrics.jsonl, summary.json")
+    trainable: list[ParamRule] = Field(
+        [], description="rules giving parameters a learning rate or freezing them; the first rule whose pattern "
+                        "matches a parameter name wins, unmatched parameters train at optim.lr; a list here "
+                        "replaces the preset's")
+    optim: OptimConfig = Field(OptimConfig(), description="optimizer and schedule")
+    lora: LoraSettings | None = Field(None, description="LoRA adapters on the LLM, whose own weights then stay "
+                                                        "frozen (None: no LoRA)")
+    dpo: DpoSettings | None = Field(None, description="DPO settings (stage dpo; defaults when omitted)")
+    micro_batch_size: int = Field(4, ge=1, description="samples per forward pass on one process")
+    global_batch_size: int = Field(16, ge=1, description="samples per optimizer step over all processes "
+                                                         "(a multiple of micro_batch_size x processes)")
+    epochs: float = Field(1.0, gt=0, description="passes over the data (fractions allowed)")
+    max_steps: int | None = Field(None, description="optimizer steps; overrides epochs (None: from epochs)")
+    stop_at_loss: StopAtLoss | None = Field(None, description="end the stage early once the loss is low "
+                                                              "(None: run every step)")
+    seed: int = Field(0, description="seed of the sample order and of every RNG")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision (auto: bf16 on GPU, fp32 on CPU)")
     # How trained tokens are averaged (train.loss_weights): token (LLaVA: every trained token counts
     # the same, so long answers dominate), sample (every sample counts the same) or square (InternVL
     # 2.5: a sample of n trained tokens weighs sqrt(n)).
-    loss_reduction: LossReduction = "token"
-    gradient_checkpointing: bool = False
-    attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    loss_reduction: LossReduction = Field(
+        "token", description="how trained tokens are averaged: token (LLaVA, every token counts 1), sample "
+                             "(every sample counts 1) or square (a sample of n tokens weighs sqrt(n))")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass "
+                                                            "(LLM and vision tower) to save memory")
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="the LLM's attention implementation")
     # auto: whatever the launcher set up (one process, DDP, or accelerate's FSDP/DeepSpeed config);
     # fsdp: shard parameters, gradients and optimizer state (FSDP2), on GPUs or CPU processes.
-    distributed: Literal["auto", "fsdp"] = "auto"
-    save: SaveConfig = SaveConfig()
-    log_every: int = Field(1, ge=1)
-    tensorboard: bool = True
+    distributed: Literal["auto", "fsdp"] = Field(
+        "auto", description="auto: what the launcher set up (one process, DDP, or accelerate's FSDP / DeepSpeed "
+                            "config); fsdp: shard parameters, gradients and optimizer state (FSDP2), on GPUs or "
+                            "CPU processes")
+    save: SaveConfig = Field(SaveConfig(), description="checkpoints")
+    log_every: int = Field(1, ge=1, description="write a metrics record every N steps (and at the last step)")
+    report_to: list[Tracker] = Field(
+        ["tensorboard", "jsonl"], description="where metrics go: tensorboard (RUN/tensorboard), wandb, jsonl "
+                                              "(RUN/metrics.jsonl, always written: `llavakit plot` reads it)")
+    wandb: WandbSettings = Field(WandbSettings(), description="the W&B run, when report_to lists wandb")
+    tensorboard: bool = Field(True, description="false drops tensorboard from report_to (kept for older configs)")
+    eval: InLoopEval | None = Field(None, description="evaluation during training (None: none)")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if "jsonl" not in self.report_to:  # metrics.jsonl is the log every tool reads: always written
+            self.report_to = [*self.report_to, "jsonl"]
+        if not self.tensorboard:
+            self.report_to = [t for t in self.report_to if t != "tensorboard"]
+        if self.eval is not None and self.distributed == "fsdp":
+            raise ValueError("eval: evaluation during training generates on one process, which a model sharded "
+                             "by distributed=fsdp cannot do; evaluate the saved checkpoints with `llavakit eval`")
         if self.stage == "dpo" and self.dpo is None:
             self.dpo = DpoSettings()
         if self.stage == "dpo" and self.loss_reduction != "token":
@@ -249,6 +340,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
                 source[key] = resolve(source[key])
     if data.get("output_dir"):
         data["output_dir"] = resolve(data["output_dir"])
+    evaluation = data.get("eval") or {}
+    if isinstance(evaluation, dict):
+        if evaluation.get("data_root"):
+            evaluation["data_root"] = resolve(evaluation["data_root"])
+        if isinstance(evaluation.get("tasks"), list):  # task files, not built-in names
+            evaluation["tasks"] = [resolve(t) if isinstance(t, str) and t.endswith((".yaml", ".yml")) else t
+                                   for t in evaluation["tasks"]]
     model = data.get("model", {})
     if model.get("checkpoint"):
         model["checkpoint"] = resolve(model["checkpoint"])

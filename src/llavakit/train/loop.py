@@ -25,9 +25,11 @@ from llavakit.model.llava import LlavaForCausalLM
 from llavakit.train import checkpoints, params
 from llavakit.train.config import ParamRule, TrainConfig, TrainConfigError
 from llavakit.train.distributed import AccelerateBackend, CpuFsdpBackend
+from llavakit.train.in_loop_eval import InLoopEvaluator
 from llavakit.train.loss_weights import label_weights
 from llavakit.train.plan import BatchPlan
 from llavakit.train.telemetry import MetricsLog, Throughput
+from llavakit.train.tracking import open_trackers
 
 # Parts of a vision tower that LLaVA never reads (it takes hidden states before them): frozen so
 # they do not count as trainable nor stall DDP waiting for gradients that never come.
@@ -110,6 +112,7 @@ class Trainer:
             fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2) if gpu_fsdp else None,
         )
         set_seed(config.seed)
+        self.evaluator = InLoopEvaluator(config.eval, self.run_dir, self.accelerator) if config.eval else None
         model, tokenizer = build_model(config)
         model.language_model.config._attn_implementation = config.attention
         self.tokenizer = tokenizer
@@ -253,8 +256,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.config.model_dump(mode="json"), indent=2))
             print(params.format_summary(params.summary(accelerator.unwrap_model(self.model), self.plan_params)))
-            tensorboard = self.run_dir / "tensorboard" if self.config.tensorboard else None
-            log = MetricsLog(self.run_dir / "metrics.jsonl", start if resume else None, tensorboard)
+            log = MetricsLog(self.run_dir / "metrics.jsonl", start if resume else None,
+                             open_trackers(self.config, self.run_dir, resume))
+        if resume and self.evaluator is not None:
+            self.evaluator.resume()
         progress = self._progress(start)
         throughput, started = Throughput(), time.perf_counter()
         self.model.train()
@@ -268,10 +273,15 @@ class Trainer:
             stopping = self._should_stop(recent, step + 1)
             record = {"step": step + 1, "loss": result.loss, "tokens": result.tokens, "tokens_per_s": rate,
                       "epoch": (step + 1) / self.plan.steps_per_epoch, "elapsed_s": time.perf_counter() - started}
-            record |= {f"lr/{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+            record |= params.learning_rates(self.optimizer.param_groups)
             record |= self.step_record()
+            paused = time.perf_counter()
+            scores = self.in_loop_eval(step + 1, last=step + 1 == self.total_steps or stopping)
+            if scores:
+                throughput.exclude(time.perf_counter() - paused)
+            record |= scores
             if log is not None and ((step + 1) % self.config.log_every == 0 or step + 1 == self.total_steps
-                                    or stopping):
+                                    or stopping or scores):
                 log.write(record)
             if progress is not None:
                 progress.set_postfix(loss=f"{result.loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
@@ -293,6 +303,17 @@ class Trainer:
         self.save_checkpoint(final)
         summary = self._finish(log, time.perf_counter() - started, final)
         return summary
+
+    def in_loop_eval(self, step: int, last: bool) -> dict[str, float]:
+        """``eval:`` scores after ``step`` when it is due (train.in_loop_eval), else {}."""
+        evaluator = getattr(self, "evaluator", None)
+        if evaluator is None or not evaluator.due(step, last):
+            return {}
+        scores = evaluator.run(step, self.unwrapped(), self.tokenizer, self.save_model)
+        if scores:
+            print("\n" + f"eval at step {step}: " + ", ".join(f"{k.removeprefix('eval/')} {v:.4f}"
+                                                                for k, v in scores.items()))
+        return scores
 
     def _should_stop(self, recent: list[float], steps_done: int) -> bool:
         """``stop_at_loss``: the mean of the last ``window`` step losses is below the threshold

@@ -1,9 +1,10 @@
 """Which parameters train, at what learning rate and weight decay: rules applied to names.
 
 Rules are matched in order (``re.search`` on the parameter name, first match wins); a parameter no
-rule matches trains at the base learning rate. Groups are keyed by (lr, weight decay), so they
+rule matches trains at the base learning rate. Groups are keyed by (part, lr, weight decay), so they
 hold under any distributed wrapper that keeps original parameters (DDP, FSDP with
-use_orig_params, DeepSpeed).
+use_orig_params, DeepSpeed), and each carries a ``name`` saying which part of the model it trains
+(``vision``, ``projector``, ``llm``), under which its learning rate is logged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from torch import nn
 from llavakit.train.config import ParamRule, TrainConfigError
 
 MODULES = ("vision_tower", "multi_modal_projector", "image_newline", "language_model")
+# The short name a part's learning rate is logged under; the newline vector trains with the projector.
+PART_NAMES = {"vision_tower": "vision", "multi_modal_projector": "projector", "image_newline": "projector",
+              "language_model": "llm"}
 
 
 @dataclass(frozen=True)
@@ -59,15 +63,35 @@ def assign(
 
 
 def param_groups(model: nn.Module, plan: list[Assignment]) -> list[dict]:
-    """Optimizer groups, one per (lr, weight decay)."""
+    """Optimizer groups, one per (part, lr, weight decay), each with a ``name``: the part
+    (``vision``, ``projector``, ``llm``), with ``-2``, ``-3``... when rules give one part several
+    learning rates. Groups of one part and lr that differ only in weight decay share the name (their
+    learning rates are always equal)."""
     params = dict(model.named_parameters())
-    groups: dict[tuple[float, float], dict] = OrderedDict()
+    groups: dict[tuple[str, float, float], dict] = OrderedDict()
+    names: dict[tuple[str, float], str] = {}
     for entry in plan:
-        key = (entry.lr, entry.weight_decay)
-        group = groups.setdefault(key, {"params": [], "lr": entry.lr, "weight_decay": entry.weight_decay, "names": []})
+        part = part_name(entry.name)
+        if (part, entry.lr) not in names:
+            taken = sum(1 for other, _ in names if other == part)
+            names[(part, entry.lr)] = part if not taken else f"{part}-{taken + 1}"
+        key = (part, entry.lr, entry.weight_decay)
+        group = groups.setdefault(key, {"params": [], "lr": entry.lr, "weight_decay": entry.weight_decay,
+                                        "name": names[(part, entry.lr)], "names": []})
         group["params"].append(params[entry.name])
         group["names"].append(entry.name)
     return list(groups.values())
+
+
+def part_name(name: str) -> str:
+    """``vision``, ``projector`` or ``llm`` for a parameter of LLaVA (LoRA adapters are ``llm``)."""
+    module = module_of(name)
+    return PART_NAMES.get(module, module)
+
+
+def learning_rates(groups: list[dict]) -> dict[str, float]:
+    """``{"lr/<group name>": lr}`` for the optimizer's groups (unnamed ones by their index)."""
+    return {f"lr/{group.get('name', index)}": group["lr"] for index, group in enumerate(groups)}
 
 
 def module_of(name: str) -> str:

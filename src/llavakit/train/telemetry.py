@@ -1,4 +1,5 @@
-"""Training telemetry: a JSONL log (the source of truth for plots), TensorBoard, throughput."""
+"""Training telemetry: a JSONL log (the source of truth for plots) that also feeds the run's
+trackers (TensorBoard, W&B: `train.tracking`), and throughput."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llavakit.train.tracking import Tracker, scalars
+
 
 class MetricsLog:
     """Append-only JSONL of one record per logged step. On resume, records after the resumed step
     are dropped first, so the file always describes one consistent run."""
 
-    def __init__(self, path: Path, resume_step: int | None, tensorboard_dir: Path | None):
+    def __init__(self, path: Path, resume_step: int | None, trackers: list[Tracker] = ()):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -25,26 +28,18 @@ class MetricsLog:
             path.write_text("\n".join(kept) + "\n")
         elif path.exists():
             path.unlink()
-        self.writer = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(tensorboard_dir))
-            except ImportError:  # tensorboard is optional: the JSONL log always exists
-                self.writer = None
+        self.trackers = list(trackers)
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(key, value, record["step"])
+        values = scalars(record)
+        for tracker in self.trackers:
+            tracker.log(values, record["step"])
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -64,3 +59,8 @@ class Throughput:
             return 0.0
         elapsed = self.events[-1][0] - self.events[0][0]
         return sum(t for _, t in self.events[1:]) / elapsed if elapsed > 0 else 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave a pause (an evaluation during training) out of the window: the steps before it move
+        forward by its length."""
+        self.events = [(at + seconds, tokens) for at, tokens in self.events]
