@@ -347,6 +347,13 @@ class Trainer:
         io.save(model, self.tokenizer, checkpoint / "model", connector_only=self.config.save.projector_only,
                 state_dict=state_dict)
 
+    def save_model(self, directory: Path) -> Path:
+        """A loadable model in ``directory`` itself (adapters merged), e.g. ``RUN/best``."""
+        model = self.unwrapped()
+        if self.config.lora is not None:
+            model = adapter.merged(model)
+        return io.save(model, self.tokenizer, directory, connector_only=self.config.save.projector_only)
+
     def save_checkpoint(self, step: int) -> None:
         accelerator = self.accelerator
         staging = checkpoints.staging_dir(self.run_dir, step)
