@@ -123,7 +123,7 @@ def load_mixture(path: str | Path, seed: int | None = None) -> Mixture:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise MixtureError(f"mixture {path}: cannot read ({err})") from None
     if isinstance(raw, list):  # a bare list of datasets
         raw = {"datasets": raw}
