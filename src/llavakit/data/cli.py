@@ -47,16 +47,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def load_processor(model: str) -> Any:
     """The processor of a checkpoint without loading its weights."""
-    from safetensors import safe_open
-
-    from llavakit.checkpoint import io
+    from llavakit.checkpoint import files, io
     from llavakit.processing.processor import LlavaProcessor
 
     directory = io.resolve(model)
-    keys: list[str] = []
-    for path in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            keys += list(handle.keys())
+    keys = [key for path in sorted(directory.glob("*.safetensors")) for key in files.safetensors_keys(path)]
     config = io.config_for(directory, keys)
     return LlavaProcessor(config, io.load_tokenizer(directory, config))
 
