@@ -41,6 +41,9 @@ class DataSettings(BaseModel):
     template: str = "auto"  # auto (tokenizer's own, else chatml), tokenizer, plain, chatml, qwen, vicuna_v1, llama3
     max_length: int = Field(4096, ge=1)  # tokens, visual ones included; longer samples are bad data
     on_error: OnError = "raise"
+    # Media paths may leave their folder ('..', absolute paths, symlinks out); refused by default so
+    # a dataset from elsewhere reads only the media it was given. Mixtures can allow it per dataset.
+    allow_outside_media_root: bool = False
     placement: PlacementSettings = PlacementSettings()
     time_instruction: bool = False  # LLaVA-Video: duration and frame times in the prompt
     # Tokenized conversations kept for reuse (samples, 0: off). Rendering a conversation through a
@@ -111,7 +114,7 @@ class LlavaDataset(Dataset):
     # ---- pure steps ---------------------------------------------------------------------------
     def sample(self, index: int) -> Sample:
         """The validated sample in its image placement (no file is opened)."""
-        sample = parse_entry(self.entries[index], *self.tokens)
+        sample = parse_entry(self.entries[index], *self.tokens, self.settings.allow_outside_media_root)
         return place_images(sample, self.settings.placement, index)
 
     def segments(self, index: int, sample: Sample | None = None) -> list[Segment]:

@@ -30,9 +30,10 @@ class BadRecord:
 
 def read_llava_file(
     path: str | Path, image_folder: str | Path | None = None, video_folder: str | Path | None = None,
-    dataset: str | None = None,
+    dataset: str | None = None, allow_outside_media_root: bool = False,
 ) -> list[Entry]:
-    """Entries of a ``.json`` or ``.jsonl`` file; media paths resolve against the folders."""
+    """Entries of a ``.json`` or ``.jsonl`` file; media paths resolve against the folders (and must
+    stay inside them unless ``allow_outside_media_root``)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(WHOLE_FILE, str(path), MALFORMED, "data file not found")
@@ -40,6 +41,7 @@ def read_llava_file(
         image_folder=str(image_folder) if image_folder else None,
         video_folder=str(video_folder) if video_folder else None,
         dataset=dataset or path.stem,
+        allow_outside_media_root=allow_outside_media_root,
     )
     if path.suffix == ".jsonl":
         return [Entry(record, str(path), line, **folders) for line, record in _jsonl_records(path)]
