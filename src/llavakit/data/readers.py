@@ -44,7 +44,7 @@ def read_llava_file(
         allow_outside_media_root=allow_outside_media_root,
     )
     if path.suffix == ".jsonl":
-        return [Entry(record, str(path), line, **folders) for line, record in _jsonl_records(path)]
+        return [Entry(record, str(path), line, **folders) for line, record in jsonl_records(path)]
     return [Entry(record, str(path), index + 1, **folders) for index, record in enumerate(_json_records(path))]
 
 
@@ -64,8 +64,8 @@ def _json_records(path: Path) -> list:
     return records
 
 
-def _jsonl_records(path: Path):
-    """(line number, record); lines are split on bytes, so one undecodable line spoils only itself."""
+def jsonl_records(path: Path):
+    """(line number, record or BadRecord); lines are split on bytes, so one undecodable line spoils only itself."""
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             if not raw.strip():
