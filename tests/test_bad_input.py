@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -9,8 +11,11 @@ from PIL import Image
 import llavakit
 from conftest import random_image
 from llavakit import config as config_module
+from llavakit.data import DataError, DataSettings, LlavaDataset, read_llava_file
 from llavakit.errors import MediaError, PlaceholderError
 from llavakit.processing.processor import Media
+from llavakit.tiny.checkpoints import LLAMA_TEMPLATE
+from test_data_fixtures import conversation, write_video
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +40,40 @@ def test_placeholder_count_must_match_images(model, text, count):
     images = [Media("image", random_image(20, 20, seed=i)) for i in range(count)]
     with pytest.raises(PlaceholderError, match=r"sample 0: the text has \d+ <image>"):
         model.processor([text], [images])
+
+
+def _video_question(video):
+    return [{"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": "What moves?"}]}]
+
+
+@pytest.mark.parametrize("family, fixture", [("llava", "llava15_dir"), ("llava_next", "next_dir")])
+def test_video_for_a_model_without_video_says_so(family, fixture, request, tmp_path):
+    """LLaVA-1.5 and NeXT checkpoints have no video token: the error says the model takes no video."""
+    llava = llavakit.load(request.getfixturevalue(fixture))
+    frames = [random_image(30, 30, seed=i) for i in range(4)]
+    clip = write_video(tmp_path / "clip.mp4", frames=4)
+    message = rf"this model \({family}\) does not take video: its config has no video token"
+    for video in (frames, str(clip)):
+        with pytest.raises(PlaceholderError, match=message):
+            llava.generate(_video_question(video), max_new_tokens=2)
+    with pytest.raises(PlaceholderError, match=rf"sample 0: {message}"):  # text written by hand, no template
+        llava.processor(["<video>\nWhat moves?"], [[Media("video", frames)]])
+    data = tmp_path / "videos.jsonl"
+    data.write_text(json.dumps({"id": "v1", "video": "clip.mp4", "conversations": conversation("<video>\nQ", "A")}))
+    dataset = LlavaDataset(read_llava_file(data), llava.processor, DataSettings(template="plain"))
+    for step in (dataset.lengths, lambda: dataset[0]):
+        with pytest.raises(DataError, match=rf"sample 'v1' .*placeholder_mismatch: video .*clip.mp4: {message}"):
+            step()
+
+
+def test_a_chat_template_that_drops_video_parts_is_named(onevision_dir):
+    """A model that takes video, with a chat template that writes no <video>: the template is named."""
+    llava = llavakit.load(onevision_dir)
+    llava.tokenizer.chat_template = LLAMA_TEMPLATE  # writes <image> for image parts, nothing for video
+    frames = [random_image(30, 30, seed=i) for i in range(4)]
+    with pytest.raises(PlaceholderError, match="1 video parts but this model's chat template wrote 0 <video> "
+                                               "placeholders: the chat template does not take videos"):
+        llava.generate(_video_question(frames), max_new_tokens=2)
 
 
 def test_visual_tokens_without_media_are_refused_by_the_model(model):

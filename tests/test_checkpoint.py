@@ -139,6 +139,40 @@ def test_missing_and_misshaped_weights_are_named(onevision_dir, tmp_path):
         llavakit.load(wrong)
 
 
+def _damaged(source, target, name, content: bytes):
+    shutil.copytree(source, target)
+    (target / name).write_bytes(content)
+    return target
+
+
+def test_unreadable_checkpoint_files_are_named(onevision_dir, tmp_path):
+    """A truncated weights file or a config that is not JSON: one CheckpointError naming the file."""
+    weights = (onevision_dir / "model.safetensors").read_bytes()
+    cut = _damaged(onevision_dir, tmp_path / "cut", "model.safetensors", weights[: len(weights) // 2])
+    with pytest.raises(CheckpointError, match=rf"^{cut / 'model.safetensors'}: not a readable safetensors file"):
+        llavakit.load(cut)
+    text = _damaged(onevision_dir, tmp_path / "text", "config.json", b'{"model_type": "llava_onevision",')
+    with pytest.raises(CheckpointError, match=rf"^{text / 'config.json'}: not valid JSON \(Expecting"):
+        llavakit.load(text)
+    latin = _damaged(onevision_dir, tmp_path / "latin", "preprocessor_config.json", b'{"name": "caf\xe9"}')
+    with pytest.raises(CheckpointError, match=rf"^{latin / 'preprocessor_config.json'}: not UTF-8 text"):
+        llavakit.load(latin)
+    listed = _damaged(onevision_dir, tmp_path / "listed", "config.json", b"[1, 2]")
+    with pytest.raises(CheckpointError, match=rf"^{listed / 'config.json'}: holds a JSON list, not an object"):
+        llavakit.load(listed)
+    sharded = _damaged(onevision_dir, tmp_path / "sharded", "model.safetensors.index.json", b"{")
+    with pytest.raises(CheckpointError, match=rf"^{sharded / 'model.safetensors.index.json'}: not valid JSON"):
+        llavakit.load(sharded)
+    native = io.save(llavakit.load(onevision_dir).model, llavakit.load(onevision_dir).tokenizer, tmp_path / "native")
+    (native / "llavakit_config.json").write_text("{'vision': None}")
+    with pytest.raises(CheckpointError, match=rf"^{native / 'llavakit_config.json'}: not valid JSON"):
+        llavakit.load(native)
+    bins = _damaged(onevision_dir, tmp_path / "bins", "pytorch_model.bin", b"PK\x03\x04 cut short")
+    (bins / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=rf"^{bins / 'pytorch_model.bin'}: not a readable PyTorch weights file"):
+        llavakit.load(bins)
+
+
 def test_hub_id_resolves_from_the_local_cache(onevision_dir, tmp_path, monkeypatch):
     cache = tmp_path / "hub"
     snapshot = cache / "models--tiny--onevision" / "snapshots" / "0123abcd"

@@ -18,6 +18,7 @@ import pytest
 
 from llavakit.cli import main
 from llavakit.curate import merge_counts, uniform
+from curate_crash import KILLED, killed_before_checkpoint
 
 T = 20
 
@@ -310,9 +311,9 @@ def test_resume_after_a_crash_at_the_worst_moment(tmp_path):
         "--quiet",
     ]
     curate(*args, "-o", tmp_path / "whole.jsonl")
-    # Dies after chunk 7's records were appended to the output, before its checkpoint.
-    proc = curate_subprocess(*args, "-o", tmp_path / "resumed.jsonl", env={"LLAVAKIT_CURATE_CRASH_AFTER_CHUNK": "7"})
-    assert proc.wait(timeout=120) == 75, proc.stderr.read().decode()
+    # Dies after chunk 7's records were appended to the output (and synced), before its checkpoint.
+    crashed = killed_before_checkpoint(7, *args, "-o", tmp_path / "resumed.jsonl")
+    assert crashed.returncode == KILLED, crashed.stderr
     partial = tmp_path / "resumed.jsonl.partial"
     assert partial.exists() and not (tmp_path / "resumed.jsonl").exists()
     # The partial output holds more than the checkpoint (chunk 6) counts: those lines must not be duplicated.

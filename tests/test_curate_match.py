@@ -5,11 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -17,6 +14,7 @@ from llavakit.cli import main
 from llavakit.curate import CurationError, Matcher
 from llavakit.curate.records import caption_text, iter_records
 from llavakit.curate.text import spaced, tokenize
+from curate_crash import KILLED, killed_before_checkpoint
 
 
 def curate(*args, check: bool = True) -> tuple[int, str, str]:
@@ -312,13 +310,8 @@ def test_match_resumes_after_a_crash_without_double_counting(tmp_path):
         "--quiet",
     ]
     curate(*args, "-o", tmp_path / "whole.json")
-    crashed = subprocess.run(
-        [sys.executable, "-m", "llavakit", "curate", *map(str, args), "-o", tmp_path / "resumed.json"],
-        env={**os.environ, "LLAVAKIT_CURATE_CRASH_AFTER_CHUNK": "6"},
-        capture_output=True,
-        text=True,
-    )
-    assert crashed.returncode == 75, crashed.stderr
+    crashed = killed_before_checkpoint(6, *args, "-o", tmp_path / "resumed.json")
+    assert crashed.returncode == KILLED, crashed.stderr
     assert (tmp_path / "resumed.json.state.npz").exists() and not (tmp_path / "resumed.json").exists()
     curate(*args, "-o", tmp_path / "resumed.json")  # picks up the checkpoint of chunk 5
     whole, resumed = (json.loads((tmp_path / n).read_text()) for n in ("whole.json", "resumed.json"))
@@ -326,13 +319,8 @@ def test_match_resumes_after_a_crash_without_double_counting(tmp_path):
         assert whole[key] == resumed[key], key
     assert not (tmp_path / "resumed.json.state.npz").exists()
     # a checkpoint from other inputs is refused, not silently reused
-    crashed = subprocess.run(
-        [sys.executable, "-m", "llavakit", "curate", *map(str, args), "-o", tmp_path / "again.json"],
-        env={**os.environ, "LLAVAKIT_CURATE_CRASH_AFTER_CHUNK": "2"},
-        capture_output=True,
-        text=True,
-    )
-    assert crashed.returncode == 75
+    crashed = killed_before_checkpoint(2, *args, "-o", tmp_path / "again.json")
+    assert crashed.returncode == KILLED, crashed.stderr
     with open(tmp_path / "pool.jsonl", "a") as f:
         f.write(json.dumps({"caption": "one more dog"}) + "\n")
     code, _, err = curate(*args, "-o", tmp_path / "again.json", check=False)

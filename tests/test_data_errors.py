@@ -51,6 +51,9 @@ CASES = {
     "two user turns": ({"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
                        "malformed_conversation", r"conversations\[1\] is a user turn where the assistant turn belongs"),
     "not json": ('{"id": "bad", "conversations": [', "malformed_conversation", "line is not valid JSON"),
+    # Latin-1 text (an unpaired surrogate here is written as the raw byte 0xe9)
+    "not utf-8": ('{"id": "bad", "conversations": [{"from": "human", "value": "caf\udce9"}]}',
+                  "malformed_conversation", "line is not UTF-8 text: byte 0xe9 at line 2, column 64"),
     "turn not an object": ({"conversations": ["hello"]}, "malformed_conversation", r"conversations\[0\] must be"),
     "too long": ({"conversations": conversation("word " * 300, "short answer")}, "too_long",
                  "exceed max_length=200.*refused whole"),
@@ -69,15 +72,15 @@ def case_file(tmp_path, request):
     good = [{"id": f"good{i}", "image": "ok.png", "conversations": GOOD} for i in range(2)]
     bad = record if isinstance(record, str) else json.dumps({"id": "bad", **record})
     path = tmp_path / "data.jsonl"
-    path.write_text(f"{json.dumps(good[0])}\n{bad}\n{json.dumps(good[1])}\n")
+    path.write_bytes(f"{json.dumps(good[0])}\n{bad}\n{json.dumps(good[1])}\n".encode("utf-8", "surrogateescape"))
     return path, code, pattern
 
 
 def bad_id(path) -> str:
-    """The bad sample's id; a line that is not JSON has none, so it is named by file and line."""
+    """The bad sample's id; a line that is not (UTF-8) JSON has none, so it is named by file and line."""
     try:
-        return json.loads(path.read_text().splitlines()[1])["id"]
-    except json.JSONDecodeError:
+        return json.loads(path.read_bytes().splitlines()[1].decode("utf-8"))["id"]
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
         return f"{path.name}#2"
 
 
@@ -116,7 +119,8 @@ def test_skip_leaves_the_sample_out_and_reports_it(processor, case_file, tmp_pat
 
 
 HEADER_DETECTABLE = ["missing image", "not an image", "missing video", "corrupt video", "too few placeholders",
-                     "empty conversation", "unknown role", "not json", "too long", "visual tokens too long"]
+                     "empty conversation", "unknown role", "not json", "not utf-8", "too long",
+                     "visual tokens too long"]
 
 
 @pytest.mark.parametrize("case_file", HEADER_DETECTABLE, indirect=True)
@@ -142,6 +146,9 @@ def test_a_bad_json_file_is_an_error_under_both_policies(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text("[{")
     with pytest.raises(DataError, match="broken.json.*not valid JSON"):
+        read_llava_file(path)
+    path.write_bytes(b'[{"id": "a"},\n {"id": "caf\xe9"}]')  # Latin-1, not UTF-8
+    with pytest.raises(DataError, match=r"broken.json.*not UTF-8 text: byte 0xe9 at line 2, column 13"):
         read_llava_file(path)
     path.write_text('{"id": 1}')
     with pytest.raises(DataError, match="holds a list of records"):

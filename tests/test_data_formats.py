@@ -59,8 +59,8 @@ def test_paths_resolve_against_folders_or_the_data_file(processor, root):
     data = write_json(root / "beside.json", records)
     ds = LlavaDataset(read_llava_file(data), processor)  # no folder: relative to the data file
     assert ds[0].visual_tokens == SQUARE_IMAGE_TOKENS
-    absolute = [{"id": "y", "image": str(root / "beside.png"), "conversations": conversation("<image>\nQ", "A")}]
-    ds = dataset(processor, write_json(root / "abs.json", absolute))
+    absolute = [{"id": "y", "image": str(root / "images" / "square.png"), "conversations": conversation("<image>\nQ", "A")}]
+    ds = dataset(processor, write_json(root / "abs.json", absolute))  # absolute, inside the image folder
     assert ds[0].visual_tokens == SQUARE_IMAGE_TOKENS
 
 

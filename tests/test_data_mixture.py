@@ -109,6 +109,9 @@ def test_bad_mixtures_name_the_problem(tmp_path, mixture_file):
     bad.write_text("datasets: [\n")
     with pytest.raises(MixtureError, match="cannot read"):
         load_mixture(bad)
+    bad.write_bytes(b"datasets:\n  - json_path: caf\xe9.json\n")  # Latin-1, not UTF-8
+    with pytest.raises(MixtureError, match="bad.yaml: cannot read.*utf-8"):
+        load_mixture(bad)
 
 
 def test_bare_list_mixture(tmp_path, mixture_file):

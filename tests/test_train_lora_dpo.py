@@ -117,3 +117,23 @@ def test_dpo_first_step_loss_is_log2_and_training_raises_the_margin(data, onevis
     assert "dpo/margin" in records[0] and "dpo/accuracy" in records[-1]
     after = _margin(llavakit.load(tmp_path / "dpo" / "model"), pairs, images)
     assert after > before + 0.5
+
+
+def test_a_bad_preference_line_is_named_by_file_and_line(tmp_path):
+    from llavakit.train.config import TrainConfigError
+    from llavakit.train.dpo import read_pairs
+
+    good = json.dumps({"id": "p1", "prompt": "Colour?", "chosen": "Red.", "rejected": "Blue."})
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(f"{good}\n\n".encode() + b'{"prompt": "Caf\xe9?", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(TrainConfigError, match=rf"^{path}:3: line is not UTF-8 text: byte 0xe9 at line 3"):
+        read_pairs(path, None, None)
+    path.write_text(f"{good}\n{{\n")
+    with pytest.raises(TrainConfigError, match=rf"^{path}:2: line is not valid JSON"):
+        read_pairs(path, None, None)
+    path.write_text(f"{good}\n[1]\n")
+    with pytest.raises(TrainConfigError, match=rf"^{path}:2: a preference record is a JSON object, got list"):
+        read_pairs(path, None, None)
+    path.write_text(f"{good}\n")
+    chosen, rejected, refs = read_pairs(path, None, None)
+    assert [e.sample_id for e in chosen + rejected] == ["p1:chosen", "p1:rejected"] and refs == [None]

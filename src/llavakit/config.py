@@ -217,11 +217,14 @@ class LlavaConfig(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> LlavaConfig:
+        from llavakit.checkpoint.files import read_json_object  # here: the config module stays light
+
         path = Path(path)
         if path.is_dir():
             path = path / NATIVE_CONFIG_NAME
+        data = read_json_object(path)  # a CheckpointError names a file that is not JSON
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            return cls.model_validate(data)
         except ValidationError as err:
             raise ConfigError(f"{path}: invalid llavakit config:\n{err}") from None
 

@@ -7,10 +7,10 @@ to squares and pools video by 2; NeXT tiles every image; LLaVA-1.5 uses one crop
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from llavakit.checkpoint.files import read_json_object
 from llavakit.config import LlavaConfig, validate
 from llavakit.errors import CheckpointError
 
@@ -19,7 +19,8 @@ _RESAMPLE_NAMES = {2: "bilinear", 3: "bicubic"}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A JSON object file's content, {} when the file is absent; a CheckpointError names a bad one."""
+    return read_json_object(path) if path.is_file() else {}
 
 
 def processor_settings(directory: Path) -> dict[str, Any]:

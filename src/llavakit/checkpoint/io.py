@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from llavakit.checkpoint import components, hf_config, layouts, original
+from llavakit.checkpoint import components, files, hf_config, layouts, original
 from llavakit.config import NATIVE_CONFIG_NAME, LlavaConfig
 from llavakit.errors import CheckpointError
 from llavakit.model.llava import LlavaForCausalLM
@@ -70,23 +69,24 @@ def checkpoint_name(path_or_id: str | Path) -> str:
 
 
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    files = [directory / WEIGHTS_NAME]
     if (directory / INDEX_NAME).is_file():
-        index = json.loads((directory / INDEX_NAME).read_text())
-        files = [directory / name for name in sorted(set(index["weight_map"].values()))]
-    if not all(f.is_file() for f in files):
+        index = files.read_json_object(directory / INDEX_NAME)
+        if not isinstance(index.get("weight_map"), dict):
+            raise CheckpointError(f"{directory / INDEX_NAME}: has no weight_map object")
+        shards = [directory / name for name in sorted(set(index["weight_map"].values()))]
+    else:
+        shards = [directory / WEIGHTS_NAME]
+    if not all(f.is_file() for f in shards):
         bins = sorted(directory.glob("pytorch_model*.bin"))
         if not bins:
             raise CheckpointError(f"{directory}: no model.safetensors (or pytorch_model.bin) weights found")
         state = {}
         for path in bins:
-            state.update(torch.load(path, map_location="cpu", weights_only=True))
+            state.update(files.read_torch_weights(path))
         return state
     state = {}
-    for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
-                state[key] = handle.get_tensor(key)
+    for path in shards:
+        state.update(files.read_safetensors(path))
     return state
 
 

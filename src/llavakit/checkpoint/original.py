@@ -7,13 +7,13 @@ had its last layer deleted before training, so the number of layers is read off 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig
 
+from llavakit.checkpoint.files import read_json_object
 from llavakit.config import LlavaConfig, validate
 from llavakit.errors import CheckpointError
 
@@ -81,4 +81,4 @@ def from_original(directory: Path, hf: dict[str, Any], weight_keys: list[str]) -
 
 
 def read_config(directory: Path) -> dict[str, Any]:
-    return json.loads((directory / "config.json").read_text())
+    return read_json_object(directory / "config.json")

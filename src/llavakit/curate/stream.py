@@ -5,10 +5,6 @@ at checkpoints, writes that state atomically to one ``.state.npz`` file: the inp
 byte offset, line), JSON metadata and numpy arrays. A killed run restarts from the last checkpoint;
 anything it did after that checkpoint is redone identically, so nothing is lost or duplicated. The
 state names the inputs (path, size, mtime) and options it belongs to and is refused otherwise.
-
-Testing hook: with the environment variable ``LLAVAKIT_CURATE_CRASH_AFTER_CHUNK=N`` a pass exits
-abruptly (``os._exit(75)``, no clean-up) right after the N-th chunk of the run has been processed
-and its output written, before that chunk's checkpoint: the worst moment to die.
 """
 
 from __future__ import annotations
@@ -27,10 +23,6 @@ from tqdm import tqdm
 from llavakit.curate.errors import CurationError
 from llavakit.curate.files import atomic_write_bytes
 from llavakit.curate.records import Record, iter_records
-
-CRASH_ENV = "LLAVAKIT_CURATE_CRASH_AFTER_CHUNK"
-CRASH_EXIT_CODE = 75
-
 
 @dataclass(frozen=True)
 class Position:
@@ -102,13 +94,6 @@ def bytes_done(sizes: list[int], pos: Position) -> int:
     return sum(sizes[: pos.file]) + pos.offset
 
 
-def crash_hook(chunks_this_run: int) -> None:
-    """See the module docstring: simulate a crash for tests of resumption."""
-    target = os.environ.get(CRASH_ENV)
-    if target and int(target) == chunks_this_run:
-        os._exit(CRASH_EXIT_CODE)
-
-
 @dataclass(frozen=True)
 class PassOptions:
     chunk_size: int = 10_000  # records per chunk (does not change results)
@@ -141,9 +126,8 @@ def run_pass(
     )
     t0 = last_save = time.monotonic()
     with bar:
-        for n, (chunk, pos) in enumerate(iter_chunks(inputs, state.position, options.chunk_size), 1):
+        for chunk, pos in iter_chunks(inputs, state.position, options.chunk_size):
             process(chunk, inputs[pos.file])
-            crash_hook(n)
             state.position = pos
             if time.monotonic() - last_save >= options.checkpoint_seconds:
                 if sync is not None:

@@ -43,20 +43,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--front-ratio", type=float, default=0.5)
     parser.add_argument("--time-instruction", action="store_true")
     parser.add_argument("--seed", type=int, help="mixture seed (default: the mixture file's)")
+    parser.add_argument("--allow-outside-media-root", action="store_true",
+                        help="let media paths leave their folder ('..', absolute paths, symlinks out)")
 
 
 def load_processor(model: str) -> Any:
     """The processor of a checkpoint without loading its weights."""
-    from safetensors import safe_open
-
-    from llavakit.checkpoint import io
+    from llavakit.checkpoint import files, io
     from llavakit.processing.processor import LlavaProcessor
 
     directory = io.resolve(model)
-    keys: list[str] = []
-    for path in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            keys += list(handle.keys())
+    keys = [key for path in sorted(directory.glob("*.safetensors")) for key in files.safetensors_keys(path)]
     config = io.config_for(directory, keys)
     return LlavaProcessor(config, io.load_tokenizer(directory, config))
 
@@ -69,7 +66,8 @@ def build(args: argparse.Namespace, on_error: str):
     mixture = load_entries(args.data, args.image_folder, args.video_folder, args.seed)
     placement = PlacementSettings(format=args.placement, front_ratio=args.front_ratio, seed=mixture.seed)
     settings = DataSettings(template=args.template, max_length=args.max_length, on_error=on_error,
-                            placement=placement, time_instruction=args.time_instruction)
+                            placement=placement, time_instruction=args.time_instruction,
+                            allow_outside_media_root=args.allow_outside_media_root)
     return LlavaDataset(mixture.entries, load_processor(args.model), settings), mixture
 
 

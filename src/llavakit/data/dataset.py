@@ -44,6 +44,9 @@ class DataSettings(BaseModel):
                                                     "bad data")
     on_error: OnError = Field("raise", description="a bad sample: raise (stop, naming it) or skip (leave it out "
                                                    "and list it in RUN/skipped.jsonl)")
+    allow_outside_media_root: bool = Field(
+        False, description="media paths may leave their folder ('..', absolute paths, symlinks out); refused by "
+                           "default so a dataset from elsewhere reads only the media it was given")
     placement: PlacementSettings = Field(PlacementSettings(), description="where the images of multi-image "
                                                                           "samples go")
     time_instruction: bool = Field(False, description="LLaVA-Video: video duration and frame times in the prompt")
@@ -116,7 +119,7 @@ class LlavaDataset(Dataset):
     # ---- pure steps ---------------------------------------------------------------------------
     def sample(self, index: int) -> Sample:
         """The validated sample in its image placement (no file is opened)."""
-        sample = parse_entry(self.entries[index], *self.tokens)
+        sample = parse_entry(self.entries[index], *self.tokens, self.settings.allow_outside_media_root)
         return place_images(sample, self.settings.placement, index)
 
     def segments(self, index: int, sample: Sample | None = None) -> list[Segment]:

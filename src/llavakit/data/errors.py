@@ -25,6 +25,7 @@ PLACEHOLDER_MISMATCH = "placeholder_mismatch"
 MALFORMED = "malformed_conversation"
 TOO_LONG = "too_long"
 TEMPLATE = "template"
+OUTSIDE_MEDIA_ROOT = "outside_media_root"
 
 
 class DataError(LlavakitError):

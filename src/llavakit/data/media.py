@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from llavakit import layout
-from llavakit.data.errors import CORRUPT_MEDIA, MISSING_MEDIA
+from llavakit.data.errors import CORRUPT_MEDIA, MISSING_MEDIA, PLACEHOLDER_MISMATCH
 from llavakit.data.records import Entry, Sample, Turn
 from llavakit.errors import MediaError, PlaceholderError
 from llavakit.layout import VisualItem
@@ -77,8 +77,19 @@ def header_size(path: Path, kind: str, max_pixels: int) -> tuple[int, int]:
     return height, width
 
 
+def check_model_takes(entry: Entry, sample: Sample, processor: Any) -> None:
+    """A video sample for a model that takes no video is refused as such (before any file is read)."""
+    if sample.video is None:
+        return
+    try:
+        processor.check_takes(["video"], f"video {sample.video}")
+    except PlaceholderError as err:
+        raise entry.error(PLACEHOLDER_MISMATCH, str(err), str(sample.video)) from None
+
+
 def planned_items(entry: Entry, sample: Sample, processor: Any) -> list[VisualItem]:
     """Visual items from headers alone: what the token counts will be, without decoding pixels."""
+    check_model_takes(entry, sample, processor)
     visual = processor.visual
     multi_image = len(sample.images) > 1
     items = []
@@ -159,6 +170,7 @@ def decode_medium(kind: str, path: Path, multi_image: bool, processor: Any, name
 def load_media(entry: Entry, sample: Sample, processor: Any, cache: MediaCache | None = None) -> LoadedMedia:
     """Decode every image and video of a sample through the processor, in placeholder order
     (through ``cache`` when given: a file decoded before is not decoded again)."""
+    check_model_takes(entry, sample, processor)
     multi_image = len(sample.images) > 1
     loaded = LoadedMedia([], [])
     for position, (kind, path) in enumerate(media_order(sample)):

@@ -12,7 +12,8 @@
 Strategies: ``all``, ``first:N``, ``end:N``, ``random:N``; N is a count or ``K%`` (rounded up, as
 LLaVA-NeXT does). ``random`` draws from a generator seeded by (seed, dataset position) only, so every
 process and every run gets the same list without any communication. Relative paths are relative
-to the YAML file.
+to the YAML file. A dataset's media paths must stay inside its folders unless it says
+``allow_outside_media_root: true``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class DatasetSpec(BaseModel):
     video_folder: str | None = None
     sampling_strategy: str = "all"
     name: str | None = None
+    allow_outside_media_root: bool = False  # media paths may leave image_folder / video_folder
 
     @field_validator("sampling_strategy")
     @classmethod
@@ -118,12 +120,13 @@ class Mixture:
     seed: int
 
 
-def load_mixture(path: str | Path, seed: int | None = None) -> Mixture:
-    """Read a mixture YAML and every file it lists; ``seed`` overrides the file's seed."""
+def load_mixture(path: str | Path, seed: int | None = None, allow_outside_media_root: bool = False) -> Mixture:
+    """Read a mixture YAML and every file it lists; ``seed`` overrides the file's seed;
+    ``allow_outside_media_root`` allows it for every dataset of the mixture."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise MixtureError(f"mixture {path}: cannot read ({err})") from None
     if isinstance(raw, list):  # a bare list of datasets
         raw = {"datasets": raw}
@@ -131,16 +134,17 @@ def load_mixture(path: str | Path, seed: int | None = None) -> Mixture:
         spec = MixtureSpec.model_validate(raw)
     except ValidationError as err:
         raise MixtureError(f"mixture {path}: invalid:\n{err}") from None
-    return build_mixture(spec, path.parent, spec.seed if seed is None else seed)
+    return build_mixture(spec, path.parent, spec.seed if seed is None else seed, allow_outside_media_root)
 
 
-def build_mixture(spec: MixtureSpec, base: Path, seed: int) -> Mixture:
+def build_mixture(spec: MixtureSpec, base: Path, seed: int, allow_outside_media_root: bool = False) -> Mixture:
     entries, parts = [], []
     for position, dataset in enumerate(spec.datasets):
         data_file = _under(base, dataset.json_path)
         name = dataset.name or Path(dataset.json_path).stem
         available = read_llava_file(
-            data_file, _under(base, dataset.image_folder), _under(base, dataset.video_folder), dataset=name
+            data_file, _under(base, dataset.image_folder), _under(base, dataset.video_folder), dataset=name,
+            allow_outside_media_root=allow_outside_media_root or dataset.allow_outside_media_root,
         )
         try:
             chosen = select(len(available), parse_strategy(dataset.sampling_strategy), seed, position)
@@ -159,12 +163,12 @@ def _under(base: Path, path: str | None) -> Path | None:
 
 def load_entries(
     path: str | Path, image_folder: str | Path | None = None, video_folder: str | Path | None = None,
-    seed: int | None = None,
+    seed: int | None = None, allow_outside_media_root: bool = False,
 ) -> Mixture:
     """A mixture YAML, or one LLaVA JSON/JSONL file as a mixture of one dataset taken whole."""
     path = Path(path)
     if path.suffix in (".yaml", ".yml"):
-        return load_mixture(path, seed)
-    entries = read_llava_file(path, image_folder, video_folder)
+        return load_mixture(path, seed, allow_outside_media_root)
+    entries = read_llava_file(path, image_folder, video_folder, allow_outside_media_root=allow_outside_media_root)
     part = MixturePart(path.stem, str(path), "all", len(entries), len(entries))
     return Mixture(entries, [part], seed or 0)

@@ -1,8 +1,9 @@
 """Readers for LLaVA JSON (a list of records) and JSONL (one record a line) files.
 
-A JSONL line that is not valid JSON becomes an entry that fails validation, so the error policy
-(fail or skip-and-report) treats it like any other bad sample. A JSON file that does not parse has
-no samples to skip: that is always an error.
+A JSONL line that is not UTF-8 or not valid JSON becomes an entry that fails validation, so the
+error policy (fail or skip-and-report) treats it like any other bad sample, named by file and line.
+A JSON file that does not decode or parse has no samples to skip: that is always an error, naming
+the file and the line.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ class BadRecord:
 
 def read_llava_file(
     path: str | Path, image_folder: str | Path | None = None, video_folder: str | Path | None = None,
-    dataset: str | None = None,
+    dataset: str | None = None, allow_outside_media_root: bool = False,
 ) -> list[Entry]:
-    """Entries of a ``.json`` or ``.jsonl`` file; media paths resolve against the folders."""
+    """Entries of a ``.json`` or ``.jsonl`` file; media paths resolve against the folders (and must
+    stay inside them unless ``allow_outside_media_root``)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(WHOLE_FILE, str(path), MALFORMED, "data file not found")
@@ -39,16 +41,22 @@ def read_llava_file(
         image_folder=str(image_folder) if image_folder else None,
         video_folder=str(video_folder) if video_folder else None,
         dataset=dataset or path.stem,
+        allow_outside_media_root=allow_outside_media_root,
     )
     if path.suffix == ".jsonl":
-        return [Entry(record, str(path), line, **folders) for line, record in _jsonl_records(path)]
+        return [Entry(record, str(path), line, **folders) for line, record in jsonl_records(path)]
     return [Entry(record, str(path), index + 1, **folders) for index, record in enumerate(_json_records(path))]
 
 
 def _json_records(path: Path) -> list:
+    data = path.read_bytes()
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(WHOLE_FILE, str(path), MALFORMED, f"not UTF-8 text: {_not_utf8(data, err)}") from None
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
         raise DataError(WHOLE_FILE, str(path), MALFORMED, f"not valid JSON ({err})") from None
     if not isinstance(records, list):
         raise DataError(WHOLE_FILE, str(path), MALFORMED, f"a LLaVA JSON file holds a list of records, "
@@ -56,12 +64,25 @@ def _json_records(path: Path) -> list:
     return records
 
 
-def _jsonl_records(path: Path):
-    with open(path, encoding="utf-8", errors="strict") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+def jsonl_records(path: Path):
+    """(line number, record or BadRecord); lines are split on bytes, so one undecodable line spoils only itself."""
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield line_number, BadRecord(f"line is not UTF-8 text: {_not_utf8(raw, err, line_number)}")
                 continue
             try:
                 yield line_number, json.loads(line)
             except json.JSONDecodeError as err:
                 yield line_number, BadRecord(f"line is not valid JSON ({err})")
+
+
+def _not_utf8(data: bytes, err: UnicodeDecodeError, first_line: int = 1) -> str:
+    """Where the first undecodable byte is: line and column (1-based, in bytes) and its value."""
+    line = data.count(b"\n", 0, err.start) + first_line
+    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    return f"byte 0x{data[err.start]:02x} at line {line}, column {column} ({err.reason})"

@@ -2,17 +2,24 @@
 
 A record is ``{"id", "image": path | [paths], "video": path, "conversations": [...]}`` with turns
 as ``{"from": "human"|"gpt"|"system", "value"}`` or ``{"role", "content"}`` (content a string or a
-list of ``text`` / ``image`` / ``video`` parts). Parsing is pure: no file is opened here, so it is
-cheap enough to run on every record up front.
+list of ``text`` / ``image`` / ``video`` parts). Parsing opens no file, so it is cheap enough to
+run on every record up front; it only resolves symlinks on media paths.
+
+Media paths must stay inside their media folder (``image_folder`` / ``video_folder``, else the data
+file's folder): a record naming ``../../etc/passwd``, an absolute path elsewhere or a symlink that
+leads out is refused unless the source allows it (``allow_outside_media_root``), so a dataset from
+elsewhere cannot make training, ``llavakit data`` or the logs read files it was not given.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from llavakit.data.errors import MALFORMED, PLACEHOLDER_MISMATCH, DataError
+from llavakit.data.errors import MALFORMED, OUTSIDE_MEDIA_ROOT, PLACEHOLDER_MISMATCH, DataError
 
 Role = Literal["system", "user", "assistant"]
 Modality = Literal["text", "image", "multi_image", "video"]
@@ -34,6 +41,7 @@ class Entry:
     image_folder: str | None = None
     video_folder: str | None = None
     dataset: str = ""
+    allow_outside_media_root: bool = False  # media paths may leave their folder (opt-in, per source)
 
     @property
     def sample_id(self) -> str:
@@ -70,16 +78,20 @@ class Sample:
         return "image" if self.images else "text"
 
 
-def parse_entry(entry: Entry, image_token: str = "<image>", video_token: str = "<video>") -> Sample:
-    """Validate a record; every problem is a DataError naming the sample, file and field."""
+def parse_entry(
+    entry: Entry, image_token: str = "<image>", video_token: str = "<video>", allow_outside_media_root: bool = False
+) -> Sample:
+    """Validate a record; every problem is a DataError naming the sample, file and field.
+    Media outside their folder are refused unless ``allow_outside_media_root`` or the entry allows them."""
     record = entry.record
     if hasattr(record, "reason"):  # a line the reader could not parse
         raise entry.error(MALFORMED, record.reason)
     if not isinstance(record, dict):
         raise entry.error(MALFORMED, f"a record must be a JSON object, got {type(record).__name__}")
     turns = _turns(entry, record, image_token, video_token)
-    images = tuple(_resolve(entry, p, entry.image_folder, "image") for p in _image_list(entry, record))
-    video = _resolve(entry, record["video"], entry.video_folder, "video") if record.get("video") else None
+    confine = not (allow_outside_media_root or entry.allow_outside_media_root)
+    images = tuple(_resolve(entry, p, entry.image_folder, "image", confine) for p in _image_list(entry, record))
+    video = _resolve(entry, record["video"], entry.video_folder, "video", confine) if record.get("video") else None
     turns = _check_placeholders(entry, turns, len(images), video is not None, image_token, video_token)
     return Sample(entry.sample_id, turns, images, video, record.get("image_format"), (image_token, video_token))
 
@@ -154,11 +166,31 @@ def _image_list(entry: Entry, record: dict) -> list[str]:
     return images
 
 
-def _resolve(entry: Entry, path: Any, folder: str | None, kind: str) -> Path:
+def _resolve(entry: Entry, path: Any, folder: str | None, kind: str, confine: bool) -> Path:
     if not isinstance(path, str) or not path:
         raise entry.error(MALFORMED, f"'{kind}' must be a non-empty path, got {path!r}")
     base = Path(folder) if folder else Path(entry.data_file).parent
-    return Path(path) if Path(path).is_absolute() else base / path
+    resolved = Path(path) if Path(path).is_absolute() else base / path
+    if confine and not _inside(resolved, base):
+        where = f"{kind}_folder {base}" if folder else f"the data file's folder {base}"
+        raise entry.error(
+            OUTSIDE_MEDIA_ROOT,
+            f"'{kind}' path {path!r} leads outside {where} (a '..', an absolute path or a symlink); "
+            "set allow_outside_media_root: true on this data source to allow it",
+            str(resolved),
+        )
+    return resolved
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` stays in ``root`` once '..' and symlinks (of both) are resolved."""
+    real_root = _real_folder(str(root))
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
+@lru_cache(maxsize=256)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)  # a dataset has a few folders and many samples: resolve each once
 
 
 def _check_placeholders(

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from llavakit import geometry
 from llavakit.config import VisualConfig
@@ -32,7 +32,11 @@ def open_image(source: str | Path | bytes | Image.Image, max_pixels: int, name: 
     """Open, check and decode an image to RGB; every failure is a MediaError naming the image.
 
     The pixel limit is checked on the header, before decoding, so a decompression bomb costs
-    nothing. Transparency is composited onto white, as transformers does.
+    nothing. Transparency is composited onto white, as transformers does. A truncated file fails to
+    decode because PIL's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` is False, its default: it
+    is never set here, since a global toggled around each decode races with the other decoding
+    threads (the server's) and with the application's own choice. An application that sets it True
+    accepts truncated images everywhere, here too.
     """
     where = str(source) if isinstance(source, (str, Path)) else None
     label = f"{name} ({where})" if name and where else (name or where or type(source).__name__)
@@ -54,12 +58,9 @@ def open_image(source: str | Path | bytes | Image.Image, max_pixels: int, name: 
     if width * height > max_pixels:
         raise MediaError(f"image {label}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
     try:
-        previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
         image.load()
     except (OSError, SyntaxError, ValueError) as err:
         raise MediaError(f"image {label}: truncated or corrupt ({err})") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
     return to_rgb(image)
 
 

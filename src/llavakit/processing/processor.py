@@ -73,6 +73,21 @@ class LlavaProcessor:
         self.video_token_id = self._token_id(config.video_token, required=False)
         self._placeholder = re.compile("|".join(re.escape(t) for t in (config.image_token, config.video_token)))
 
+    @property
+    def takes_video(self) -> bool:
+        """Whether the model embeds videos. A config that names its image token but no video token
+        (transformers' llava and llava_next checkpoints) has no video placeholder for the model to fill;
+        a bare config (neither id yet) takes both ids from the tokenizer when the model is built."""
+        return self.config.video_token_id is not None or self.config.image_token_id is None
+
+    def check_takes(self, kinds: Sequence[str], name: str) -> None:
+        """Refuse video for a model that does not take it, saying so (not as a placeholder count)."""
+        if "video" in kinds and not self.takes_video:
+            raise PlaceholderError(
+                f"{name}: this model ({self.config.family}) does not take video: its config has no video token; "
+                "give the frames as images, or use a model that takes video (such as llava_onevision)"
+            )
+
     def _token_id(self, token: str, required: bool = True) -> int | None:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
         if token_id is None or token_id == self.tokenizer.unk_token_id:
@@ -102,11 +117,23 @@ class LlavaProcessor:
                 else:
                     raise PlaceholderError(f"content part type {kind!r} is unknown; use text, image or video")
             plain_messages.append({"role": message["role"], "content": parts})
+        self.check_takes([m.kind for m in media], "the conversation")
         template = getattr(self.tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
         text = self.tokenizer.apply_chat_template(
             plain_messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
+        self._check_template_wrote_placeholders(text, media)
         return text, self._ordered(text, media)
+
+    def _check_template_wrote_placeholders(self, text: str, media: list[Media]) -> None:
+        """A chat template that drops image or video parts cannot be used with them: say it is the template."""
+        for kind, token in (("image", self.config.image_token), ("video", self.config.video_token)):
+            given, written = sum(m.kind == kind for m in media), text.count(token)
+            if given > written:
+                raise PlaceholderError(
+                    f"the conversation has {given} {kind} parts but this model's chat template wrote {written} "
+                    f"{token} placeholders: the chat template does not take {kind}s"
+                )
 
     def _ordered(self, text: str, media: list[Media]) -> list[Media]:
         """Media in the order their placeholders appear (templates may move images first)."""
@@ -148,6 +175,7 @@ class LlavaProcessor:
         placeholders = [m.group(0) for m in self._placeholder.finditer(text)]
         wanted = ["image" if p == self.config.image_token else "video" for p in placeholders]
         given = [m.kind for m in media]
+        self.check_takes(given, f"sample {index}")
         if wanted != given:
             raise PlaceholderError(
                 f"sample {index}: the text has {wanted.count('image')} {self.config.image_token} and "

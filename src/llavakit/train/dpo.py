@@ -9,7 +9,6 @@ the prompt and media; the loss compares policy and reference log-ratios.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from llavakit.api import Llava
 from llavakit.data import LlavaDataset
 from llavakit.data.encoding import IGNORE_INDEX
 from llavakit.data.errors import MALFORMED
+from llavakit.data.readers import BadRecord, jsonl_records
 from llavakit.data.records import Entry
 from llavakit.train.config import DpoSettings, TrainConfigError
 from llavakit.train.loop import StepResult, Trainer
@@ -64,14 +64,12 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
 def read_pairs(path: Path, image_folder: str | None, video_folder: str | None) -> tuple[list[Entry], list[Entry], list]:
     """Chosen and rejected entries (same order) and the precomputed reference logps (or None)."""
     chosen, rejected, references = [], [], []
-    for position, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    for position, record in jsonl_records(path):
         where = f"{path}:{position}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TrainConfigError(f"{where}: not valid JSON ({err})") from None
+        if isinstance(record, BadRecord):  # not UTF-8 or not JSON
+            raise TrainConfigError(f"{where}: {record.reason}")
+        if not isinstance(record, dict):
+            raise TrainConfigError(f"{where}: a preference record is a JSON object, got {type(record).__name__}")
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(record.get(k), str)]
         if missing:
             raise TrainConfigError(f"{where}: preference record lacks text field(s) {', '.join(missing)}")
