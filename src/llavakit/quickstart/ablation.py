@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from llavakit.quickstart.run import shorthand_overrides
-from llavakit.recipe.cli import add_set_argument
+from llavakit.recipe.cli import add_set_argument, refusing
 
 ANYRES = "ablations/anyres"  # the shipped ablation's name
 
@@ -23,5 +23,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from llavakit.recipe.ablation import run_ablation
 
-    run_ablation(ANYRES, args.out, shorthand_overrides(args))
-    return 0
+    return refusing("ablate-anyres", lambda: run_ablation(ANYRES, args.out, shorthand_overrides(args)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from llavakit.recipe.cli import add_set_argument
+from llavakit.recipe.cli import add_set_argument, refusing
 
 QUICKSTART = "quickstart"  # the shipped recipe's name
 
@@ -39,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     from llavakit.recipe import find_recipe, load_recipe, run_recipe
 
     overrides = shorthand_overrides(args)
-    run_recipe(load_recipe(QUICKSTART, overrides), args.out, str(find_recipe(QUICKSTART)), overrides)
-    return 0
+    return refusing("quickstart", lambda: run_recipe(load_recipe(QUICKSTART, overrides), args.out,
+                                                     str(find_recipe(QUICKSTART)), overrides))

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -42,7 +44,23 @@ def print_plan(recipe) -> None:
     print(f"  evaluation: {', '.join(recipe.evaluation.tasks)}; controls: {', '.join(recipe.evaluation.controls)}")
 
 
+def refusing(command: str, action: Callable[[], object]) -> int:
+    """Run ``action``; a recipe refused before it runs is one line on stderr and exit status 2."""
+    from llavakit.recipe.schema import RecipeError
+
+    try:
+        action()
+    except RecipeError as err:
+        print(f"llavakit {command}: refused: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    return refusing("recipe", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from llavakit.recipe.load import find_recipe, load_recipe
 
     if args.action == "ablate":

@@ -32,9 +32,19 @@ def find_recipe(text: str | Path) -> Path:
 
 def read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return unshared(yaml.safe_load(path.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError) as err:
         raise RecipeError(f"{path}: cannot read ({err})") from None
+
+
+def unshared(value: Any) -> Any:
+    """A copy in which no mapping or list appears twice. YAML aliases (``*whole_model``) load as
+    one shared object; shared, a ``--set`` on one stage would change every stage that names it."""
+    if isinstance(value, dict):
+        return {key: unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unshared(item) for item in value]
+    return value
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Recipe:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from llavakit.recipe.schema import START_PARTS, START_PREVIOUS, Recipe, RecipeError, StageSpec
 from llavakit.train.config import TrainConfigError, build_config, deep_merge
 
@@ -66,8 +68,9 @@ def check(recipe: Recipe) -> None:
         raise RecipeError(f"world/components: {err}") from None
     try:
         VisualConfig.model_validate(recipe.model.visual)
-    except ValueError as err:
-        raise RecipeError(f"model.visual: {err}") from None
+    except ValidationError as err:
+        raise RecipeError("; ".join(f"{'.'.join(['model.visual', *map(str, e['loc'])])}: {e['msg']}"
+                                    for e in err.errors())) from None
     names = [stage.name for stage in recipe.stages]
     if dupes := sorted({name for name in names if names.count(name) > 1}):
         raise RecipeError(f"stages: the names {', '.join(dupes)} are used more than once")
@@ -103,7 +106,11 @@ def _check_train(recipe: Recipe, stage: StageSpec) -> None:
     try:
         config = build_config(data, where)
     except TrainConfigError as err:
-        raise RecipeError(str(err)) from None
+        invalid = err.__context__  # build_config's pydantic error, for one line naming each key
+        if not isinstance(invalid, ValidationError):
+            raise RecipeError(str(err)) from None
+        raise RecipeError("; ".join(f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                    for e in invalid.errors())) from None
     if config.lora is None and not typically_trained(config.trainable):
         raise RecipeError(f"{where}.trainable: every module is frozen; the stage would train nothing")
 
