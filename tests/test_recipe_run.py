@@ -11,7 +11,7 @@ import yaml
 
 from llavakit.cli import main
 
-pytestmark = pytest.mark.slow  # about 10 s of CPU: two arms, each world, components, two stages, evaluation
+pytestmark = pytest.mark.slow  # end to end: a world, components, two arms of two stages, evaluations
 
 TINY = Path(__file__).parent / "fixtures" / "recipe" / "tiny.yaml"
 
