@@ -46,7 +46,7 @@ def test_keys_the_runner_sets_are_refused_in_a_stage():
 
 def test_unknown_dataset_is_refused_by_name():
     message = refused("stages.grounding.mixture=[{dataset: groundings}, {dataset: tiny}]")
-    assert message.startswith(f"stages.grounding.mixture: unknown dataset 'groundings'")
+    assert message.startswith("stages.grounding.mixture: unknown dataset 'groundings'")
     assert "grounding, tiny, listing" in message  # what there is
 
 
@@ -86,6 +86,22 @@ def test_bad_set_paths_and_values_are_refused():
     assert "expected key.path=value" in refused("seed")
     assert "evaluation.tasks: unknown task 'colour'" in refused("evaluation.tasks=[colour]")
     assert "invalid WorldSettings: hires_side" in refused("world.hires_side=65")
+    assert "evaluation.controls: 'video_direction' shows no image to swap" in refused(
+        "evaluation.controls=[color, video_direction]")
+
+
+def test_quickstart_flags_are_overrides_of_the_recipes_top_level_keys(tmp_path):
+    import argparse
+
+    from llavakit.quickstart.run import add_arguments, shorthand_overrides
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--world", "123", "--cache", str(tmp_path / "a: b"), "--scale", "0.5",
+                              "--set", "seed=2"])
+    recipe = load_recipe("quickstart", shorthand_overrides(args))
+    assert recipe.world.dir == "123" and recipe.components.cache == str(tmp_path / "a: b")
+    assert recipe.scale == 0.5 and recipe.seed == 2 and recipe.evaluation.limit is None
 
 
 def test_refused_recipe_writes_nothing_and_says_why_in_one_line(tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from llavakit.recipe.cli import add_set_argument, refusing
+from llavakit.recipe.overrides import as_set_flags
 
 QUICKSTART = "quickstart"  # the shipped recipe's name
 
@@ -31,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def shorthand_overrides(args: argparse.Namespace) -> list[str]:
     """The flags given, as ``--set`` overrides, before the explicit ones."""
-    return [f"{key}={getattr(args, flag)}" for flag, key in SHORTHANDS.items()
-            if getattr(args, flag, None) is not None] + list(args.overrides)
+    given = {key: getattr(args, flag) for flag, key in SHORTHANDS.items() if getattr(args, flag, None) is not None}
+    return as_set_flags(given) + list(args.overrides)
 
 
 def run(args: argparse.Namespace) -> int:

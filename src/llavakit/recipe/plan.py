@@ -60,6 +60,7 @@ def check(recipe: Recipe) -> None:
     """Refuse, before anything runs, what would only fail (or silently do nothing) later."""
     from llavakit.config import VisualConfig
     from llavakit.synth import EVAL_TASK_NAMES
+    from llavakit.synth.datasets import IMAGE_EVAL_TASKS
 
     try:
         world = recipe.world_settings()
@@ -85,6 +86,10 @@ def check(recipe: Recipe) -> None:
             if task not in EVAL_TASK_NAMES:
                 raise RecipeError(f"evaluation.{key}: unknown task {task!r}; the world's tasks: "
                                   f"{', '.join(EVAL_TASK_NAMES)}")
+    for task in recipe.evaluation.controls:
+        if task not in IMAGE_EVAL_TASKS:
+            raise RecipeError(f"evaluation.controls: {task!r} shows no image to swap; image tasks: "
+                              f"{', '.join(IMAGE_EVAL_TASKS)}")
 
 
 def _check_train(recipe: Recipe, stage: StageSpec) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import tasks_multi, tasks_single
 from .settings import WorldSettings
 from .world import (
     DRILL_FILES,
@@ -23,6 +24,8 @@ from .world import (
 )
 
 DRILL_PREFIX = "stage15_"
+# Eval tasks whose samples show images (one or several): the ones an image-swap control can ask.
+IMAGE_EVAL_TASKS: tuple[str, ...] = tuple(task.name for task in tasks_single.TASKS + tasks_multi.TASKS)
 
 
 @dataclass(frozen=True)
