@@ -72,6 +72,8 @@ def test_a_mixture_of_zero_samples_is_refused():
     assert "take 'first:99999' asks for 99999 samples; the world has 3000" in refused(
         "stages.relation.mixture=[{dataset: relation, take: 'first:99999'}]")
     assert "stages.relation.mixture.0.take" in refused("stages.relation.mixture=[{dataset: relation, take: half}]")
+    assert refused("scale=0.01") == ("stages.stage1.mixture: 20 samples cannot fill one global batch of 32 "
+                                     "(stages.stage1.train.global_batch_size)")
 
 
 def test_starts_must_be_earlier_stages_that_run():

@@ -79,8 +79,11 @@ def check(recipe: Recipe) -> None:
         raise RecipeError("stages: every stage is disabled; nothing would train")
     starts(recipe)
     for stage in recipe.enabled_stages():
-        _check_train(recipe, stage)
-        _check_mixture(stage, world)
+        config = _check_train(recipe, stage)
+        samples = _check_mixture(stage, world)
+        if samples < config.global_batch_size:
+            raise RecipeError(f"stages.{stage.name}.mixture: {samples} samples cannot fill one global batch of "
+                              f"{config.global_batch_size} (stages.{stage.name}.train.global_batch_size)")
     for key in ("tasks", "controls"):
         for task in getattr(recipe.evaluation, key):
             if task not in EVAL_TASK_NAMES:
@@ -92,7 +95,8 @@ def check(recipe: Recipe) -> None:
                               f"{', '.join(IMAGE_EVAL_TASKS)}")
 
 
-def _check_train(recipe: Recipe, stage: StageSpec) -> None:
+def _check_train(recipe: Recipe, stage: StageSpec):
+    """The stage's TrainConfig as far as it is known before the run (placeholder paths)."""
     from llavakit.train.params import typically_trained
 
     where = f"stages.{stage.name}.train"
@@ -118,9 +122,11 @@ def _check_train(recipe: Recipe, stage: StageSpec) -> None:
                                     for e in invalid.errors())) from None
     if config.lora is None and not typically_trained(config.trainable):
         raise RecipeError(f"{where}.trainable: every module is frozen; the stage would train nothing")
+    return config
 
 
-def _check_mixture(stage: StageSpec, world) -> None:
+def _check_mixture(stage: StageSpec, world) -> int:
+    """The number of samples the stage's mixture selects from a world with these settings."""
     from llavakit.data.mixture import parse_strategy
     from llavakit.synth.datasets import dataset_sizes, missing_reason
 
@@ -138,6 +144,7 @@ def _check_mixture(stage: StageSpec, world) -> None:
     if total == 0:
         datasets = ", ".join(f"{item.dataset} ({item.take})" for item in stage.mixture) or "no dataset"
         raise RecipeError(f"stages.{stage.name}.mixture: resolves to zero samples ({datasets})")
+    return total
 
 
 def scaled(value: float, field: str, rule, scale: float) -> float | int:
