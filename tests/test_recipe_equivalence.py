@@ -5,8 +5,8 @@ from ``quickstart/run.py: stage_configs`` at 13881e9, for ten sets of that comma
 each, the same change is given here as ``--set`` overrides of ``recipes/quickstart.yaml`` (the
 AnyRes arm taken from the shipped ablation file), and everything the old ``run()`` set up before
 training must come out identical: the world's and components' settings, the stage order, every
-stage's training config as ``llavakit train`` resolves it, every mixture YAML's text, the
-evaluation. Paths are compared as placeholders ($OUT, $WORLD, $CACHE, $VISION, $LLM). Nothing is
+stage's training config file (its text) and that config as ``llavakit train`` resolves it, every
+mixture YAML's text, the evaluation. Paths are compared as placeholders ($OUT, $WORLD, $CACHE, $VISION, $LLM). Nothing is
 generated or trained.
 """
 
@@ -44,9 +44,9 @@ OVERRIDES = {
     "small_seed3": ["scale=0.5", "seed=3"],
     "tiny_scale": ["scale=0.1"],
     "large": ["scale=2"],
-    # --stage2-epochs was the epoch count as given, not scaled
-    "large_stage2_epochs": ["scale=4", "seed=1", "stages.stage2.train.epochs=8", "stages.stage2.scale.epochs=null"],
-    "few_stage2_epochs": ["stages.stage2.train.epochs=4", "stages.stage2.scale.epochs=null"],
+    # --stage2-epochs was the epoch count as given (a float), not scaled
+    "large_stage2_epochs": ["scale=4", "seed=1", "stages.stage2.train.epochs=8.0", "stages.stage2.scale.epochs=null"],
+    "few_stage2_epochs": ["stages.stage2.train.epochs=4.0", "stages.stage2.scale.epochs=null"],
     "eval_limit": ["evaluation.limit=10"],
 }
 
@@ -72,7 +72,8 @@ def planned(overrides: list[str]) -> dict:
         "components": dataclasses.asdict(recipe.component_settings()),
         "mixtures": {p.mixture_file: placeholders(yaml.safe_dump(p.mixture, sort_keys=False))
                      for p in plans if p.mixture is not None},
-        # written to OUT/configs/<name>.yaml and read back by load_config, as run_stage does
+        # the text run_stage writes to OUT/configs/<name>.yaml, and what load_config reads back
+        "stage_files": {p.name: placeholders(yaml.safe_dump(p.config, sort_keys=False)) for p in plans},
         "stages": {p.name: placeholders(build_config(yaml.safe_load(yaml.safe_dump(p.config, sort_keys=False)))
                                         .model_dump(mode="json"))
                    for p in plans},
@@ -93,7 +94,7 @@ def test_recipe_plans_what_the_python_recipe_did(case):
     assert got["stage_order"] == expected["stage_order"]
     for name in expected["stage_order"]:
         assert got["stages"][name] == expected["stages"][name], name
-    for key in ("world", "components", "mixtures", "stages", "evaluation"):
+    for key in ("world", "components", "mixtures", "stage_files", "stages", "evaluation"):
         assert got[key] == expected[key], key
 
 

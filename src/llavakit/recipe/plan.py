@@ -198,8 +198,13 @@ def plan_stages(recipe: Recipe, out: Path, world: Path, parts: Parts) -> list[St
         else:
             model = {"checkpoint": str(out / start / "model")}
         sources, mixture = stage_data(recipe, stage, world, configs_dir)
-        config = {"seed": recipe.seed, **config, "model": model, "output_dir": str(out / stage.name)}
-        config["data"] = {"sources": sources, **config.get("data", {})}
+        config |= {"seed": recipe.seed, "model": model, "output_dir": str(out / stage.name),
+                   "data": {"sources": sources, **config.get("data", {})}}
+        # Written in a reading order: the seed and shared settings, what the stage is and starts
+        # from, its data and where it writes, then the stage's own settings.
+        head = ["seed", *recipe.stage_defaults, "stage", "model", "data", "output_dir"]
+        config = {key: config[key] for key in head if key in config} | {
+            key: value for key, value in config.items() if key not in head}
         plans.append(StagePlan(stage.name, start, config, mixture,
                                mixture_file_name(stage.name) if mixture is not None else None))
     return plans
