@@ -182,3 +182,19 @@ def test_every_stage_name_the_quickstart_runs_and_a_disabled_stage_is_skipped():
         from llavakit.recipe.plan import check
 
         check(validate_recipe(data, "x"))
+
+
+def test_quickstart_and_recipe_run_of_the_shipped_file_run_the_same_recipe(tmp_path, monkeypatch):
+    import llavakit.recipe as recipe_package
+    import llavakit.recipe.runner as runner
+
+    calls = []
+    fake = lambda recipe, out, source="", overrides=(): calls.append((recipe, Path(out), source))  # noqa: E731
+    monkeypatch.setattr(runner, "run_recipe", fake)
+    monkeypatch.setattr(recipe_package, "run_recipe", fake)
+    assert main(["quickstart", "--out", str(tmp_path / "a"), "--scale", "0.5"]) == 0
+    assert main(["recipe", "run", str(REPO / "recipes" / "quickstart.yaml"), "--out", str(tmp_path / "b"),
+                 "--set", "scale=0.5"]) == 0
+    (first, out_a, source_a), (second, out_b, source_b) = calls
+    assert first == second and first.scale == 0.5
+    assert Path(source_a).resolve() == Path(source_b).resolve() == (RECIPES_DIR / "quickstart.yaml").resolve()
