@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llavakit.recipe.schema import START_PARTS, START_PREVIOUS, Recipe, RecipeError, StageSpec
+from llavakit.recipe.schema import RUNNER_KEYS, START_PARTS, START_PREVIOUS, Recipe, RecipeError, StageSpec
 from llavakit.train.config import TrainConfigError, build_config, deep_merge
 
 CONFIGS_DIR = "configs"  # under OUT: every stage's config and mixture, rerunnable with `llavakit train`
@@ -100,10 +100,11 @@ def _check_train(recipe: Recipe, stage: StageSpec):
     from llavakit.train.params import typically_trained
 
     where = f"stages.{stage.name}.train"
-    for key in ("model", "output_dir", "seed"):
+    for key in RUNNER_KEYS:
         if key in stage.train or key in recipe.stage_defaults:
             raise RecipeError(f"{where}.{key}: set by the runner (the stage's start, OUT/<stage>, the recipe's seed)")
-    if "sources" in stage.train.get("data", {}) or "sources" in recipe.stage_defaults.get("data", {}):
+    if any(isinstance(data, dict) and "sources" in data
+           for data in (stage.train.get("data"), recipe.stage_defaults.get("data"))):
         raise RecipeError(f"{where}.data.sources: a stage's data is its mixture (stages.{stage.name}.mixture)")
     fragment = deep_merge(recipe.stage_defaults, stage.train)
     for field, rule in stage.scale.items():
