@@ -28,14 +28,14 @@ import common
 def quickstart_processor():
     from llavakit.config import LlavaConfig
     from llavakit.processing.processor import LlavaProcessor
-    from llavakit.quickstart.run import visual_settings
+    from llavakit.recipe import load_recipe
     from llavakit.tiny.tokenizer import train_bpe_tokenizer
 
     config = LlavaConfig.model_validate({
         "vision": {"hf_config": {"model_type": "siglip_vision_model", "image_size": 64, "patch_size": 16,
                                  "hidden_size": 32}},
         "llm": {"hf_config": {"model_type": "qwen2", "hidden_size": 32}},
-        "visual": {"crop_size": 64, **visual_settings(anyres=True)},
+        "visual": {"crop_size": 64, **load_recipe("quickstart").model.visual},
     })
     return LlavaProcessor(config, train_bpe_tokenizer())
 

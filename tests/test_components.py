@@ -122,11 +122,13 @@ def test_the_position_term_makes_the_objects_own_token_say_where_it_is(world, pa
     at the default step count, the object's token reads its 3x3
     position and place is a large share of what the token carries (5.5% at weight 1.0, too little
     for the LM to learn to read)."""
-    from llavakit.quickstart.run import POSITION_WEIGHT
     from llavakit.quickstart.vision import train_vision
+    from llavakit.recipe import load_recipe
+
+    position_weight = load_recipe("quickstart").component_settings().vision.position_weight
 
     assert SETTINGS.vision.position_weight == 0  # the default: off
-    vision = dataclasses.replace(SETTINGS.vision, position_weight=POSITION_WEIGHT, steps=VisionSettings().steps)
+    vision = dataclasses.replace(SETTINGS.vision, position_weight=position_weight, steps=VisionSettings().steps)
     metrics = train_vision(world, tmp_path / "tower", dataclasses.replace(SETTINGS, vision=vision), progress=False)
     with_term = metrics["probe"]["position_token"]
     without = parts.metrics["vision"]["probe"]["position_token"]  # 120 steps, no term

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from llavakit.cli import main
-from llavakit.quickstart.run import MOTION_CLIPS
+from llavakit.recipe import load_recipe
 from llavakit.quickstart.runtime import cpu_threads
 from llavakit.synth import render_random_scene, vocab
 from llavakit.synth.language import DETAIL_PROMPTS
@@ -69,7 +69,8 @@ def test_writes_results_model_report_and_configs(run, results):
     assert starts == {"stage1": None,
                       **{later: str(run / earlier / "model") for earlier, later in zip(order, order[1:])}}
     assert all((run / "configs" / f"{name}_mixture.yaml").is_file() for name in ("grounding", "motion"))
-    assert len(list((run / "world" / "videos").glob("train_motion_*"))) == MOTION_CLIPS
+    assert len(list((run / "world" / "videos").glob("train_motion_*"))) == load_recipe("quickstart").world.motion_drill
+    assert yaml.safe_load((run / "recipe.yaml").read_text()) == results["recipe"]  # the recipe as it ran
     # the tower keeps place in its tokens (its position term): a large share of what a token carries
     assert results["components"]["vision"]["position_share"]["trained"] > 0.1
 
@@ -121,13 +122,14 @@ def test_quickstart_model_recaptions_scenes_that_train_as_stage_1_5(run, tmp_pat
 
 
 def test_ablation_table_puts_hires_first_and_scores_side_by_side():
-    from llavakit.quickstart.ablation import comparison_table
+    from llavakit.recipe.ablation import comparison_table
 
     def result(hires: float, color: float) -> dict:
         return {"eval": {"color": {"accuracy": color, "chance": 0.15, "n": 100},
                          "hires_detail": {"accuracy": hires, "chance": 0.134, "n": 100}}}
 
-    table = comparison_table({"anyres": result(0.41, 0.6), "single_crop": result(0.13, 0.58)}).splitlines()
+    table = comparison_table({"anyres": result(0.41, 0.6), "single_crop": result(0.13, 0.58)},
+                             ["hires_detail"]).splitlines()
     assert table[0] == "| task | chance | anyres | single_crop |"
     assert table[2] == "| hires_detail | 0.134 | 0.410 | 0.130 |"
     assert table[3] == "| color | 0.150 | 0.600 | 0.580 |"

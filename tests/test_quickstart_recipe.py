@@ -1,6 +1,6 @@
-"""The quickstart's stage configs as data: which stage starts from which, and the drill phases
-(grounding and motion) whose mixtures must load against a real generated world. No training here
-(test_quickstart runs it)."""
+"""The quickstart recipe's plan (recipes/quickstart.yaml through the recipe runner's planner): which
+stage starts from which, and the drill phases whose mixtures must load against a real generated
+world. No training here (test_quickstart runs it)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,31 @@ import pytest
 import yaml
 
 from llavakit.data.mixture import load_mixture
-from llavakit.quickstart.run import (
-    GROUNDING_MIXTURE,
-    MOTION_MIXTURE,
-    RELATION_MIXTURE,
-    SIDE_LISTING_MIXTURE,
-    grounding_mixture,
-    motion_mixture,
-    relation_mixture,
-    side_listing_mixture,
-    stage_configs,
-)
+from llavakit.recipe import load_recipe
+from llavakit.recipe.plan import Parts, StagePlan, plan_stages
 from llavakit.synth import WorldSettings, generate_world
 
 SMALL = WorldSettings(stage1_captions=8, train_per_task=12, eval_per_task=4, motion_drill=20)
+GROUNDING_MIXTURE, SIDE_LISTING_MIXTURE, RELATION_MIXTURE, MOTION_MIXTURE = (
+    "grounding_mixture.yaml", "side_listing_mixture.yaml", "relation_mixture.yaml", "motion_mixture.yaml")
+NO_MOTION = ["world.motion_drill=0", "stages.motion.enabled=false"]
+
+
+def plans(tmp_path: Path, world: Path | None = None, motion_drill: bool = True) -> dict[str, StagePlan]:
+    recipe = load_recipe("quickstart", [] if motion_drill else NO_MOTION)
+    parts = Parts(tmp_path / "vision", tmp_path / "llm", -1)
+    return {p.name: p for p in plan_stages(recipe, tmp_path / "out", world or tmp_path / "world", parts)}
 
 
 def configs(tmp_path: Path, motion_drill: bool = True) -> dict:
-    return stage_configs(tmp_path / "out", tmp_path / "world", tmp_path / "vision", tmp_path / "llm", 1.0, 0,
-                         None, True, motion_drill=motion_drill)
+    return {name: plan.config for name, plan in plans(tmp_path, motion_drill=motion_drill).items()}
+
+
+def write_mixture(world: Path, tmp_path: Path, stage: str) -> Path:
+    plan = plans(tmp_path, world)[stage]
+    path = tmp_path / plan.mixture_file
+    path.write_text(yaml.safe_dump(plan.mixture))
+    return path
 
 
 def starts(stages: dict) -> dict:
@@ -72,8 +78,8 @@ def world(tmp_path_factory) -> Path:
 
 
 def test_grounding_mixture_loads_every_grounding_scene_and_tiny_question_and_half_the_listings(world, tmp_path):
-    path = tmp_path / GROUNDING_MIXTURE
-    path.write_text(yaml.safe_dump(grounding_mixture(world, seed=0)))
+    path = write_mixture(world, tmp_path, "grounding")
+    assert path.name == GROUNDING_MIXTURE
     mixture = load_mixture(path)
     scenes, tiny = 10 * SMALL.train_per_task, SMALL.train_per_task
     assert [(p.name, p.available, p.selected) for p in mixture.parts] == [
@@ -82,11 +88,11 @@ def test_grounding_mixture_loads_every_grounding_scene_and_tiny_question_and_hal
     assert len(images) == scenes + tiny + scenes // 2 and all(path.is_file() for path in images)
 
 
-@pytest.mark.parametrize("name, mixture, drill", [(SIDE_LISTING_MIXTURE, side_listing_mixture, "stage15_side_listing"),
-                                                  (RELATION_MIXTURE, relation_mixture, "stage15_relation")])
-def test_side_phases_load_every_drill_scene_and_a_third_of_the_listings(world, tmp_path, name, mixture, drill):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(mixture(world, seed=0)))
+@pytest.mark.parametrize("name, stage, drill", [(SIDE_LISTING_MIXTURE, "side_listing", "stage15_side_listing"),
+                                               (RELATION_MIXTURE, "relation", "stage15_relation")])
+def test_side_phases_load_every_drill_scene_and_a_third_of_the_listings(world, tmp_path, name, stage, drill):
+    path = write_mixture(world, tmp_path, stage)
+    assert path.name == name
     loaded = load_mixture(path)
     scenes = 10 * SMALL.train_per_task
     third = -(-scenes * 33 // 100)
@@ -99,8 +105,8 @@ def test_side_phases_load_every_drill_scene_and_a_third_of_the_listings(world, t
 
 def test_motion_mixture_loads_every_clip_a_third_of_the_grounding_listing_and_relation_scenes_half_the_tiny_all_shape(
         world, tmp_path):
-    path = tmp_path / MOTION_MIXTURE
-    path.write_text(yaml.safe_dump(motion_mixture(world, seed=0)))
+    path = write_mixture(world, tmp_path, "motion")
+    assert path.name == MOTION_MIXTURE
     mixture = load_mixture(path)
     clips, scenes, tiny = SMALL.motion_drill, 10 * SMALL.train_per_task, SMALL.train_per_task
     shapes = round(5 / 3 * SMALL.train_per_task)

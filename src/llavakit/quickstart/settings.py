@@ -32,8 +32,8 @@ class VisionSettings:
     image_size: int = 64
     patch_size: int = 16  # 64 / 16 -> 4x4 = 16 tokens per crop, one per cell of the world's grid
     hidden_size: int = 64
-    # 4 layers, not 2: with the token-name term below, the shape a single token carries (probe
-    # "shape_token") went from 0.49 to 0.69 and the quickstart's shape score from 0.16 to 0.25-0.34.
+    # 4 layers, not 2: with the token-name term below, a single token carries more of its object's
+    # shape (probe "shape_token"), and the quickstart's shape answers followed.
     num_layers: int = 4
     num_heads: int = 4
     mlp_ratio: int = 4
@@ -43,16 +43,16 @@ class VisionSettings:
     loss: Literal["sigmoid", "softmax"] = "sigmoid"  # SigLIP or CLIP, image-caption level
     region_weight: float = 1.0  # box-name contrastive term (0: whole captions only)
     # Token-name term: each token under a box names the box's object on its own, weighted by its
-    # share of the box. LLaVA's LM reads tokens one by one; pooled box features read shape at 0.92
-    # while a single token read it at 0.49 (0: off).
+    # share of the box. LLaVA's LM reads tokens one by one, and without this term the pooled box
+    # told the shape far better than any one of its tokens (0: off).
     token_weight: float = 1.0
     # Token-position term: each token says which row and column of the grid it is in (two linear
     # heads). Attention hands the LM a token's content, not its place, and the contrastive terms
-    # wash place out: the object's own token told its 3x3 position 0.41 of the time (probe
-    # "position_token"; untrained tower 0.72), 0.998 with this term at 1.0. Readable is not enough:
-    # at 1.0 place was 5.5% of a token's variance (1.8% after the projector) and the LM never
-    # learned to name an object's column (place listings at the loss of a guess); at 4.0, 18-26%
-    # (3.1-3.4%), and it did. Off (0) by default; the quickstart sets 4.0 (items 24, 26).
+    # wash place out: without the term the object's own token told its position worse than an
+    # untrained tower's (probe "position_token"). Readable by a probe is not enough: at a weight
+    # of 1 place stayed a small share of a token's variance and the LM never learned to name an
+    # object's side; a larger weight gives place a larger share (probe "position_share") and it
+    # did. Off (0) by default; the quickstart recipe sets it (components.vision.position_weight).
     position_weight: float = 0.0
     steps: int = 400
     batch_size: int = 64
@@ -92,8 +92,8 @@ class LanguageSettings:
     # Positions up to seq_len are trained; LLaVA prompts with AnyRes images run to a few hundred tokens.
     seq_len: int = 512
     max_position_embeddings: int = 4096
-    # 100 steps (300K tokens) left an LM whose answer ignored the question (the same colour, number
-    # and direction words whatever was asked); by 400 it answers each question with its own kind.
+    # Far fewer steps left an LM whose answer ignored the question (the same colour, number and
+    # direction words whatever was asked); at this count it answers each question with its own kind.
     steps: int = 400
     batch_size: int = 6
     lr: float = 3e-3

@@ -23,6 +23,22 @@ MODULES = ("vision_tower", "multi_modal_projector", "image_newline", "language_m
 PART_NAMES = {"vision_tower": "vision", "multi_modal_projector": "projector", "image_newline": "projector",
               "language_model": "llm"}
 
+# Names of each module's kinds of weights in our (hub) layout: enough to tell, before any model
+# exists, whether a rule list leaves anything to train (a recipe is checked before it runs).
+TYPICAL_NAMES = (
+    "vision_tower.vision_model.embeddings.patch_embedding.weight",
+    "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight",
+    "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+    "multi_modal_projector.linear_1.weight",
+    "multi_modal_projector.linear_2.weight",
+    "image_newline",
+    "language_model.model.embed_tokens.weight",
+    "language_model.model.layers.0.self_attn.q_proj.weight",
+    "language_model.model.layers.0.mlp.gate_proj.weight",
+    "language_model.model.norm.weight",
+    "language_model.lm_head.weight",
+)
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -60,6 +76,17 @@ def assign(
     if not plan:
         raise TrainConfigError("no parameter is trainable: every parameter matched a frozen rule")
     return plan
+
+
+def typically_trained(rules: list[ParamRule]) -> list[str]:
+    """The modules of which some typical weight (``TYPICAL_NAMES``) trains under ``rules``."""
+    compiled = [(re.compile(rule.pattern), rule) for rule in rules]
+    trained = []
+    for name in TYPICAL_NAMES:
+        rule = next((r for pattern, r in compiled if pattern.search(name)), None)
+        if (rule is None or not rule.frozen) and module_of(name) not in trained:
+            trained.append(module_of(name))
+    return trained
 
 
 def param_groups(model: nn.Module, plan: list[Assignment]) -> list[dict]:

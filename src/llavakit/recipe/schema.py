@@ -1,0 +1,174 @@
+"""The recipe file: one YAML that says everything a run does, checked before anything runs.
+
+    name: quickstart
+    seed: 0
+    scale: 1.0                  # world sizes, component steps and each stage's `scale` rules
+    world: {motion_drill: 2000}  # synth.WorldSettings fields (seed, scale: the recipe's); dir: OUT/world
+    components: {vision: {position_weight: 4.0}, language: {}}  # quickstart.settings; cache: OUT/cache
+    model: {visual: {...}}      # the LLaVA model's visual representation (config.VisualConfig)
+    stage_defaults: {...}       # a TrainConfig fragment under every stage's own
+    stages:
+      - name: grounding
+        start: previous         # parts, previous, or an earlier stage's name
+        mixture:                # the world's datasets by name (synth.datasets), each with a share
+          - {dataset: grounding}
+          - {dataset: listing, take: "first:50%"}
+        train: {stage: stage1.5, epochs: 4, stop_at_loss: {below: 0.15, window: 20}, ...}
+        scale: {epochs: {power: 0.5, min: 6.0}}  # value * scale ** power, never below min
+    evaluation: {tasks: [color, ...], controls: [color, ...], limit: null, batch_size: 32}
+
+Unknown keys are refused, as ``TrainConfig`` refuses them. ``check`` refuses, naming the key or
+dataset, what would only fail later: a stage whose rules freeze every module, a dataset the world
+does not have, a mixture that selects no sample, a start that is not an earlier stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from llavakit.errors import LlavakitError
+from llavakit.quickstart.settings import ComponentSettings, LanguageSettings, VisionSettings
+from llavakit.synth.settings import WorldSettings
+
+
+class RecipeError(LlavakitError):
+    """A recipe that cannot run, found before anything runs."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _section(cls: type, name: str, skip: tuple[str, ...] = (), **extra: Any) -> type[BaseModel]:
+    """A strict pydantic model of a settings dataclass's fields (less ``skip``, plus ``extra``)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls)
+              if f.name not in skip and f.default is not dataclasses.MISSING}
+    return create_model(name, __base__=_Strict, **fields, **extra)
+
+
+# seed and scale are the recipe's own, the same for the world, the components and the stages
+WorldSection = _section(WorldSettings, "WorldSection", skip=("seed", "scale"), dir=(str | None, None))
+VisionSection = _section(VisionSettings, "VisionSection")
+LanguageSection = _section(LanguageSettings, "LanguageSection")
+
+
+class ComponentsSection(_Strict):
+    cache: str | None = None  # None: OUT/cache
+    vision: VisionSection = VisionSection()  # type: ignore[valid-type]
+    language: LanguageSection = LanguageSection()  # type: ignore[valid-type]
+    device: str | None = None
+    threads: int | None = None
+
+
+class ModelSection(_Strict):
+    # config.VisualConfig data (checked by `check`), passed as written to the first stage's build
+    visual: dict[str, Any] = {}
+
+
+class MixtureItem(_Strict):
+    dataset: str  # a name of synth.datasets.DATASETS
+    take: str = "all"  # a mixture sampling strategy: all, first:N, end:N, random:N (N a count or K%)
+
+    @field_validator("take")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        from llavakit.data.mixture import parse_strategy
+
+        parse_strategy(value)
+        return value
+
+
+class ScaleRule(_Strict):
+    """The stage's value times ``scale ** power``, never below ``min``."""
+
+    power: float = 1.0
+    min: float | None = None
+
+
+STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+START_PARTS, START_PREVIOUS = "parts", "previous"
+# Set by the runner from the rest of the recipe, never by a stage's train fragment.
+RUNNER_KEYS = ("model", "output_dir", "seed")
+
+
+class StageSpec(_Strict):
+    name: str
+    enabled: bool = True
+    start: str = START_PREVIOUS  # parts (stage-1: pretrained parts, new projector), previous, or a stage name
+    mixture: list[MixtureItem]
+    train: dict[str, Any] = {}  # a TrainConfig fragment (train.config), over stage_defaults
+    scale: dict[Literal["epochs", "max_steps"], ScaleRule | None] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not STAGE_NAME.match(value) or value in (START_PARTS, START_PREVIOUS):
+            raise ValueError(f"stage name {value!r}: letters, digits, '_', '.', '-' (it names a folder), "
+                             f"not {START_PARTS!r} or {START_PREVIOUS!r}")
+        return value
+
+
+class EvaluationSection(_Strict):
+    # The world's held-out split; the only one a world has for now.
+    split: Literal["eval"] = "eval"
+    tasks: list[str] = Field(min_length=1)  # the world's eval task names (synth.EVAL_TASK_NAMES)
+    controls: list[str] = []  # tasks asked again with every image swapped for another sample's
+    limit: int | None = Field(None, ge=1)  # at most this many samples per task
+    batch_size: int = Field(32, ge=1)
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    scale: float = Field(1.0, gt=0)
+    world: WorldSection = WorldSection()  # type: ignore[valid-type]
+    components: ComponentsSection = ComponentsSection()
+    model: ModelSection = ModelSection()
+    stage_defaults: dict[str, Any] = {}
+    stages: list[StageSpec] = Field(min_length=1)
+    evaluation: EvaluationSection
+
+    def enabled_stages(self) -> list[StageSpec]:
+        return [stage for stage in self.stages if stage.enabled]
+
+    def world_settings(self) -> WorldSettings:
+        values = self.world.model_dump(exclude={"dir"})  # type: ignore[attr-defined]
+        return WorldSettings(seed=self.seed, scale=self.scale, **values)
+
+    def component_settings(self) -> ComponentSettings:
+        return ComponentSettings(vision=VisionSettings(**self.components.vision.model_dump()),  # type: ignore[attr-defined]
+                                 language=LanguageSettings(**self.components.language.model_dump()),  # type: ignore[attr-defined]
+                                 seed=self.seed, scale=self.scale, device=self.components.device,
+                                 threads=self.components.threads)
+
+
+def validate_recipe(data: Any, source: str) -> Recipe:
+    """The typed recipe, or a RecipeError naming each bad key (stages by name, not position)."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping of keys, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        problems = [f"{_location(data, error['loc'])}: {error['msg']}" for error in err.errors()]
+        raise RecipeError(f"{source}: invalid recipe: " + "; ".join(problems)) from None
+
+
+def _location(data: Any, loc: tuple) -> str:
+    """``("stages", 3, "train")`` -> ``stages.grounding.train``: the path ``--set`` takes."""
+    parts, node = [], data
+    for key in loc:
+        if isinstance(node, list) and isinstance(key, int) and key < len(node):
+            item = node[key]
+            parts.append(str(item["name"]) if isinstance(item, dict) and "name" in item else str(key))
+            node = item
+        else:
+            parts.append(str(key))
+            node = node.get(key) if isinstance(node, dict) else None
+    return ".".join(parts)
