@@ -83,6 +83,13 @@ def planned(overrides: list[str]) -> dict:
     }
 
 
+def frozen_fields(resolved: dict, frozen: dict) -> dict:
+    """``resolved`` cut to the fields the freeze knew. Fields added to TrainConfig since then are
+    at their defaults here: the stage files, compared as text, set none of them."""
+    return {key: frozen_fields(value, frozen[key]) if isinstance(value, dict) and isinstance(frozen.get(key), dict)
+            else value for key, value in resolved.items() if key in frozen}
+
+
 def test_every_frozen_case_has_its_overrides():
     assert set(OVERRIDES) == set(EXPECTED)
 
@@ -93,8 +100,8 @@ def test_recipe_plans_what_the_python_recipe_did(case):
     got = planned(OVERRIDES[case])
     assert got["stage_order"] == expected["stage_order"]
     for name in expected["stage_order"]:
-        assert got["stages"][name] == expected["stages"][name], name
-    for key in ("world", "components", "mixtures", "stage_files", "stages", "evaluation"):
+        assert frozen_fields(got["stages"][name], expected["stages"][name]) == expected["stages"][name], name
+    for key in ("world", "components", "mixtures", "stage_files", "evaluation"):
         assert got[key] == expected[key], key
 
 
