@@ -24,6 +24,7 @@ from llavakit.checkpoint import components, hf_config, layouts, original
 from llavakit.config import NATIVE_CONFIG_NAME, LlavaConfig
 from llavakit.errors import CheckpointError
 from llavakit.model.llava import LlavaForCausalLM
+from llavakit.utils.atomic import apply_umask
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -160,12 +161,16 @@ def load_weights(
 
 @contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``target`` only if the block completes."""
+    """Yield a temporary directory that replaces ``target`` only if the block completes.
+
+    What appears under ``target`` has the modes of the process umask, as ``mkdir`` and ``cp``
+    would give it, not the private ones of the staging directory."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
+        apply_umask(staging)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
