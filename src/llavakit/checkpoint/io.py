@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from llavakit.checkpoint import components, hf_config, layouts, original
+from llavakit.checkpoint import components, hf_config, hub, layouts, original
 from llavakit.config import NATIVE_CONFIG_NAME, LlavaConfig
 from llavakit.errors import CheckpointError
 from llavakit.model.llava import LlavaForCausalLM
@@ -40,19 +40,18 @@ def resolve(path_or_id: str | Path) -> Path:
     if path.is_dir():
         return path
     text = str(path_or_id)
-    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+    if not hub.is_hub_id(text):
         raise CheckpointError(f"checkpoint {text!r}: no such directory")
+    snapshot = hub.locate(text)  # the cache, or a refusal at once when the hub cannot supply it
+    if snapshot is not None:
+        return snapshot
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:
-        return Path(snapshot_download(text, local_files_only=True))
-    except LocalEntryNotFoundError:
-        pass
     try:
         return Path(snapshot_download(text))
     except Exception as err:  # the hub client raises many types; all mean "not available"
-        raise CheckpointError(f"checkpoint {text!r}: not a local directory and not downloadable ({err})") from None
+        raise CheckpointError(f"checkpoint {text!r}: not a local directory and not downloadable "
+                              f"({hub.one_line(err)})") from None
 
 
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from llavakit.checkpoint import hub
 from llavakit.data.dataset import DataSettings
-from llavakit.errors import LlavakitError
+from llavakit.errors import LlavakitError, validation_summary
 from llavakit.train.loss_weights import LossReduction
 
 Stage = Literal["stage1", "stage1.5", "stage2", "continue", "dpo"]
@@ -48,6 +49,18 @@ class ModelInit(_Strict):
     def _one_source(self) -> ModelInit:
         if (self.checkpoint is None) == (self.build is None):
             raise ValueError("model: give exactly one of checkpoint (continue training) or build (from parts)")
+        return self
+
+    @model_validator(mode="after")
+    def _loadable(self) -> ModelInit:
+        """A missing directory or a hub id that cannot be had (offline, no network) is refused here,
+        in one line, not after the trainer has started and the download has retried."""
+        if self.checkpoint is not None:
+            hub.require(self.checkpoint, "checkpoint")
+        for part in ("vision", "llm"):
+            pretrained = ((self.build or {}).get(part) or {}).get("pretrained")
+            if isinstance(pretrained, str):
+                hub.require(pretrained, f"build.{part}.pretrained")
         return self
 
 
@@ -87,6 +100,18 @@ class LoraSettings(_Strict):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     lr: float | None = None  # None: the optimizer's base lr
     quantize: Literal["none", "4bit", "8bit"] = "none"  # QLoRA needs CUDA and bitsandbytes
+
+    @field_validator("quantize")
+    @classmethod
+    def _quantization_available(cls, quantize: str) -> str:
+        if quantize != "none":
+            import torch
+            from transformers.utils import is_bitsandbytes_available
+
+            if not (torch.cuda.is_available() and is_bitsandbytes_available()):
+                raise ValueError(f"quantize={quantize!r} (QLoRA) needs CUDA and bitsandbytes, and this machine "
+                                 f"has {'no CUDA' if not torch.cuda.is_available() else 'no bitsandbytes'}")
+        return quantize
 
 
 class DpoSettings(_Strict):
@@ -140,6 +165,17 @@ class TrainConfig(_Strict):
     save: SaveConfig = SaveConfig()
     log_every: int = Field(1, ge=1)
     tensorboard: bool = True
+
+    @field_validator("attention")
+    @classmethod
+    def _attention_available(cls, attention: str) -> str:
+        if attention == "flash_attention_2":
+            from transformers.utils import is_flash_attn_2_available
+
+            if not is_flash_attn_2_available():
+                raise ValueError("flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install "
+                                 "flash-attn), and this machine lacks one; use sdpa")
+        return attention
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -215,7 +251,7 @@ def build_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(merged)
     except ValidationError as err:
-        raise TrainConfigError(f"{source}: invalid training config:\n{err}") from None
+        raise TrainConfigError(f"{source}: invalid training config: {validation_summary(err)}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
