@@ -174,6 +174,13 @@ def test_serve_without_its_extra_names_the_install_line(tmp_path, package):
     assert_refused(proc, "serve", package, "pip install 'llavakit[serve]'")
 
 
+def test_lora_without_peft_names_the_train_extra_when_the_config_is_read(tmp_path):
+    path = write_config(tmp_path, lora={"rank": 4})
+    proc = llavakit_command("train", path, env=absent(tmp_path, "peft"))
+    assert_refused(proc, "train", "peft", "pip install 'llavakit[train]'")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_missing_core_package_is_a_bug_with_its_traceback(tmp_path):
     proc = llavakit_command("export", "--model", tmp_path, "--out", tmp_path / "out",
                             env=absent(tmp_path, "safetensors"))

@@ -8,6 +8,7 @@ out. Which parameters train, and at what learning rate, is data: an ordered list
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,6 +113,13 @@ class LoraSettings(_Strict):
                 raise ValueError(f"quantize={quantize!r} (QLoRA) needs CUDA and bitsandbytes, and this machine "
                                  f"has {'no CUDA' if not torch.cuda.is_available() else 'no bitsandbytes'}")
         return quantize
+
+    @model_validator(mode="after")
+    def _peft_installed(self) -> LoraSettings:
+        # refused now rather than after the model is built; the command line names the extra
+        if importlib.util.find_spec("peft") is None:
+            raise ModuleNotFoundError("lora needs peft, which is not installed", name="peft")
+        return self
 
 
 class DpoSettings(_Strict):
