@@ -19,12 +19,12 @@ import sys
 from llavakit.errors import LlavakitError
 
 # Optional packages (import name) and what installs them: the extras of pyproject.toml, and the
-# packages of single features that no extra carries.
+# packages of single features that no extra carries (the lmms-eval adapter, evaluation data from
+# the hub, QLoRA, flash attention).
 OPTIONAL_PACKAGES: dict[str, str] = {
     "fastapi": "llavakit[serve]", "uvicorn": "llavakit[serve]", "starlette": "llavakit[serve]",
     "peft": "llavakit[train]", "tensorboard": "llavakit[train]",
-    "lmms_eval": "lmms-eval", "datasets": "datasets", "wandb": "wandb", "bitsandbytes": "bitsandbytes",
-    "flash_attn": "flash-attn", "openai": "openai",
+    "lmms_eval": "lmms-eval", "datasets": "datasets", "bitsandbytes": "bitsandbytes", "flash_attn": "flash-attn",
 }
 USER_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
