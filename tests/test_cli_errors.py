@@ -84,7 +84,7 @@ def write_config(tmp_path: Path, name: str = "train.yaml", **fields) -> Path:
 @pytest.mark.parametrize("command, extra", [
     ("chat", []), ("serve", []), ("export", ["--out", "OUT"]),
     ("recaption", ["--images", "IMAGES", "--out", "OUT/captions.jsonl"]),
-])
+], ids=["chat", "serve", "export", "recaption"])
 def test_a_missing_model_directory_is_one_line(tmp_path, command, extra):
     (tmp_path / "IMAGES").mkdir()
     args = [str(tmp_path / a) if a in ("OUT", "IMAGES") or a.startswith("OUT/") else a for a in extra]
