@@ -178,11 +178,13 @@ class TrainConfig(_Strict):
     @classmethod
     def _attention_available(cls, attention: str) -> str:
         if attention == "flash_attention_2":
+            import torch
             from transformers.utils import is_flash_attn_2_available
 
             if not is_flash_attn_2_available():
-                raise ValueError("flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install "
-                                 "flash-attn), and this machine lacks one; use sdpa")
+                lacking = "flash-attn 2.3.3 or later" if torch.cuda.is_available() else "a CUDA GPU"
+                raise ValueError(f"flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install "
+                                 f"flash-attn), and this machine has no {lacking}; use sdpa")
         return attention
 
     @model_validator(mode="after")
