@@ -182,7 +182,7 @@ class TrainConfig(_Strict):
             from transformers.utils import is_flash_attn_2_available
 
             if not is_flash_attn_2_available():
-                lacking = "flash-attn 2.3.3 or later" if torch.cuda.is_available() else "a CUDA GPU"
+                lacking = "flash-attn 2.3.3 or later" if torch.cuda.is_available() else "CUDA GPU"
                 raise ValueError(f"flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install "
                                  f"flash-attn), and this machine has no {lacking}; use sdpa")
         return attention
