@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llavakit import geometry
+from llavakit.errors import LlavakitError, validation_summary
 
 PROJECTOR_PATTERN = re.compile(r"^(linear|mlp(\d+)x_gelu)$")
 NATIVE_CONFIG_NAME = "llavakit_config.json"
@@ -226,10 +227,10 @@ class LlavaConfig(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise ConfigError(f"{path}: invalid llavakit config:\n{err}") from None
+            raise ConfigError(f"{path}: invalid llavakit config: {validation_summary(err)}") from None
 
 
-class ConfigError(ValueError):
+class ConfigError(LlavakitError):
     """A configuration that cannot work, with the reason."""
 
 
@@ -238,4 +239,4 @@ def validate(data: dict[str, Any], source: str = "config") -> LlavaConfig:
     try:
         return LlavaConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: invalid llavakit config:\n{err}") from None
+        raise ConfigError(f"{source}: invalid llavakit config: {validation_summary(err)}") from None

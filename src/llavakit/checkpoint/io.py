@@ -19,10 +19,11 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from llavakit.checkpoint import components, files, hf_config, layouts, original
+from llavakit.checkpoint import components, files, hf_config, hub, layouts, original
 from llavakit.config import NATIVE_CONFIG_NAME, LlavaConfig
 from llavakit.errors import CheckpointError
 from llavakit.model.llava import LlavaForCausalLM
+from llavakit.utils.atomic import apply_umask
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -38,19 +39,18 @@ def resolve(path_or_id: str | Path) -> Path:
     if path.is_dir():
         return path
     text = str(path_or_id)
-    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+    if not hub.is_hub_id(text):
         raise CheckpointError(f"checkpoint {text!r}: no such directory")
+    snapshot = hub.locate(text)  # the cache, or a refusal at once when the hub cannot supply it
+    if snapshot is not None:
+        return snapshot
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:
-        return Path(snapshot_download(text, local_files_only=True))
-    except LocalEntryNotFoundError:
-        pass
     try:
         return Path(snapshot_download(text))
     except Exception as err:  # the hub client raises many types; all mean "not available"
-        raise CheckpointError(f"checkpoint {text!r}: not a local directory and not downloadable ({err})") from None
+        raise CheckpointError(f"checkpoint {text!r}: not a local directory and not downloadable "
+                              f"({hub.one_line(err)})") from None
 
 
 # Folders a training run writes its outputs to; such a folder goes by its run's name.
@@ -175,12 +175,16 @@ def load_weights(
 
 @contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``target`` only if the block completes."""
+    """Yield a temporary directory that replaces ``target`` only if the block completes.
+
+    What appears under ``target`` has the modes of the process umask, as ``mkdir`` and ``cp``
+    would give it, not the private ones of the staging directory."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
+        apply_umask(staging)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)

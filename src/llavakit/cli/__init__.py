@@ -3,6 +3,11 @@
 Each sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
 Keeping the registry as data (name -> module path) means `llavakit --help` stays fast and a
 broken optional dependency of one command never breaks the others.
+
+Failures are reported here, once for every command: a user error (``LlavakitError``: a missing
+model, a config typo, bad data, a refused export) prints ``llavakit CMD: message`` on one line
+and exits 2; an optional package that is not installed names the extra that brings it; Ctrl-C
+exits 130 without a traceback. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +15,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from llavakit.errors import LlavakitError
+
+# Optional packages (import name) and what installs them: the extras of pyproject.toml, and the
+# packages of single features that no extra carries (the lmms-eval adapter, evaluation data from
+# the hub, QLoRA, flash attention).
+OPTIONAL_PACKAGES: dict[str, str] = {
+    "fastapi": "llavakit[serve]", "uvicorn": "llavakit[serve]", "starlette": "llavakit[serve]",
+    "peft": "llavakit[train]", "tensorboard": "llavakit[train]", "wandb": "llavakit[train]",
+    "lmms_eval": "lmms-eval", "datasets": "datasets", "bitsandbytes": "bitsandbytes", "flash_attn": "flash-attn",
+}
+USER_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
@@ -66,11 +84,48 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    try:
+        return run_command(name, rest)
+    except LlavakitError as err:
+        return refuse(name, str(err))
+    except ModuleNotFoundError as err:
+        hint = install_hint(err)
+        if hint is None:
+            raise  # not an optional package: a broken installation, the traceback says where
+        return refuse(name, hint)
+    except KeyboardInterrupt:
+        return INTERRUPTED
+
+
+def run_command(name: str, rest: list[str]) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     sub_parser = argparse.ArgumentParser(prog=f"llavakit {name}", description=COMMANDS[name][1])
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(rest)
     return int(module.run(args) or 0)
+
+
+def refuse(name: str, message: str) -> int:
+    """``llavakit NAME: message`` on one line of stderr; the exit status of a user error."""
+    print(f"llavakit {name}: {one_line(message)}", file=sys.stderr)
+    return USER_ERROR
+
+
+def one_line(message: str) -> str:
+    """Fold a message's line breaks: ``reason:`` runs on into its detail, other lines join with ``; ``."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    folded = lines[0] if lines else ""
+    for line in lines[1:]:
+        folded += (" " if folded.endswith(":") else "; ") + line
+    return folded
+
+
+def install_hint(err: ModuleNotFoundError) -> str | None:
+    """What to install for a missing optional package, or None for any other missing module."""
+    package = (err.name or "").split(".")[0]
+    if package not in OPTIONAL_PACKAGES:
+        return None
+    return f"needs {package}, which is not installed: pip install '{OPTIONAL_PACKAGES[package]}'"
 
 
 if __name__ == "__main__":

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
-from llavakit.datagen.errors import DatagenError
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -39,18 +36,15 @@ def run(args: argparse.Namespace) -> int:
     import llavakit
     from llavakit.datagen.recaption import RecaptionSettings, recaption
 
-    try:
-        settings = RecaptionSettings(
-            images=args.images, output=args.out, prompt=args.prompt, image_folder=args.image_folder,
-            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            top_p=args.top_p, seed=args.seed, keep_truncated=args.keep_truncated, limit=args.limit,
-            progress=not args.quiet)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        llava = llavakit.load(args.model, dtype=getattr(torch, args.dtype), device=device)
-        summary = recaption(llava, settings)
-    except DatagenError as err:
-        print(f"llavakit recaption: error: {err}", file=sys.stderr)
-        return 2
+    # A bad argument, image list or model is a LlavakitError: the dispatcher reports it in one line.
+    settings = RecaptionSettings(
+        images=args.images, output=args.out, prompt=args.prompt, image_folder=args.image_folder,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_p=args.top_p, seed=args.seed, keep_truncated=args.keep_truncated, limit=args.limit,
+        progress=not args.quiet)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    llava = llavakit.load(args.model, dtype=getattr(torch, args.dtype), device=device)
+    summary = recaption(llava, settings)
     rate = f"{(summary.written + summary.rejected) / summary.seconds:.2f} img/s" if summary.seconds > 0 else ""
     print(f"{summary.images} images: {summary.already_done} done before, {summary.written} captioned"
           f"{f' ({summary.truncated_kept} truncated, kept)' if summary.truncated_kept else ''}, "

@@ -1,7 +1,8 @@
 """``llavakit chat``: a multi-turn conversation with a model in the terminal, answers streamed.
 
 Type a message and press Enter. Commands: ``/image PATH`` and ``/video PATH`` attach media to your
-next message, ``/clear`` starts over, ``/quit`` (or Ctrl-D) leaves; Ctrl-C stops an answer.
+next message, ``/clear`` starts over, ``/quit`` (or Ctrl-D, or Ctrl-C at the prompt) leaves; Ctrl-C
+during an answer stops the answer.
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def read_lines(interactive: bool) -> Iterable[str]:
             yield input()
         except EOFError:
             return
+        except KeyboardInterrupt:  # Ctrl-C at the prompt leaves, as Ctrl-D does
+            print()
+            return
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,14 +146,10 @@ def run(args: argparse.Namespace) -> int:
     settings = SamplingSettings(args.max_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty,
                                 args.seed)
     session = ChatSession(llava, settings, args.stop, args.system)
-    try:
-        for path in args.image:
-            session.attach("image", path)
-        if args.video:
-            session.attach("video", args.video)
-    except LlavakitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for path in args.image:  # a missing file is a LlavakitError, reported by the dispatcher
+        session.attach("image", path)
+    if args.video:
+        session.attach("video", args.video)
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chatting with {args.model}; {HELP}")

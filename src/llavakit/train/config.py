@@ -8,14 +8,16 @@ out. Which parameters train, and at what learning rate, is data: an ordered list
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from llavakit.checkpoint import hub
 from llavakit.data.dataset import DataSettings
-from llavakit.errors import LlavakitError
+from llavakit.errors import LlavakitError, validation_summary
 from llavakit.train.loss_weights import LossReduction
 
 Stage = Literal["stage1", "stage1.5", "stage2", "continue", "dpo"]
@@ -53,6 +55,18 @@ class ModelInit(_Strict):
     def _one_source(self) -> ModelInit:
         if (self.checkpoint is None) == (self.build is None):
             raise ValueError("model: give exactly one of checkpoint (continue training) or build (from parts)")
+        return self
+
+    @model_validator(mode="after")
+    def _loadable(self) -> ModelInit:
+        """A missing directory or a hub id that cannot be had (offline, no network) is refused here,
+        in one line, not after the trainer has started and the download has retried."""
+        if self.checkpoint is not None:
+            hub.require(self.checkpoint, "checkpoint")
+        for part in ("vision", "llm"):
+            pretrained = ((self.build or {}).get(part) or {}).get("pretrained")
+            if isinstance(pretrained, str):
+                hub.require(pretrained, f"build.{part}.pretrained")
         return self
 
 
@@ -104,6 +118,25 @@ class LoraSettings(_Strict):
     save_merged: bool = Field(
         True, description="also save the adapters merged into a full model (model/), which load, eval "
         "and serve read directly; false: only the peft adapter (adapter/), for merge-lora or --adapter")
+
+    @field_validator("quantize")
+    @classmethod
+    def _quantization_available(cls, quantize: str) -> str:
+        if quantize != "none":
+            import torch
+            from transformers.utils import is_bitsandbytes_available
+
+            if not (torch.cuda.is_available() and is_bitsandbytes_available()):
+                raise ValueError(f"quantize={quantize!r} (QLoRA) needs CUDA and bitsandbytes, and this machine "
+                                 f"has {'no CUDA' if not torch.cuda.is_available() else 'no bitsandbytes'}")
+        return quantize
+
+    @model_validator(mode="after")
+    def _peft_installed(self) -> LoraSettings:
+        # refused now rather than after the model is built; the command line names the extra
+        if importlib.util.find_spec("peft") is None:
+            raise ModuleNotFoundError("lora needs peft, which is not installed", name="peft")
+        return self
 
 
 class DpoSettings(_Strict):
@@ -229,6 +262,19 @@ class TrainConfig(_Strict):
     tensorboard: bool = Field(True, description="false drops tensorboard from report_to (kept for older configs)")
     eval: InLoopEval | None = Field(None, description="evaluation during training (None: none)")
 
+    @field_validator("attention")
+    @classmethod
+    def _attention_available(cls, attention: str) -> str:
+        if attention == "flash_attention_2":
+            import torch
+            from transformers.utils import is_flash_attn_2_available
+
+            if not is_flash_attn_2_available():
+                lacking = "flash-attn 2.3.3 or later" if torch.cuda.is_available() else "CUDA GPU"
+                raise ValueError(f"flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install "
+                                 f"flash-attn), and this machine has no {lacking}; use sdpa")
+        return attention
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if "jsonl" not in self.report_to:  # metrics.jsonl is the log every tool reads: always written
@@ -310,7 +356,7 @@ def build_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(merged)
     except ValidationError as err:
-        raise TrainConfigError(f"{source}: invalid training config:\n{err}") from None
+        raise TrainConfigError(f"{source}: invalid training config: {validation_summary(err)}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

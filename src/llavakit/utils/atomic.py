@@ -33,7 +33,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> N
             if durable:
                 os.fsync(handle.fileno())
         # mkstemp creates 0600; keep an existing file's mode, else the usual umask-based one
-        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~process_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,7 +48,36 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> No
     atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
 
 
-def _umask() -> int:
-    current = os.umask(0)
+def apply_umask(root: str | Path) -> None:
+    """Give ``root`` and everything under it the modes a plain ``mkdir`` / ``open`` would give:
+    directories ``0777 & ~umask``, files ``0666 & ~umask`` (``0777 & ~umask`` when executable).
+
+    A directory staged with ``tempfile.mkdtemp`` is 0700, and some writers (safetensors) create
+    their files 0600: published as they are, a model or export would be readable by its owner
+    only, and another user or container could not serve it. Call this on the staging directory
+    before renaming it into place.
+    """
+    umask = process_umask()
+    root = Path(root)
+    for directory, _, files in os.walk(root):
+        os.chmod(directory, 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(directory, name)
+            executable = os.lstat(path).st_mode & 0o100
+            if not os.path.islink(path):
+                os.chmod(path, (0o777 if executable else 0o666) & ~umask)
+
+
+def process_umask() -> int:
+    """The process umask, read without changing it where the platform allows (``os.umask`` can
+    only be read by setting it, and a thread creating a file in between would get mode 0666)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o077)
     os.umask(current)
     return current
