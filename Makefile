@@ -9,9 +9,9 @@ TORCH ?= torch==2.13.0
 
 .PHONY: quickstart test install clean
 
-# The quickstart needs llavakit's core only (no LoRA, no TensorBoard: 5 s less to install); the
-# tests add the training and serving extras, the dev tools and lmms-eval on top (a second stamp),
-# so `make quickstart` on a fresh machine installs less.
+# The quickstart needs llavakit's core only (no LoRA, no TensorBoard); the tests add the training,
+# serving and eval extras, the dev tools and lmms-eval on top (a second stamp), so `make quickstart`
+# on a fresh machine installs less.
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
