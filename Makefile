@@ -4,24 +4,27 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= runs/quickstart
+# The CPU build of torch, from the local wheel store.
+TORCH ?= torch==2.13.0
 
 .PHONY: quickstart test install clean
 
-# The quickstart needs llavakit's core only (no LoRA, no TensorBoard: 5 s less to install); the
-# tests add the training and serving extras, the dev tools and lmms-eval on top (a second stamp),
-# so `make quickstart` on a fresh machine installs less.
+# The quickstart needs llavakit's core only (no LoRA, no TensorBoard); the tests add the training,
+# serving and eval extras, the dev tools and lmms-eval on top (a second stamp), so `make quickstart`
+# on a fresh machine installs less.
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e .
 	touch $@
 
+# The eval extra holds what the `lmms-eval` command needs; lmms-eval itself goes on without its
+# declared requirements, which would replace the CPU torch and downgrade PyAV (docs/evaluation.md).
+# Naming $(TORCH) again makes pip refuse, rather than carry out, any change of torch.
 $(VENV)/.installed: $(VENV)/.core
-	$(PY) -m pip install -q -e ".[serve,train,dev]"
-	# lmms-eval sources are read by the metric-equivalence tests (its harness deps are not needed)
+	$(PY) -m pip install -q -e ".[serve,train,dev,eval]" "$(TORCH)"
 	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
-	$(PY) -m pip install -q loguru pytz
 	touch $@
 
 install: $(VENV)/.installed

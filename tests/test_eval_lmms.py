@@ -1,7 +1,7 @@
 """The lmms-eval adapter: registered through lmms-eval's real ``lmms_eval.models`` entry-point mechanism,
 a subclass of its ``lmms`` base class, answering ``generate_until`` as `Llava.generate` does and scoring
-``loglikelihood`` on the right positions. lmms-eval's harness (datasets, task loading) is not installed
-here, so tasks are fed as lmms-eval `Instance`s; see docs/evaluation.md for the command line."""
+``loglikelihood`` on the right positions. Requests are fed in-process as lmms-eval `Instance`s;
+test_eval_lmms_cli.py runs the `lmms-eval` command itself (docs/evaluation.md)."""
 
 from __future__ import annotations
 

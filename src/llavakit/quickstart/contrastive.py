@@ -1,7 +1,7 @@
 """A tiny image-text dual encoder: a transformers SigLIP image tower and a throwaway caption encoder.
 
 Only the image tower is kept; the caption encoder exists to give the contrastive loss something to
-align with. Captions come from a closed vocabulary of about 130 words, so a word-level tokenizer
+align with. Captions come from the world's small closed vocabulary, so a word-level tokenizer
 and a two-layer transformer suffice (a bag of words would lose which colour goes with which shape).
 """
 

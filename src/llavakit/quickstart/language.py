@@ -98,7 +98,7 @@ def train_language(world_dir: Path, out_dir: Path, settings: ComponentSettings, 
     lines = corpus_lines(world_dir)
     conversations = chat_conversations(world_dir, grounded=True)
     # The role names join the BPE corpus because every rendered turn starts with one: left out,
-    # "assistant" was 6 tokens and "user" 3, a fifth of a short question-answer turn.
+    # each splits into several tokens, a large share of a short question-answer turn.
     texts = lines + [part for c in conversations for m in c for part in (m["role"], m["content"])]
     tokenizer = build_tokenizer(texts, lm.vocab_size)
     tokenizer.model_max_length = lm.max_position_embeddings

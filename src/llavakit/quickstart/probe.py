@@ -32,9 +32,10 @@ PROBE_STREAM = 104729  # keeps probe scenes apart from every stream the world ge
 
 
 # Each probe: (the label it reads, the token pooling it reads it from). "shape_token" reads shape
-# from the one token most covered by the object: what a single LLaVA token carries on its own. On
-# the 2-layer tower the pooled probe read 0.92 and this one 0.49, and the quickstart's LM, which
-# reads tokens one by one, scored at chance on shape (see VisionSettings.token_weight).
+# from the one token most covered by the object: what a single LLaVA token carries on its own. A
+# tower can carry shape when its tokens are pooled and still not in any one token, and the
+# quickstart's LM, which reads tokens one by one, then stays at chance on shape (see
+# VisionSettings.token_weight).
 PROBES = {
     "color": ("color", "object"),
     "shape": ("shape", "object"),

@@ -88,8 +88,8 @@ def hires_crops(world_dir: Path, record: dict, crop_side: int, image_size: int):
             if crop_side != image_size:
                 tile = np.asarray(Image.fromarray(tile).resize((image_size, image_size), Image.Resampling.BICUBIC))
             # Always "a" (so "a orange square"): the grammatical wording changes the tower's weights,
-            # and the one run measured with it scored colour 0.28 against the 0.57 of this wording,
-            # failing test_quickstart's control margin. Kept until it is measured over several seeds.
+            # and the one run measured with it learned colour worse, failing test_quickstart's
+            # control margin. Kept until the two are compared over several seeds.
             names = [f"a {name}" for name, _ in inside]
             yield tile, sentence(join_words(names)), inside
 

@@ -40,8 +40,8 @@ def follow_up_pairs(scene: Scene, rng: np.random.Generator, limit: int, asked: s
     """Up to ``limit`` distinct questions about the scene, never ``asked`` again, taken from each
     kind in turn (kinds in random order, questions in random order within a kind).
 
-    Drawn from the pool as a whole, relations took most follow-ups (a scene of n objects has up to
-    2n(n-1) of them against n colours): 2,414 relation questions against 1,209 colour ones.
+    Taking kinds in turn keeps the kinds balanced: drawn from the pool as a whole, relations would
+    take most follow-ups, since a scene of n objects has up to 2n(n-1) of them against n colours.
     """
     by_kind: dict[str, list[tuple[str, str]]] = {}
     for kind, question, answer in candidate_pairs(scene):

@@ -55,11 +55,11 @@ def side_word(obj: SceneObject, axis: int, side: int) -> str:
 
 
 # The relation questions ask for reasoning: each object's side of the centre first, then the
-# relation ("red left, blue right, so left."). Asked for the relation word alone, the LM never
-# learned it (0.44-0.62 in every default run, chance 0.5); each side named right after the
+# relation ("red left, blue right, so left."). The relation word alone asks the LM to compare two
+# places it never wrote down, which the tiny model did not learn; each side named right after the
 # object's colour is a lookup it learns as it learns the listings, and the comparison is then
-# text (docs/quickstart.md, item 27). The eval (`reasoned_accuracy`) scores the words after the
-# last REASONED_MARKER, ", so ".
+# text (history: docs/experiments/quickstart-history.md, item 27). The eval (`reasoned_accuracy`)
+# scores the words after the last REASONED_MARKER, ", so ".
 NAME_SIDES = "Name each side first."
 
 

@@ -27,7 +27,7 @@ class WorldSettings:
     max_objects: int = 5  # most objects in one scene (count answers go 1..max_objects)
     follow_ups: int = 4  # extra short-answer questions per single-image training sample
     # Direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before scale); 0 writes
-    # no such file. The quickstart asks for 3,000 (none with --no-motion-drill).
+    # no such file. Off by default: only a recipe that trains a motion phase needs the clips.
     motion_drill: int = 0
     scale: float = 1.0  # multiplier on every sample count
 

@@ -95,13 +95,11 @@ def build_grounding(ctx: Context) -> Sample:
     """Stage-1.5 grounding: a scene of 3 to 5 objects of different shapes, and the colour of every
     object asked by its shape, one turn each (the eval's "What color is the triangle?").
 
-    Finding an object by its shape is what the model learned last and least: after eight stage-2
-    epochs it named the colour of another object in the image for half the scenes of several
-    objects, and four times the stage-2 colour questions did not change that. Trained on these
-    alone, after the re-captions, the model learned it abruptly, near step 450 to 900 of 16 scenes
-    or not in 1,122 steps depending on the draw; after the listings (build_listing) it fell by step
-    330 (the quickstart's grounding phase, run.py). No turn names a colour and a shape together, so
-    no answer can be copied from an earlier one.
+    Finding an object by its shape is what the model learned last and least: in stage-2 it often
+    named the colour of another object in the image, and more stage-2 colour questions did not
+    change that. Every object asked in turn makes the lookup the whole of the loss; it is learned
+    sooner and more reliably after the listings (build_listing) than before them. No turn names a
+    colour and a shape together, so no answer can be copied from an earlier one.
     """
     return _ask_every_object(ctx, "shape", lambda obj: (color_question(obj.shape), obj.color))
 
@@ -110,11 +108,11 @@ def build_shape_grounding(ctx: Context) -> Sample:
     """Stage-1.5 shape grounding: a scene of 3 to 5 objects of different colours, and the shape of
     every object asked by its colour, one turn each (the eval's "What shape is the red object?").
 
-    Replayed in the motion phase, after the side listings and relation questions have drilled
-    "<colour> <side>" for hundreds of steps: without it stage-2 answered the shape of another
-    object for 12 and 28 of 63 held-out scenes of several objects in two data orders (shape 0.88,
-    0.72), with 500 of these 1.00 (docs/quickstart.md, item 27). Twice as many cost the lookup
-    the other way (colour 0.77).
+    For replay after the side listings and relation questions have drilled "<colour> <side>":
+    those drills pull the colour word towards a place, and without this replay stage-2 answered
+    the shape of another object for some scenes of several objects. Kept few (train_weight below),
+    since more of them weaken the lookup the other way, the colour by shape (history:
+    docs/experiments/quickstart-history.md, item 27).
     """
     return _ask_every_object(ctx, "color", lambda obj: (shape_question(obj.color), obj.shape))
 
@@ -128,8 +126,8 @@ def build_listing(ctx: Context) -> Sample:
     Each of the two lookups the eval asks for ("What shape is the red object?", "What color is the
     triangle?") is here one step from its cue: the second word of a pair comes right after the
     first, so the first word's own position must find its object in the image. Asked as questions,
-    with the answer a dozen tokens after the cue, the lookups were learned abruptly after hundreds
-    of steps or not at all; named this way both were learned within 300 steps (docs/quickstart.md,
+    with the answer a dozen tokens after the cue, the lookups were learned late and unreliably;
+    named this way both were learned quickly (history: docs/experiments/quickstart-history.md,
     item 23). The fixed orders leave nothing to guess once they are learned, so the loss falls to
     near zero and the phase can end on it.
     """
@@ -157,11 +155,10 @@ def build_side_listing(ctx: Context) -> Sample:
     right, blue right.".
 
     The relation questions ("Is the red circle left or right of the blue square?") need where each
-    object is. The LM did not learn to read an object's side asked as a question (loss flat for
-    374 steps), nor its column named right after its colour (place listings: the number right
-    0.59 of the time after 374 steps). Named this way, two words, the side right after the colour,
-    it was learned within 250 steps (0.95 on fresh scenes), from a tower whose tokens keep their
-    place (docs/quickstart.md, item 26).
+    object is. The LM did not learn to read an object's side asked as a question, nor its column
+    number named right after its colour (place listings). Named this way, two words, the side
+    right after the colour, it was learned, from a tower whose tokens keep their place (history:
+    docs/experiments/quickstart-history.md, item 26).
     """
     axis = ctx.index % 2
     side = ctx.settings.image_side
@@ -179,10 +176,11 @@ def build_relation_drill(ctx: Context) -> Sample:
     right of the blue square? Name each side first." "red left, blue right, so left."), each
     object asked about once, against another object far enough from it on a random axis.
 
-    After the side listings, on three worlds, held-out relations asked this way were right 0.84-0.87
-    of the time after 374 steps, the sides 0.975-1.00 (a guess at the relation when both objects
-    are on one side caps it near 0.85); asked for the relation word alone, or for the sides in a
-    sentence ("The red circle is left of ..."), they stayed at chance (docs/quickstart.md, item 27).
+    Asked this way, after the side listings, the relation follows from the two sides the answer
+    has just named (when both objects are on one side of the centre, the sides do not decide it and
+    the relation is a guess); asked for the relation word alone, or for the sides in a sentence
+    ("The red circle is left of ..."), the tiny model stayed at chance (history:
+    docs/experiments/quickstart-history.md, item 27).
     """
     side = ctx.settings.image_side
 
@@ -254,7 +252,8 @@ def hires_choices(settings: WorldSettings) -> tuple[str, ...]:
 def hires_geometry(settings: WorldSettings) -> tuple[int, int]:
     """(tiny object px, letter cell px) on the large image. Both shrink below two pixels once
     the image is squashed to the normal side: at 4x, a 6 px object and a 5x7 px letter.
-    (A 2 px cell would leave a 3x4 px blob that a linear probe still reads 97% of the time.)"""
+    (With 2 px cells a letter survives the squash as a blob that a linear probe still reads, so
+    the task would not need the large image.)"""
     ratio = settings.hires_side / settings.image_side
     tiny_px = max(2, round(vocab.TINY_EXTENT_NORMAL_PX * ratio))
     return tiny_px, max(1, int(ratio // 4))
@@ -295,13 +294,11 @@ def build_tiny_grounding(ctx: Context) -> Sample:
     """Stage-1.5: the detail task's colour question ("What color is the tiny object?") on a large
     image of its own, the tiny object's colour cycling through the colours.
 
-    Finding the tiny object among large ones is a lookup by size, learned in stage-2 from its 150
-    questions, or not: after a motion phase it named the right colour for 14 of 50 held-out images
-    in one stage-2 data order (37 in another); with these scenes in the grounding phase and half of
-    them replayed in the motion phase, 49 of 50 in the first (docs/quickstart.md, item 25). The
-    grounding phase ends before it learns them (7-10 of 50 from the grounding models of three
-    worlds, item 26): what they change is what stage-2 starts from. No annotation, as for the other
-    drills.
+    Finding the tiny object among large ones is a lookup by size; from stage-2's colour questions
+    alone it was learned in one data order and not in another. These scenes, in the grounding phase
+    and replayed in the motion phase, make it part of what stage-2 starts from, though the grounding
+    phase ends before it learns them itself (history: docs/experiments/quickstart-history.md, items
+    25 and 26). No annotation, as for the other drills.
     """
     target = COLOR_NAMES[ctx.index % len(COLOR_NAMES)]
     image = ctx.save_image(draw_scene(_hires_scene(ctx, _tiny_object(ctx, target))))
@@ -318,7 +315,7 @@ TASKS = (
 
 # Stage-1.5 data, not a stage-2 kind (world.py writes it to its own file): 10 x train_per_task scenes.
 GROUNDING = Task("grounding", build_grounding, train_weight=10.0)
-SHAPE_GROUNDING = Task("shape_grounding", build_shape_grounding, train_weight=5 / 3)  # 500 at 300 a task
+SHAPE_GROUNDING = Task("shape_grounding", build_shape_grounding, train_weight=5 / 3)  # 500 at the default 300 a task
 LISTING = Task("listing", build_listing, train_weight=10.0)
 SIDE_LISTING = Task("side_listing", build_side_listing, train_weight=10.0)
 RELATION_DRILL = Task("relation", build_relation_drill, train_weight=10.0)

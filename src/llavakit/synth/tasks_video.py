@@ -28,9 +28,10 @@ def build_video_direction(ctx: Context, by_color: bool = False) -> Sample:
 def build_motion_drill(ctx: Context) -> Sample:
     """The direction question; every other clip names the mover by its colour alone ("the blue
     object": a clip's colours never repeat). Asked always as the eval asks it ("the blue cross"),
-    3,000 questions found the mover by its shape word, and stage-2 then learned the lookup by
-    colour ("What shape is the red object?") for 0.73-0.85 of held-out scenes, against 1.00 without
-    the phase; named by colour in half, 0.92-0.94 (docs/quickstart.md, item 25)."""
+    the drill teaches the model to find the mover by its shape word, and stage-2 then learned the
+    lookup by colour ("What shape is the red object?") less well than without the phase; naming
+    the mover by colour in half the clips keeps both lookups in use (history:
+    docs/experiments/quickstart-history.md, item 25)."""
     return build_video_direction(ctx, by_color=ctx.index % 2 == 1)
 
 

@@ -111,8 +111,8 @@ def encode_mp4(frames: Sequence[Image.Image], fps: int) -> bytes:
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
         # Near-lossless: tiny objects must keep their colour through chroma subsampling.
-        # No macroblock-tree lookahead: with it, libx264 gave a few clips in a hundred other bytes
-        # once the process's memory had changed (the world differed from run to run); 0 of 900 without.
+        # No macroblock-tree lookahead: with it, libx264 sometimes encoded the same frames to other
+        # bytes once the process's memory had changed, so the world differed from run to run.
         x264 = {"crf": "12", "preset": "veryfast", "x264-params": "mbtree=0:rc-lookahead=0"}
         stream.options = x264 if codec == "libx264" else {"qscale": "2"}
         for image in frames:

@@ -61,10 +61,10 @@ def train_count(task: Task, settings: WorldSettings) -> int:
 
 def drills(settings: WorldSettings) -> dict[str, tuple[Task, int]]:
     """The stage-1.5 drill files this world holds, each with its task and sample count: one skill
-    each, many samples, trained alone or nearly (the quickstart's listing phase, its grounding phase
-    with the tiny-object questions, its side listings and relation questions, and its motion phase
-    with the shape questions replayed, whose clips the quickstart asks for unless --no-motion-drill).
-    Their images stay out of annotations.jsonl, so the tower sees what it saw before."""
+    each, many samples, so a recipe can train each alone or nearly (listings, grounding with the
+    tiny-object questions, side listings, relation questions, the shape questions to replay, and
+    the motion clips when WorldSettings.motion_drill asks for them). Their images stay out of
+    annotations.jsonl, so the tower sees what it saw before."""
     files = {file: (task, train_count(task, settings)) for file, task in (
         (GROUNDING_FILE, tasks_single.GROUNDING), (TINY_FILE, tasks_single.TINY_GROUNDING),
         (LISTING_FILE, tasks_single.LISTING), (SIDE_LISTING_FILE, tasks_single.SIDE_LISTING),
