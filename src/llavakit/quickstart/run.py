@@ -258,6 +258,7 @@ def run_stage(name: str, data: dict[str, Any], configs_dir: Path) -> dict[str, A
     from llavakit.train.loop import Trainer
 
     path = configs_dir / f"{name}.yaml"
+    data = {**data, "overwrite": True}  # a quickstart run rebuilds every stage it finds from an earlier one
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     print(f"\n== {name}: llavakit train {path}")
     started = time.perf_counter()

@@ -117,6 +117,9 @@ class TrainConfig(_Strict):
     model: ModelInit
     data: DataConfig
     output_dir: str
+    # Train into an output_dir that already holds a run, replacing it (its checkpoints, model, logs).
+    # Without it such a directory is refused unless the run is resumed.
+    overwrite: bool = False
     trainable: list[ParamRule] = []
     optim: OptimConfig = OptimConfig()
     lora: LoraSettings | None = None

@@ -253,9 +253,18 @@ class Trainer:
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
+        previous = checkpoints.run_files(self.run_dir)
+        if resume and self.config.overwrite:
+            raise TrainConfigError("resume continues the run in output_dir and overwrite replaces it: give one")
+        if previous and not resume and not self.config.overwrite:
+            raise TrainConfigError(f"{self.run_dir} holds a run ({', '.join(p.name for p in previous)}): resume it "
+                                   "(--resume) or replace it (--overwrite)")
         if self.accelerator is None or not hasattr(self, "model"):
             self.setup()
         accelerator = self.accelerator
+        if previous and not resume and accelerator.is_main_process:
+            checkpoints.remove_run(self.run_dir)
+        accelerator.wait_for_everyone()
         start = self._resume() if resume else 0
         log = None
         if accelerator.is_main_process:
@@ -332,19 +341,25 @@ class Trainer:
         accelerator = self.accelerator
         staging = checkpoints.staging_dir(self.run_dir, step)
         if accelerator.is_main_process:
-            checkpoints.clear_staging(self.run_dir)
+            checkpoints.recover(self.run_dir)
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        self.backend.save_state(staging / "state", self.model, self.optimizer, self.scheduler)
-        gathered = self.backend.full_state_dict(self.model)  # collective: every process takes part
-        if accelerator.is_main_process:
-            self.save_model(staging / "model", gathered)
-            state = {"step": step, "total_steps": self.total_steps, "stage": self.config.stage,
-                     "skipped": len(self.skips), "stopped_early": self.stopped_at is not None}
-            checkpoints.publish(self.run_dir, step, state, self.config.save.keep_last)
+        with checkpoints.reporting_full_disk(staging.parent, f"checkpoint {checkpoints.step_name(step)}",
+                                             partial=staging):
+            self.backend.save_state(staging / "state", self.model, self.optimizer, self.scheduler)
+            accelerator.wait_for_everyone()  # every process's files are written before publish lists them
+            gathered = self.backend.full_state_dict(self.model)  # collective: every process takes part
+            if accelerator.is_main_process:
+                self.save_model(staging / "model", gathered)
+                state = {"step": step, "total_steps": self.total_steps, "stage": self.config.stage,
+                         "skipped": len(self.skips), "stopped_early": self.stopped_at is not None}
+                checkpoints.publish(self.run_dir, step, state, self.config.save.keep_last)
         accelerator.wait_for_everyone()
 
     def _resume(self) -> int:
+        if self.accelerator.is_main_process:
+            checkpoints.recover(self.run_dir)
+        self.accelerator.wait_for_everyone()
         found = checkpoints.latest(self.run_dir)
         if found is None:
             if self.accelerator.is_main_process:
@@ -365,7 +380,8 @@ class Trainer:
         if accelerator.is_main_process:
             final = checkpoints.latest(self.run_dir)
             model_dir = self.run_dir / "model"
-            with io.atomic_directory(model_dir) as staging:
+            with checkpoints.reporting_full_disk(model_dir, "the final model"), \
+                    io.atomic_directory(model_dir) as staging:
                 for item in (final / "model").iterdir():
                     (staging / item.name).write_bytes(item.read_bytes())
             if len(self.skips):

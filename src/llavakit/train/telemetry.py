@@ -30,7 +30,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(tensorboard_dir))
+                # purge_step: TensorBoard hides the points a killed run logged after the resumed step
+                purge = resume_step + 1 if resume_step is not None else None
+                self.writer = SummaryWriter(str(tensorboard_dir), purge_step=purge)
             except ImportError:  # tensorboard is optional: the JSONL log always exists
                 self.writer = None
 
