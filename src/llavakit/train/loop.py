@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from llavakit.api import Llava
 from llavakit.checkpoint import components, io
+from llavakit.config import LlavaConfig
 from llavakit.data import Collator, LlavaDataset, PackingCollator, SkipReport, load_entries
 from llavakit.data.errors import SkippedSample
 from llavakit.model.llava import LlavaForCausalLM
@@ -30,9 +31,13 @@ from llavakit.train.loss_weights import label_weights
 from llavakit.train.plan import BatchPlan
 from llavakit.train.telemetry import MetricsLog, Throughput
 
-# Parts of a vision tower that LLaVA never reads (it takes hidden states before them): frozen so
-# they do not count as trainable nor stall DDP waiting for gradients that never come.
-UNUSED_VISION = ParamRule(pattern=r"^vision_tower\.(vision_model\.)?(head|post_layernorm)\.", frozen=True)
+def unused_vision(model_config: LlavaConfig) -> ParamRule:
+    """Parts of the vision tower that LLaVA never reads (it takes hidden states before them: the
+    pooling head, the last norm, the layers after the deepest feature layer) are frozen: they get no
+    gradient, so as trainable parameters they would count as trained, stall DDP waiting for them,
+    and have no optimizer state under FSDP, whose resume then fails for want of it."""
+    parts = ["head", "post_layernorm"] + [rf"encoder\.layers\.{i}" for i in model_config.vision.unused_layers]
+    return ParamRule(pattern=rf"^vision_tower\.(vision_model\.)?({'|'.join(parts)})\.", frozen=True)
 
 
 def build_model(config: TrainConfig) -> tuple[LlavaForCausalLM, Any]:
@@ -82,8 +87,8 @@ def precision(config: TrainConfig) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision]
 
 
-def training_rules(config: TrainConfig) -> list[ParamRule]:
-    rules = [UNUSED_VISION]
+def training_rules(config: TrainConfig, model_config: LlavaConfig) -> list[ParamRule]:
+    rules = [unused_vision(model_config)]
     if config.lora is not None:  # the LLM's own weights stay frozen under LoRA
         rules.append(ParamRule(pattern=r"^language_model\.", frozen=True))
     return rules + list(config.trainable)
@@ -126,8 +131,8 @@ class Trainer:
             apply_lora(model, config.lora)
         always = ("lora_",) if config.lora is not None else ()
         lora_lr = config.lora.lr if config.lora is not None and config.lora.lr else None
-        self.plan_params = params.assign(model, training_rules(config), config.optim.lr, config.optim.weight_decay,
-                                         always)
+        self.plan_params = params.assign(model, training_rules(config, model.config), config.optim.lr,
+                                         config.optim.weight_decay, always)
         if lora_lr:
             self.plan_params = [params.Assignment(a.name, lora_lr if "lora_" in a.name else a.lr, a.weight_decay)
                                 for a in self.plan_params]
