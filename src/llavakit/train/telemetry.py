@@ -43,6 +43,7 @@ class MetricsLog:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "step":
                     self.writer.add_scalar(key, value, record["step"])
+            self.writer.flush()  # as the JSONL line: a kill loses no logged point that a resume keeps
 
     def close(self) -> None:
         if self.writer is not None:
