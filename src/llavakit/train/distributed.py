@@ -63,10 +63,11 @@ class AccelerateBackend:
         # accelerate reads its RNG file with weights_only=True but goes on without the RNG state
         # when that fails: read it first, so a file that is more than tensors is refused.
         rng = directory / f"random_states_{self.accelerator.process_index}.pkl"
-        for pickled in sorted(directory.glob("custom_checkpoint_*.pkl")):  # accelerate would unpickle it freely
-            raise CheckpointError(f"{pickled}: a pickled object state, which llavakit does not write and resume never "
-                                  "loads (a checkpoint of an older llavakit keeps its scheduler there; start that "
-                                  "run again)")
+        objects = sorted(directory.glob("custom_checkpoint_*.pkl"))  # accelerate would unpickle these freely
+        if objects:
+            raise CheckpointError(f"{objects[0]}: a pickled object state, which llavakit does not write and resume "
+                                  "never loads (a checkpoint of an older llavakit keeps its scheduler there; start "
+                                  "that run again)")
         with refusing_pickles(directory):
             load(rng)
             self.accelerator.load_state(str(directory))

@@ -350,7 +350,7 @@ class Trainer:
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
         with checkpoints.reporting_full_disk(staging.parent, f"checkpoint {checkpoints.step_name(step)}",
-                                             partial=staging):
+                                             partial=staging if accelerator.is_main_process else None):
             self.backend.save_state(staging / "state", self.model, self.optimizer, self.scheduler)
             accelerator.wait_for_everyone()  # every process's files are written before publish lists them
             gathered = self.backend.full_state_dict(self.model)  # collective: every process takes part
