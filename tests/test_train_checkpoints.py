@@ -154,6 +154,7 @@ def test_resume_never_runs_code_from_a_tampered_state_file(data, onevision_dir, 
 
 
 # ---- a full disk (item 12) ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_full_disk_is_named_and_earlier_checkpoints_stay(data, onevision_dir, tmp_path):
     """A real filesystem of 2 MiB (tmpfs in a private mount namespace): the first checkpoint fits,
     the second does not; the run ends with one line naming the place, step 1 stays complete."""
