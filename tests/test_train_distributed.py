@@ -1,5 +1,5 @@
 """Two CPU processes (gloo, DDP) and one process with the same global batch give the same loss
-curve; FSDP on two CPU processes trains and saves a loadable checkpoint."""
+curve; FSDP on two CPU processes trains and saves a loadable checkpoint, and resumes in every stage."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import llavakit
+from llavakit.tiny import checkpoints as tiny
+from llavakit.train import checkpoints
 from train_fixtures import base_config, write_caption_data
 
 STEPS = 10
@@ -33,9 +36,9 @@ def _run(command: list[str]) -> str:
     return done.stdout + done.stderr
 
 
-def _torchrun(config: Path) -> str:
+def _torchrun(config: Path, *extra: str) -> str:
     return _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                 "-m", "llavakit", "train", str(config)])
+                 "-m", "llavakit", "train", str(config), *extra])
 
 
 def _losses(run: Path) -> list[float]:
@@ -75,3 +78,43 @@ def test_fsdp_on_two_cpu_processes_trains_and_saves_a_loadable_model(data, onevi
     assert all((v - reference[k]).abs().max() < 1e-5 for k, v in model.model.state_dict().items())
     answer = model.generate([{"role": "user", "content": "Hello?"}], max_new_tokens=3)
     assert len(answer.token_ids) >= 1
+
+
+class RunsCode:
+    """Unpickled with weights_only=False, this creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_fsdp_resumes_in_every_stage(data, tmp_path, stage):
+    """A model from parts with the default feature_layer -2: the tower's last layer gets no
+    gradient. Killed after step 2 (its later checkpoint gone), the FSDP run resumes to the same
+    losses and weights; a pickle in the old place of the scheduler state is never run."""
+    from safetensors.torch import load_file
+
+    vision, llm = tiny.build_parts(tmp_path / "parts")
+    run = tmp_path / "run"
+    config = base_config(data, run, stage=stage, model={"build": {"vision": {"pretrained": str(vision)},
+                                                                   "llm": {"pretrained": str(llm)}}},
+                         max_steps=4, global_batch_size=8, micro_batch_size=2, distributed="fsdp",
+                         save={"every_steps": 2, "keep_last": 2})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    _torchrun(path)
+    expected, weights = _losses(run), load_file(str(run / "model" / "model.safetensors"))
+    assert len(expected) == 4
+    checkpoints.discard(run / "checkpoints" / "step-00000004")
+    marker = tmp_path / "code-ran"
+    torch.save(RunsCode(marker), run / "checkpoints" / "step-00000002" / "state" / "extra.pt")
+    output = _torchrun(path, "--resume")
+    assert "step-00000002 (step 2 of 4)" in output
+    assert not marker.exists()
+    assert max(abs(a - b) for a, b in zip(_losses(run), expected)) < 1e-6 and len(_losses(run)) == 4
+    resumed = load_file(str(run / "model" / "model.safetensors"))
+    assert all((resumed[k] - v).abs().max() < 1e-6 for k, v in weights.items())

@@ -3,6 +3,8 @@ before training starts."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -77,6 +79,22 @@ def test_stage2_trains_everything_the_model_reads(data, onevision_dir, tmp_path)
     rates = {name_lr for name_lr in trainer.plan_params if name_lr.name.startswith("vision_tower.")}
     assert {a.lr for a in rates} == {2e-6}
     assert {a.lr for a in trainer.plan_params if not a.name.startswith("vision_tower.")} == {1e-5}
+
+
+@pytest.mark.parametrize("source", ["parts", "next"])
+def test_tower_layers_after_the_feature_layer_are_frozen(data, parts, next_dir, tmp_path, source):
+    """feature_layer -2 (the default, and NeXT's CLIP): the tower's last layer is never read, gets
+    no gradient, and so is not trainable (FSDP could not resume a parameter without optimizer state)."""
+    model = {"build": _build_spec(parts)} if source == "parts" else {"checkpoint": str(next_dir)}
+    trainer, before, changed = _train(base_config(data, tmp_path / "run", model=model))
+    vision = trainer.unwrapped().config.vision
+    assert vision.feature_layer == -2
+    layers = vision.hf_config["num_hidden_layers"]
+    last, read = ({k for k in before if re.match(rf"vision_tower\.(vision_model\.)?encoder\.layers\.{i}\.", k)}
+                  for i in (layers - 1, layers - 2))
+    assert last and not (changed & last)
+    assert read and read <= changed
+    assert not {a.name for a in trainer.plan_params} & last
 
 
 def test_rules_as_data_freeze_what_they_name(data, onevision_dir, tmp_path):

@@ -81,6 +81,15 @@ class VisionTowerConfig(_Strict):
         return int(self.hf_config["hidden_size"])
 
     @property
+    def unused_layers(self) -> range:
+        """Encoder layers after the deepest feature layer. ``hidden_states[i]`` is what layer ``i - 1``
+        gives (``hidden_states[0]``: the embeddings), so these layers' output is never read and their
+        parameters never get a gradient."""
+        layers = int(self.hf_config["num_hidden_layers"])
+        chosen = [self.feature_layer] if isinstance(self.feature_layer, int) else self.feature_layer
+        return range(max(i % (layers + 1) for i in chosen), layers)
+
+    @property
     def num_feature_layers(self) -> int:
         return 1 if isinstance(self.feature_layer, int) else len(self.feature_layer)
 

@@ -34,7 +34,8 @@ def run_stage(plan: StagePlan, configs_dir: Path) -> dict[str, Any]:
     from llavakit.train.telemetry import read_metrics
 
     path = configs_dir / f"{plan.name}.yaml"
-    atomic_write_text(path, yaml.safe_dump(plan.config, sort_keys=False))
+    # A recipe run rebuilds each stage it reaches, replacing what an earlier run left in its folder.
+    atomic_write_text(path, yaml.safe_dump({**plan.config, "overwrite": True}, sort_keys=False))
     print(f"\n== {plan.name}: llavakit train {path}")
     started = time.perf_counter()
     summary = Trainer(load_config(path)).run()

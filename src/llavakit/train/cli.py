@@ -1,4 +1,4 @@
-"""`llavakit train CONFIG.yaml [--resume] [--set key.path=value ...]`; `llavakit train --schema [--json]`."""
+"""`llavakit train CONFIG.yaml [--resume | --overwrite] [--set key.path=value ...]`; `llavakit train --schema [--json]`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="training YAML (stage, model, data, output_dir, ...)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in output_dir (checkpoints, model, logs) instead of refusing")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--schema", action="store_true",
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from llavakit.train.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides + (["overwrite=true"] if args.overwrite else []))
     if config.stage == "dpo":
         from llavakit.train.dpo import DpoTrainer as TrainerClass
     else:

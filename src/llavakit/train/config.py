@@ -219,6 +219,9 @@ class TrainConfig(_Strict):
     model: ModelInit = Field(description="where the weights start")
     data: DataConfig = Field(description="the training data")
     output_dir: str = Field(description="the run folder: checkpoints, model/, metrics.jsonl, summary.json")
+    overwrite: bool = Field(False, description="train into an output_dir that already holds a run, replacing it "
+                                               "(its checkpoints, model, logs); without it such a folder is "
+                                               "refused unless the run is resumed")
     trainable: list[ParamRule] = Field(
         [], description="rules giving parameters a learning rate or freezing them; the first rule whose pattern "
                         "matches a parameter name wins, unmatched parameters train at optim.lr; a list here "

@@ -6,16 +6,29 @@ accelerate only shards on accelerators, so ``CpuFsdpBackend`` applies torch's FS
 (``fully_shard``) itself when ``distributed: fsdp`` runs on CPU processes, and checkpoints with
 torch.distributed.checkpoint. Both keep the optimizer's parameter groups (per-module learning
 rates) as they were built, because FSDP2 keeps the original parameters (as DTensors).
+
+Resuming reads tensors and JSON only: a checkpoint is data, and a pickle can run code when it is
+loaded. The scheduler's state is JSON (``scheduler.json``), RNG states are tensors, and every
+pickle accelerate writes is read with ``weights_only=True``; one that is more than tensors and
+plain values is refused, never run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from llavakit.errors import CheckpointError
+from llavakit.utils.atomic import atomic_write_json
+
+SCHEDULER_FILE = "scheduler.json"
 
 
 class AccelerateBackend:
@@ -23,9 +36,9 @@ class AccelerateBackend:
         self.accelerator = accelerator
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any):
-        model, optimizer = self.accelerator.prepare(model, optimizer)
-        self.accelerator.register_for_checkpointing(scheduler)
-        return model, optimizer
+        # The scheduler is saved as JSON here, not registered with accelerate: accelerate reloads
+        # registered objects from pickles with weights_only=False.
+        return self.accelerator.prepare(model, optimizer)
 
     def sync_context(self, model: nn.Module, sync: bool):
         return contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
@@ -41,9 +54,24 @@ class AccelerateBackend:
 
     def save_state(self, directory: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> None:
         self.accelerator.save_state(str(directory))
+        if self.accelerator.is_main_process:
+            save_scheduler(directory, scheduler)
 
     def load_state(self, directory: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> None:
-        self.accelerator.load_state(str(directory))
+        from accelerate.utils import load
+
+        # accelerate reads its RNG file with weights_only=True but goes on without the RNG state
+        # when that fails: read it first, so a file that is more than tensors is refused.
+        rng = directory / f"random_states_{self.accelerator.process_index}.pkl"
+        objects = sorted(directory.glob("custom_checkpoint_*.pkl"))  # accelerate would unpickle these freely
+        if objects:
+            raise CheckpointError(f"{objects[0]}: a pickled object state, which llavakit does not write and resume "
+                                  "never loads (a checkpoint of an older llavakit keeps its scheduler there; start "
+                                  "that run again)")
+        with refusing_pickles(directory):
+            load(rng)
+            self.accelerator.load_state(str(directory))
+        load_scheduler(directory, scheduler)
 
 
 class CpuFsdpBackend(AccelerateBackend):
@@ -76,27 +104,55 @@ class CpuFsdpBackend(AccelerateBackend):
 
     def save_state(self, directory: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> None:
         import torch.distributed.checkpoint as dcp
+        from safetensors.torch import save_file
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_state, optimizer_state = get_state_dict(model, optimizer)
         dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(directory))
+        save_file({"cpu": torch.get_rng_state()}, str(self._rng_file(directory)))
         if self.accelerator.is_main_process:
-            torch.save({"scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}, directory / "extra.pt")
+            save_scheduler(directory, scheduler)
 
     def load_state(self, directory: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> None:
         import torch.distributed.checkpoint as dcp
+        from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         model_state, optimizer_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optimizer_state}
         dcp.load(state, checkpoint_id=str(directory))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-        extra = torch.load(directory / "extra.pt", weights_only=False)
-        scheduler.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["rng"])
+        load_scheduler(directory, scheduler)
+        torch.set_rng_state(load_file(str(self._rng_file(directory)))["cpu"])
+
+    def _rng_file(self, directory: Path) -> Path:
+        return directory / f"rng_{self.accelerator.process_index}.safetensors"
 
 
 def _is_layer(module: nn.Module) -> bool:
     """Transformer blocks of the LLM and the vision encoder (the usual FSDP wrap units)."""
     name = type(module).__name__
     return name.endswith(("DecoderLayer", "EncoderLayer"))
+
+
+def save_scheduler(directory: Path, scheduler: Any) -> None:
+    atomic_write_json(directory / SCHEDULER_FILE, scheduler.state_dict())
+
+
+def load_scheduler(directory: Path, scheduler: Any) -> None:
+    path = directory / SCHEDULER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {SCHEDULER_FILE}, the scheduler's state")
+    scheduler.load_state_dict(json.loads(path.read_text()))
+
+
+@contextlib.contextmanager
+def refusing_pickles(directory: Path):
+    """A pickle that ``weights_only=True`` refuses becomes a one-line error naming the checkpoint."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL \S+|Unsupported operand \S+", str(err))
+        raise CheckpointError(f"{directory}: a state file holds more than tensors and plain values, and resume "
+                              f"never runs code from a checkpoint; refusing it "
+                              f"({found.group(0) if found else type(err).__name__})") from None

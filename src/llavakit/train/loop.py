@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from llavakit.api import Llava
 from llavakit.checkpoint import adapter, components, io
+from llavakit.config import LlavaConfig
 from llavakit.data import Collator, LlavaDataset, PackingCollator, SkipReport, load_entries
 from llavakit.data.errors import SkippedSample
 from llavakit.model.llava import LlavaForCausalLM
@@ -31,9 +32,13 @@ from llavakit.train.plan import BatchPlan
 from llavakit.train.telemetry import MetricsLog, Throughput
 from llavakit.train.tracking import open_trackers
 
-# Parts of a vision tower that LLaVA never reads (it takes hidden states before them): frozen so
-# they do not count as trainable nor stall DDP waiting for gradients that never come.
-UNUSED_VISION = ParamRule(pattern=r"^vision_tower\.(vision_model\.)?(head|post_layernorm)\.", frozen=True)
+def unused_vision(model_config: LlavaConfig) -> ParamRule:
+    """Parts of the vision tower that LLaVA never reads (it takes hidden states before them: the
+    pooling head, the last norm, the layers after the deepest feature layer) are frozen: they get no
+    gradient, so as trainable parameters they would count as trained, stall DDP waiting for them,
+    and have no optimizer state under FSDP, whose resume then fails for want of it."""
+    parts = ["head", "post_layernorm"] + [rf"encoder\.layers\.{i}" for i in model_config.vision.unused_layers]
+    return ParamRule(pattern=rf"^vision_tower\.(vision_model\.)?({'|'.join(parts)})\.", frozen=True)
 
 
 def build_model(config: TrainConfig) -> tuple[LlavaForCausalLM, Any]:
@@ -75,8 +80,8 @@ def precision(config: TrainConfig) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision]
 
 
-def training_rules(config: TrainConfig) -> list[ParamRule]:
-    rules = [UNUSED_VISION]
+def training_rules(config: TrainConfig, model_config: LlavaConfig) -> list[ParamRule]:
+    rules = [unused_vision(model_config)]
     if config.lora is not None:  # the LLM's own weights stay frozen under LoRA
         rules.append(ParamRule(pattern=r"^language_model\.", frozen=True))
     return rules + list(config.trainable)
@@ -120,8 +125,8 @@ class Trainer:
             apply_lora(model, config.lora)
         always = ("lora_",) if config.lora is not None else ()
         lora_lr = config.lora.lr if config.lora is not None and config.lora.lr else None
-        self.plan_params = params.assign(model, training_rules(config), config.optim.lr, config.optim.weight_decay,
-                                         always)
+        self.plan_params = params.assign(model, training_rules(config, model.config), config.optim.lr,
+                                         config.optim.weight_decay, always)
         if lora_lr:
             self.plan_params = [params.Assignment(a.name, lora_lr if "lora_" in a.name else a.lr, a.weight_decay)
                                 for a in self.plan_params]
@@ -247,17 +252,27 @@ class Trainer:
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
+        previous = checkpoints.run_files(self.run_dir)
+        if resume and self.config.overwrite:
+            raise TrainConfigError("resume continues the run in output_dir and overwrite replaces it: give one")
+        if previous and not resume and not self.config.overwrite:
+            raise TrainConfigError(f"{self.run_dir} holds a run ({', '.join(p.name for p in previous)}): resume it "
+                                   "(--resume) or replace it (--overwrite)")
         if self.accelerator is None or not hasattr(self, "model"):
             self.setup()
         accelerator = self.accelerator
+        if previous and not resume and accelerator.is_main_process:
+            checkpoints.remove_run(self.run_dir)
+        accelerator.wait_for_everyone()
         start = self._resume() if resume else 0
         log = None
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.config.model_dump(mode="json"), indent=2))
             print(params.format_summary(params.summary(accelerator.unwrap_model(self.model), self.plan_params)))
-            log = MetricsLog(self.run_dir / "metrics.jsonl", start if resume else None,
-                             open_trackers(self.config, self.run_dir, resume))
+            resume_step = start if resume else None
+            log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step,
+                             open_trackers(self.config, self.run_dir, resume_step))
         if resume and self.evaluator is not None:
             self.evaluator.resume()
         progress = self._progress(start)
@@ -358,19 +373,25 @@ class Trainer:
         accelerator = self.accelerator
         staging = checkpoints.staging_dir(self.run_dir, step)
         if accelerator.is_main_process:
-            checkpoints.clear_staging(self.run_dir)
+            checkpoints.recover(self.run_dir)
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        self.backend.save_state(staging / "state", self.model, self.optimizer, self.scheduler)
-        gathered = self.backend.full_state_dict(self.model)  # collective: every process takes part
-        if accelerator.is_main_process:
-            self.save_outputs(staging, gathered)
-            state = {"step": step, "total_steps": self.total_steps, "stage": self.config.stage,
-                     "skipped": len(self.skips), "stopped_early": self.stopped_at is not None}
-            checkpoints.publish(self.run_dir, step, state, self.config.save.keep_last)
+        with checkpoints.reporting_full_disk(staging.parent, f"checkpoint {checkpoints.step_name(step)}",
+                                             partial=staging if accelerator.is_main_process else None):
+            self.backend.save_state(staging / "state", self.model, self.optimizer, self.scheduler)
+            accelerator.wait_for_everyone()  # every process's files are written before publish lists them
+            gathered = self.backend.full_state_dict(self.model)  # collective: every process takes part
+            if accelerator.is_main_process:
+                self.save_outputs(staging, gathered)
+                state = {"step": step, "total_steps": self.total_steps, "stage": self.config.stage,
+                         "skipped": len(self.skips), "stopped_early": self.stopped_at is not None}
+                checkpoints.publish(self.run_dir, step, state, self.config.save.keep_last)
         accelerator.wait_for_everyone()
 
     def _resume(self) -> int:
+        if self.accelerator.is_main_process:
+            checkpoints.recover(self.run_dir)
+        self.accelerator.wait_for_everyone()
         found = checkpoints.latest(self.run_dir)
         if found is None:
             if self.accelerator.is_main_process:
@@ -394,7 +415,9 @@ class Trainer:
             for name in ("model", "adapter"):  # what save_outputs wrote: RUN/model, RUN/adapter
                 if (final / name).is_dir():
                     outputs[name] = str(self.run_dir / name)
-                    with io.atomic_directory(self.run_dir / name) as staging:
+                    target = self.run_dir / name
+                    with checkpoints.reporting_full_disk(target, f"the final {name}"), \
+                            io.atomic_directory(target) as staging:
                         for item in (final / name).iterdir():
                             (staging / item.name).write_bytes(item.read_bytes())
             if len(self.skips):

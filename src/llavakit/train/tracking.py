@@ -25,14 +25,18 @@ class Tracker(Protocol):
 
 
 class TensorBoardTracker:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, resume_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(directory))
+        # purge_step: TensorBoard hides the points a killed run logged after the resumed step,
+        # as metrics.jsonl drops them
+        purge = resume_step + 1 if resume_step is not None else None
+        self.writer = SummaryWriter(str(directory), purge_step=purge)
 
     def log(self, values: dict[str, float], step: int) -> None:
         for key, value in values.items():
             self.writer.add_scalar(key, value, step)
+        self.writer.flush()  # as the JSONL line: a kill loses no logged point that a resume keeps
 
     def close(self) -> None:
         self.writer.close()
@@ -61,12 +65,14 @@ class WandbTracker:
         self.run.finish()
 
 
-def open_trackers(config: TrainConfig, run_dir: Path, resume: bool) -> list[Tracker]:
-    """The trackers ``report_to`` names besides jsonl (which `telemetry.MetricsLog` writes itself)."""
+def open_trackers(config: TrainConfig, run_dir: Path, resume_step: int | None) -> list[Tracker]:
+    """The trackers ``report_to`` names besides jsonl (which `telemetry.MetricsLog` writes itself);
+    ``resume_step``: the step a resumed run continues from (None: a new run)."""
     trackers: list[Tracker] = []
+    resume = resume_step is not None
     if "tensorboard" in config.report_to:
         try:
-            trackers.append(TensorBoardTracker(run_dir / "tensorboard"))
+            trackers.append(TensorBoardTracker(run_dir / "tensorboard", resume_step))
         except ImportError:  # tensorboard is optional: the JSONL log always exists
             pass
     if "wandb" in config.report_to:
