@@ -153,8 +153,9 @@ def test_eval_paths_in_a_yaml_are_relative_to_it(tmp_path):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "mine.yaml").write_text("name: mine\n")
     (tmp_path / "world").mkdir()
+    (tmp_path / "start").mkdir()  # the checkpoint must exist when a config is read to run
     (tmp_path / "train.yaml").write_text(yaml.safe_dump({
-        "stage": "stage2", "model": {"checkpoint": "some/hub-id"}, "output_dir": "run",
+        "stage": "stage2", "model": {"checkpoint": "start"}, "output_dir": "run",
         "data": {"sources": [{"path": "data.jsonl"}]},
         "eval": {"tasks": ["synth_color", "tasks/mine.yaml"], "every_steps": 10, "data_root": "world"}}))
     config = load_config(tmp_path / "train.yaml")

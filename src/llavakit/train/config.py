@@ -57,17 +57,16 @@ class ModelInit(_Strict):
             raise ValueError("model: give exactly one of checkpoint (continue training) or build (from parts)")
         return self
 
-    @model_validator(mode="after")
-    def _loadable(self) -> ModelInit:
-        """A missing directory or a hub id that cannot be had (offline, no network) is refused here,
-        in one line, not after the trainer has started and the download has retried."""
+    def require_loadable(self) -> None:
+        """A missing directory or a hub id that cannot be had (offline, no network) is refused when a
+        config is read to run, in one line, not after the trainer has started and the download has
+        retried. Not a validator: a recipe validates stages whose checkpoints earlier stages make."""
         if self.checkpoint is not None:
             hub.require(self.checkpoint, "checkpoint")
         for part in ("vision", "llm"):
             pretrained = ((self.build or {}).get(part) or {}).get("pretrained")
             if isinstance(pretrained, str):
                 hub.require(pretrained, f"build.{part}.pretrained")
-        return self
 
 
 class DataSource(_Strict):
@@ -373,7 +372,12 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     for override in overrides:
         data = deep_merge(data, parse_override(override))
     data = _resolve_paths(data, path.parent)
-    return build_config(data, str(path))
+    config = build_config(data, str(path))
+    try:
+        config.model.require_loadable()
+    except ValueError as err:
+        raise TrainConfigError(f"{path}: invalid training config: model: {err}") from None
+    return config
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
