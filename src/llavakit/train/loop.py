@@ -21,6 +21,7 @@ from llavakit.api import Llava
 from llavakit.checkpoint import adapter, components, io
 from llavakit.data import Collator, LlavaDataset, PackingCollator, SkipReport, load_entries
 from llavakit.data.errors import SkippedSample
+from llavakit.data.sources import EntryTable
 from llavakit.model.llava import LlavaForCausalLM
 from llavakit.train import checkpoints, params
 from llavakit.train.config import ParamRule, TrainConfig, TrainConfigError
@@ -157,7 +158,7 @@ class Trainer:
         return LambdaLR(optimizer, lr_lambda(self.total_steps, optim.warmup_ratio, optim.schedule, optim.min_lr_ratio))
 
     def _dataset(self, model: LlavaForCausalLM, tokenizer: Any) -> LlavaDataset:
-        entries = []
+        entries = EntryTable()
         for source in self.config.data.sources:
             entries += load_entries(source.path, source.image_folder, source.video_folder, self.config.seed).entries
         llava = Llava(model, tokenizer)
