@@ -131,7 +131,11 @@ class ParquetSource(Source):
     """Parquet files in the LLaVA-OneVision-Data schema, read a row group at a time."""
 
     def __init__(self, path: Path, origin: Origin):
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(WHOLE_FILE, str(path), MALFORMED, "reading Parquet needs pyarrow: "
+                            "pip install 'llavakit[data]'") from None
 
         self.path, self.origin = path, origin
         self.files = _shards(path, ".parquet")

@@ -164,6 +164,9 @@ class Trainer:
         llava = Llava(model, tokenizer)
         dataset = LlavaDataset(entries, llava.processor, self.config.data.settings)
         self.skips = SkipReport()
+        if not self.config.data.length_prepass:
+            self.lengths = None  # planned from the count alone; bad samples are met in their batch
+            return dataset
         lengths = dataset.lengths(progress=self.accelerator.is_main_process)
         self.skips.extend(dataset.prepass_skipped)
         self.lengths = lengths
@@ -173,10 +176,15 @@ class Trainer:
         return dataset
 
     def _plan(self) -> BatchPlan:
-        usable = [i for i, info in enumerate(self.lengths) if info is not None]
+        if self.lengths is None:  # no pre-pass: every sample is planned, lengths unknown (no grouping)
+            count = len(self.dataset)
+            usable, totals, multimodal = range(count), (0,) * count, (True,) * count
+        else:
+            usable = [i for i, info in enumerate(self.lengths) if info is not None]
+            totals = tuple(self.lengths[i].total for i in usable)
+            multimodal = tuple(self.lengths[i].modality != "text" for i in usable)
         plan = BatchPlan(
-            tuple(usable), tuple(self.lengths[i].total for i in usable),
-            tuple(self.lengths[i].modality != "text" for i in usable),
+            tuple(usable), totals, multimodal,
             self.config.global_batch_size, self.config.micro_batch_size, self.accelerator.num_processes,
             self.config.seed, self.config.data.group_by_length,
         )
