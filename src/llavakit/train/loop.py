@@ -184,7 +184,7 @@ class Trainer:
             totals = tuple(self.lengths[i].total for i in usable)
             multimodal = tuple(self.lengths[i].modality != "text" for i in usable)
         plan = BatchPlan(
-            tuple(usable), totals, multimodal,
+            usable if isinstance(usable, range) else tuple(usable), totals, multimodal,
             self.config.global_batch_size, self.config.micro_batch_size, self.accelerator.num_processes,
             self.config.seed, self.config.data.group_by_length,
         )
