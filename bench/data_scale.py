@@ -113,6 +113,15 @@ def build(work: Path, samples: int, pool_size: int, side: int, parquet_share: fl
             "bytes": sizes}
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss
+    across exec, so a child would report its parent's peak (the builder held every record)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB on most systems
+
+
 def first_batch(contender: str, data: str, global_batch: int, micro_batch: int, world_size: int,
                 seed: int) -> dict:
     """One rank's start: open the data, plan, encode and collate its micro-batches of step 0."""
@@ -135,7 +144,7 @@ def first_batch(contender: str, data: str, global_batch: int, micro_batch: int, 
     collate = Collator(processor.tokenizer.pad_token_id or 0)
     batches = [collate([dataset[i] for i in indices]) for indices in plan.micro_batches(0, 0)]
     done = time.perf_counter()
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_mib = peak_rss_mib()
     return {
         "samples": count, "open s": opened - imported, "data to first batch s": done - imported,
         "start to first batch s": done - started, "peak RSS MiB": peak_mib,

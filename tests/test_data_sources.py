@@ -16,7 +16,7 @@ from PIL import Image
 
 from llavakit.data import DataError, DataSettings, LlavaDataset, load_entries
 from llavakit.data.cli import load_processor
-from llavakit.data.sources import EntryTable, JsonlSource, ParquetSource, TarSource, open_source
+from llavakit.data.sources import EntryTable, JsonlSource, Origin, ParquetSource, TarSource, open_source
 from llavakit.train.plan import BatchPlan
 from shard_fixtures import onevision_rows, parquet_shards, tar_shards, wds_members, write_parquet, write_tar
 from test_data_cli import data_cli
@@ -87,7 +87,7 @@ def test_the_table_pickles_without_open_handles_and_reads_after(data):
 def test_jsonl_is_indexed_by_line_and_bad_lines_keep_their_number(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(b'{"id": "a", "conversations": []}\n\n{"id": \xff}\n{"id": "c"}\n')
-    source = JsonlSource(path, open_source.__globals__["Origin"]())
+    source = JsonlSource(path, Origin())
     assert len(source) == 3 and source.lines.tolist() == [1, 3, 4]
     assert source.entry(2).record == {"id": "c"}
     assert "line is not UTF-8" in source.entry(1).record.reason and source.entry(1).position == 3
