@@ -14,7 +14,8 @@ resident memory:
 - ``streamed``: the mixture YAML through ``load_entries`` (indexes of line offsets and row groups,
   records read on access) and a plan from the sample count (``data.length_prepass: false``);
 - ``load everything``: the JSON list read whole into the process, as LLaVA-NeXT's
-  ``LazySupervisedDataset`` does (``json.load`` of the full list in every rank), then the same plan.
+  ``LazySupervisedDataset`` does (``json.load`` of the full list in every rank, the list of dicts
+  kept), then the same plan and the same encoding (an entry made per sample read).
 
 Both must give the same first batch (ids and labels compared). Figures go to the JSON; the table
 is printed.
@@ -128,14 +129,29 @@ def first_batch(contender: str, data: str, global_batch: int, micro_batch: int, 
     started = time.perf_counter()
     from data_cache import quickstart_processor
     from llavakit.data import Collator, DataSettings, LlavaDataset, load_entries
+    from llavakit.data.sources import EntryTable, Origin, Source
     from llavakit.train.plan import BatchPlan
+
+    class RecordList(Source):
+        """The loaded list of dicts, wrapped as an entry only when a sample is read."""
+
+        def __init__(self, path: Path, records: list):
+            self.path, self.records, self.origin = path, records, Origin(str(path.parent), None, path.stem)
+
+        def __len__(self) -> int:
+            return len(self.records)
+
+        def entry(self, index: int):
+            return self.origin.entry(self.records[index], str(self.path), index + 1)
 
     processor = quickstart_processor()
     imported = time.perf_counter()
     if contender == "streamed":
         entries = load_entries(data).entries
-    else:  # LLaVA-NeXT: json.load(open(data_path)) in every process, the whole list kept
-        entries = load_entries(data, image_folder=Path(data).parent).entries
+    else:  # LLaVA-NeXT: json.load(open(data_path)) in every process, the whole list of dicts kept
+        with open(data) as handle:
+            records = json.load(handle)
+        entries = EntryTable([(RecordList(Path(data), records), None)])
     opened = time.perf_counter()
     dataset = LlavaDataset(entries, processor, DataSettings(template="chatml", max_length=4096))
     count = len(dataset)

@@ -23,6 +23,11 @@ from test_data_cli import data_cli
 from train_fixtures import write_caption_data
 
 
+@pytest.fixture(autouse=True)
+def _index_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAVAKIT_INDEX_CACHE", str(tmp_path / "tar-index"))  # not the user's ~/.cache
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
@@ -69,8 +74,32 @@ def test_the_index_reads_footers_and_headers_and_records_one_at_a_time(data):
     assert entry.sample_id == "img8" and len(source._open_groups) == 1
     assert entry.location.endswith("train-00001.parquet row 1 (row group 0)")
     tar = open_source(wds)
-    assert isinstance(tar, TarSource) and len(tar) == 13 and tar.keys[12] == "sample000012"
+    assert isinstance(tar, TarSource) and len(tar) == 13 and tar.key(12) == "sample000012"
     assert tar.entry(12).sample_id == "txt2" and "image" not in tar.entry(12).record
+
+
+def test_tar_indexes_are_cached_by_path_size_and_time(tmp_path, data, monkeypatch):
+    from llavakit.data import sources
+
+    _, _, _, wds = data
+    first = open_source(wds)
+    cached = sorted((tmp_path / "tar-index").iterdir())
+    assert len(cached) == 2 and all(p.suffix == ".npz" for p in cached)
+
+    def no_scan(file):
+        raise AssertionError(f"{file} was scanned again")
+
+    monkeypatch.setattr(sources, "_index_tar", no_scan)
+    again = open_source(wds)  # from the cache: no header is read
+    assert [again.key(i) for i in range(len(again))] == [first.key(i) for i in range(len(first))]
+    assert np.array_equal(again.member_offset, first.member_offset) and again.entry(3).sample_id == "img3"
+    copy = tmp_path / "copy.tar"
+    copy.write_bytes((wds / "shard-00000.tar").read_bytes())
+    with pytest.raises(AssertionError, match="scanned again"):  # another file: indexed anew
+        open_source(copy)
+    monkeypatch.setenv("LLAVAKIT_INDEX_CACHE", "")
+    with pytest.raises(AssertionError, match="scanned again"):  # cache off
+        open_source(wds)
 
 
 def test_the_table_pickles_without_open_handles_and_reads_after(data):
@@ -126,6 +155,34 @@ def test_bad_tar_members_are_named(tmp_path, data, processor):
     assert not_json.data_file == f"{path} member sample000001.json" and "not valid JSON" in not_json.reason
     assert corrupt.code == "corrupt_media" and corrupt.media_file == f"{path} member sample000002.png"
     assert no_json.data_file == f"{path} member sample000003.json" and "no .json member" in no_json.reason
+
+
+def test_parquet_images_may_be_lists_and_paths(tmp_path, data, processor):
+    jsonl, images, _, _ = data
+    two = "<image>\n<image>\nSame colour?"
+    rows = [
+        {"id": "pair", "data_source": "x", "image": None,
+         "conversations": [{"from": "human", "value": two}, {"from": "gpt", "value": "No."}]},
+        {"id": "by-path", "data_source": "x", "image": {"bytes": None, "path": "3.png"},
+         "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]},
+    ]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({
+        "id": [r["id"] for r in rows],
+        "image": pa.array([[{"bytes": (images / "0.png").read_bytes(), "path": None},
+                            {"bytes": (images / "1.png").read_bytes(), "path": None}], [rows[1]["image"]]],
+                          pa.list_(image_type)),
+        "conversations": [r["conversations"] for r in rows], "data_source": ["x", "x"]})
+    pq.write_table(table, tmp_path / "multi.parquet")
+    dataset = _dataset(tmp_path / "multi.parquet", processor, images)
+    pair, by_path = dataset.sample(0), dataset.sample(1)
+    assert pair.modality == "multi_image" and [str(i) for i in pair.images] == [
+        f"{tmp_path / 'multi.parquet'} row 0 (row group 0) image {k}" for k in (0, 1)]
+    assert by_path.images == (images / "3.png",)
+    assert dataset[0].visual_tokens > 0 and dataset[1].visual_tokens > 0
 
 
 def test_unreadable_shards_are_refused_naming_the_file(tmp_path):

@@ -17,6 +17,11 @@ from test_train_resume import _assert_complete, _losses, _train
 from train_fixtures import base_config, write_caption_data
 
 
+@pytest.fixture(autouse=True)
+def _index_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAVAKIT_INDEX_CACHE", str(tmp_path / "tar-index"))  # not the user's ~/.cache
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")

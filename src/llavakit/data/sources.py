@@ -10,7 +10,8 @@ compact index once when opened (numpy arrays, a few bytes a sample) and reads on
   The LLaVA-OneVision-Data schema: ``id``, ``image`` (``{"bytes", "path"}``, as Hugging Face
   ``datasets`` writes an Image feature, or a list of them), ``conversations``, ``data_source``.
 - WebDataset (a ``.tar`` or a folder of them): the offset and size of every member, grouped by
-  sample key (the member name up to the first dot of its base name); a record reads its members.
+  sample key (the member name up to the first dot of its base name), kept in the index cache per
+  shard; a record reads its members.
   The ``.json`` member holds the record (``conversations``...); image members (``jpg``, ``png``...)
   become its images in the order of their extensions, a video member (``mp4``...) its video.
 
@@ -21,7 +22,8 @@ run sees the same samples at the same indices: a resume is exact, and ranks spli
 
 from __future__ import annotations
 
-import json
+import hashlib
+import io
 import os
 import tarfile
 from collections import OrderedDict
@@ -35,6 +37,7 @@ import numpy as np
 from llavakit.data.errors import MALFORMED, DataError
 from llavakit.data.readers import WHOLE_FILE, BadRecord, parse_line, read_llava_file
 from llavakit.data.records import Embedded, Entry
+from llavakit.utils.atomic import atomic_write_bytes
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm"}
 VIDEO_EXTENSIONS = {"mp4", "avi", "webm", "mkv", "mov", "m4v"}
@@ -224,41 +227,44 @@ def _image_value(item: Any, name: str) -> Any:
 
 
 class TarSource(Source):
-    """WebDataset tar shards: members grouped into samples by key, read by offset."""
+    """WebDataset tar shards: members grouped into samples by key, read by offset.
+
+    Reading every header of a large tar with ``tarfile`` is slow in Python, so each shard's index is kept in the index cache (:func:`index_cache_dir`), keyed by the shard's
+    path, size and modification time: every later open, by any rank or resumed run, loads it.
+    """
 
     def __init__(self, path: Path, origin: Origin):
         self.path, self.origin = path, origin
         self.files = _shards(path, ".tar")
-        sample_file, sample_first, member_offset, member_size, member_ext = [], [], [], [], []
-        self.keys: list[str] = []
-        self.extensions: list[str] = []
         codes: dict[str, int] = {}
+        sample_file, sample_first, offsets, sizes, exts, keys, key_starts = [], [], [], [], [], [], []
+        members = key_bytes = 0
         for number, file in enumerate(self.files):
-            previous = None
-            try:
-                with tarfile.open(file, "r:") as archive:
-                    for member in archive:
-                        if not member.isfile():
-                            continue
-                        key, _, extension = _split_member(member.name)
-                        if key != previous:
-                            sample_file.append(number)
-                            sample_first.append(len(member_offset))
-                            self.keys.append(key)
-                            previous = key
-                        member_offset.append(member.offset_data)
-                        member_size.append(member.size)
-                        member_ext.append(codes.setdefault(extension, len(codes)))
-            except (tarfile.TarError, OSError) as err:
-                raise DataError(WHOLE_FILE, str(file), MALFORMED, f"not a readable tar file ({err})") from None
+            index = _cached_tar_index(file)
+            remap = np.asarray([codes.setdefault(str(e), len(codes)) for e in index["extensions"]], np.int16)
+            samples = len(index["first"]) - 1
+            sample_file.append(np.full(samples, number, np.int32))
+            sample_first.append(index["first"][:-1] + members)
+            key_starts.append(index["key_starts"][:-1] + key_bytes)
+            offsets.append(index["offset"])
+            sizes.append(index["size"])
+            exts.append(remap[index["ext"]] if len(remap) else index["ext"])
+            keys.append(index["keys"].tobytes())
+            members += len(index["offset"])
+            key_bytes += len(keys[-1])
         self.extensions = list(codes)
-        self.sample_file = np.asarray(sample_file, np.int32)
-        self.sample_first = np.asarray([*sample_first, len(member_offset)], np.int64)
-        self.member_offset, self.member_size = np.asarray(member_offset, np.int64), np.asarray(member_size, np.int64)
-        self.member_ext = np.asarray(member_ext, np.int16)
+        self.sample_file = _joined(sample_file, np.int32)
+        self.sample_first = np.append(_joined(sample_first, np.int64), members)
+        self.member_offset, self.member_size = _joined(offsets, np.int64), _joined(sizes, np.int64)
+        self.member_ext = _joined(exts, np.int16)
+        self.keys_blob = b"".join(keys)
+        self.key_starts = np.append(_joined(key_starts, np.int64), key_bytes)
 
     def __len__(self) -> int:
         return len(self.sample_file)
+
+    def key(self, index: int) -> str:
+        return self.keys_blob[int(self.key_starts[index]):int(self.key_starts[index + 1])].decode()
 
     def _read(self, number: int, offset: int, size: int) -> bytes:
         fds = getattr(self, "_open_fds", None)
@@ -271,7 +277,7 @@ class TarSource(Source):
 
     def entry(self, index: int) -> Entry:
         number = int(self.sample_file[index])
-        file, key = self.files[number], self.keys[index]
+        file, key = self.files[number], self.key(index)
         members = {}
         for m in range(int(self.sample_first[index]), int(self.sample_first[index + 1])):
             extension = self.extensions[int(self.member_ext[m])]
@@ -279,6 +285,69 @@ class TarSource(Source):
         where = f"{file} member {key}.json"
         record = _wds_record(members, f"{file} member {key}", where)
         return self.origin.entry(record, str(file), index + 1, where)
+
+
+def _joined(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+
+
+def index_cache_dir() -> Path | None:
+    """Where tar indexes are kept: ``$LLAVAKIT_INDEX_CACHE`` (empty: no cache), else
+    ``$XDG_CACHE_HOME/llavakit/tar-index`` (``~/.cache/...``)."""
+    configured = os.environ.get("LLAVAKIT_INDEX_CACHE")
+    if configured is not None:
+        return Path(configured) if configured else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llavakit" / "tar-index"
+
+
+def _cached_tar_index(file: Path) -> dict[str, np.ndarray]:
+    folder = index_cache_dir()
+    stat = file.stat()
+    identity = f"{os.path.realpath(file)}\0{stat.st_size}\0{stat.st_mtime_ns}\0v1"
+    cached = folder / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.npz" if folder else None
+    if cached is not None and cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as stored:
+                return {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache entry: index again and replace it
+    index = _index_tar(file)
+    if cached is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **index)
+        try:
+            atomic_write_bytes(cached, buffer.getvalue(), durable=False)
+        except OSError:
+            pass  # the cache is an optimisation: a read-only home only costs the next open its time
+    return index
+
+
+def _index_tar(file: Path) -> dict[str, np.ndarray]:
+    """One shard's samples: first member of each, member offsets, sizes, extension codes, keys."""
+    first, offsets, sizes, exts, key_starts = [], [], [], [], []
+    keys = bytearray()  # the keys back to back: a str object per sample would cost ~60 bytes more
+    codes: dict[str, int] = {}
+    previous = None
+    try:
+        with tarfile.open(file, "r:") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, _, extension = _split_member(member.name)
+                if key != previous:
+                    first.append(len(offsets))
+                    key_starts.append(len(keys))
+                    keys += key.encode()
+                    previous = key
+                offsets.append(member.offset_data)
+                sizes.append(member.size)
+                exts.append(codes.setdefault(extension, len(codes)))
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(WHOLE_FILE, str(file), MALFORMED, f"not a readable tar file ({err})") from None
+    return {"first": np.asarray([*first, len(offsets)], np.int64), "offset": np.asarray(offsets, np.int64),
+            "size": np.asarray(sizes, np.int64), "ext": np.asarray(exts, np.int16),
+            "extensions": np.asarray(list(codes), dtype=str), "keys": np.frombuffer(bytes(keys), np.uint8),
+            "key_starts": np.asarray([*key_starts, len(keys)], np.int64)}
 
 
 def _split_member(name: str) -> tuple[str, str, str]:
