@@ -239,6 +239,16 @@ def test_video_members_of_a_tar_are_decoded_from_memory(tmp_path, processor):
     path = write_tar([("v.json", json.dumps(record).encode()), ("v.mp4", clip.read_bytes())], tmp_path / "v.tar")
     sample = _dataset(path, processor)[0]
     assert sample.modality == "video" and sample.visual_tokens > 0
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    medium = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({"id": ["v"], "video": pa.array([{"bytes": clip.read_bytes(), "path": None}], medium),
+                      "conversations": [record["conversations"]]})
+    pq.write_table(table, tmp_path / "v.parquet")
+    from_parquet = _dataset(tmp_path / "v.parquet", processor)[0]
+    assert torch.equal(from_parquet.input_ids, sample.input_ids)
+    np.testing.assert_array_equal(from_parquet.pixel_values, sample.pixel_values)
     frames = processor.load_video(clip.read_bytes())
     assert len(frames.images) == min(6, processor.visual.video_frames)
 

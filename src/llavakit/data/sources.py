@@ -8,7 +8,8 @@ compact index once when opened (numpy arrays, a few bytes a sample) and reads on
 - Parquet (a file or a folder of ``*.parquet`` shards): (file, row group, row) from the footers alone;
   a record reads its row group (a few are kept: neighbours in a shard are often read together).
   The LLaVA-OneVision-Data schema: ``id``, ``image`` (``{"bytes", "path"}``, as Hugging Face
-  ``datasets`` writes an Image feature, or a list of them), ``conversations``, ``data_source``.
+  ``datasets`` writes an Image feature, or a list of them), ``conversations``, ``data_source``;
+  an optional ``video`` column in the same struct form.
 - WebDataset (a ``.tar`` or a folder of them): the offset and size of every member, grouped by
   sample key (the member name up to the first dot of its base name), kept in the index cache per
   shard; a record reads its members.
@@ -211,6 +212,8 @@ def _onevision_record(raw: dict, where: str) -> dict:
         converted = [_image_value(item, f"{where} image {i}" if len(images) > 1 else f"{where} image")
                      for i, item in enumerate(images)]
         record["image"] = converted if isinstance(image, list) else converted[0]
+    if "video" in record:  # not in OneVision-Data, but a video column in the same struct form reads alike
+        record["video"] = _image_value(record["video"], f"{where} video")
     return record
 
 
