@@ -18,7 +18,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.core
-	$(PY) -m pip install -q -e ".[serve,train,data,dev]"
+	$(PY) -m pip install -q -e ".[serve,train,dev]"
 	# lmms-eval sources are read by the metric-equivalence tests (its harness deps are not needed)
 	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
 	$(PY) -m pip install -q loguru pytz
