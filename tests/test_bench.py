@@ -91,3 +91,17 @@ def test_data_cache_benchmark_small(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r["identical"] for r in rows)
     assert rows[1]["cache hits"] > rows[0]["cache hits"]  # the second epoch reads what the first decoded
+
+
+def test_data_scale_benchmark_small(tmp_path):
+    import data_scale
+
+    out = tmp_path / "scale.json"
+    assert data_scale.main(["--samples", "300", "--pool", "5", "--shard-rows", "40", "--global-batch", "16",
+                            "--micro-batch", "2", "--world-size", "2", "--work", str(tmp_path / "work"),
+                            "--out", str(out)]) == 0
+    data = _results(out)
+    rows = data["results"]["rows"]
+    assert [r["contender"] for r in rows] == ["streamed", "load everything"]
+    assert all(r["samples"] == 300 and r["same first batch"] and r["peak RSS MiB"] > 0 for r in rows)
+    assert data["settings"]["parquet_samples"] == 90 and len(list((tmp_path / "work" / "onevision").iterdir())) == 3

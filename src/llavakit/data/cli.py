@@ -99,7 +99,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     placeholders = {t for t in (processor.image_token_id, processor.video_token_id) if t is not None}
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     entry = dataset.entries[index]
-    print(f"sample {sample.sample_id!r} ({entry.data_file}:{entry.position}), modality {sample.modality}, "
+    print(f"sample {sample.sample_id!r} ({entry.location}), modality {sample.modality}, "
           f"template {dataset.template.name}")
     print("-" * 72)
     print(marked_text(ids, labels, processor.tokenizer, placeholders, color=color))

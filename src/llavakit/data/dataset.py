@@ -26,6 +26,7 @@ from llavakit.data.encoding import IGNORE_INDEX, expand_placeholders, tokenize_s
 from llavakit.data.errors import MALFORMED, PLACEHOLDER_MISMATCH, TEMPLATE, TOO_LONG, DataError, OnError, SkippedSample
 from llavakit.data.placement import PlacementSettings, place_images
 from llavakit.data.records import Entry, Modality, Sample, parse_entry
+from llavakit.data.sources import EntryTable
 from llavakit.data.templates import Segment, TemplateError, resolve_template
 from llavakit.layout import VisualItem
 
@@ -98,7 +99,8 @@ class LlavaDataset(Dataset):
     """Map-style dataset over LLaVA entries for one model's processor (tokenizer + visual config)."""
 
     def __init__(self, entries: Sequence[Entry], processor: LlavaProcessor, settings: DataSettings | None = None):
-        self.entries = list(entries)
+        # An EntryTable builds entries on access (millions of samples, little memory): keep it as is.
+        self.entries = entries if isinstance(entries, EntryTable) else list(entries)
         self.processor = processor
         self.settings = settings or DataSettings()
         self.tokenizer = processor.tokenizer

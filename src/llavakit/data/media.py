@@ -8,6 +8,7 @@ failure becomes a DataError naming the sample, its data file and the media file.
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from llavakit import layout
 from llavakit.data.errors import CORRUPT_MEDIA, MISSING_MEDIA, PLACEHOLDER_MISMATCH
-from llavakit.data.records import Entry, Sample, Turn
+from llavakit.data.records import Embedded, Entry, Sample, Turn
 from llavakit.errors import MediaError, PlaceholderError
 from llavakit.layout import VisualItem
 
@@ -49,26 +50,27 @@ def media_order(sample: Sample) -> list[tuple[str, Path]]:
         position = start + len(image_token if kind == "image" else video_token)
 
 
-def _media_error(entry: Entry, path: Path, err: Exception):
-    code = MISSING_MEDIA if not path.is_file() else CORRUPT_MEDIA
+def _media_error(entry: Entry, path: Path | Embedded, err: Exception):
+    code = CORRUPT_MEDIA if isinstance(path, Embedded) or path.is_file() else MISSING_MEDIA
     return entry.error(code, str(err), str(path))
 
 
-def header_size(path: Path, kind: str, max_pixels: int) -> tuple[int, int]:
+def header_size(path: Path | Embedded, kind: str, max_pixels: int) -> tuple[int, int]:
     """(height, width) of an image, or of a video's frames, read from the header only."""
-    if not path.is_file():
+    embedded = isinstance(path, Embedded)
+    if not embedded and not path.is_file():
         raise MediaError(f"{kind} {path}: file not found")
     if kind == "video":
         import av  # only video users pay for FFmpeg
 
         try:
-            with av.open(str(path)) as container:
+            with av.open(io.BytesIO(path.data) if embedded else str(path)) as container:
                 codec = container.streams.video[0].codec_context
                 return int(codec.height), int(codec.width)
         except (av.error.FFmpegError, IndexError, ValueError) as err:
             raise MediaError(f"video {path}: cannot read the header ({err})") from None
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(path.data) if embedded else path) as image:
             width, height = image.size
     except (UnidentifiedImageError, OSError) as err:
         raise MediaError(f"image {path}: not a readable image ({err})") from None
@@ -131,7 +133,9 @@ class MediaCache:
         self.hits = self.misses = 0
 
     @staticmethod
-    def key(kind: str, path: Path, multi_image: bool) -> tuple | None:
+    def key(kind: str, path: Path | Embedded, multi_image: bool) -> tuple | None:
+        if isinstance(path, Embedded):  # no file to stat: the bytes themselves say whether it changed
+            return kind, path.name, multi_image, len(path.data), hash(path.data)
         try:
             stat = path.stat()
         except OSError:
@@ -159,10 +163,11 @@ class MediaCache:
             self.bytes -= evicted.crops.nbytes
 
 
-def decode_medium(kind: str, path: Path, multi_image: bool, processor: Any, name: str) -> DecodedMedium:
+def decode_medium(kind: str, path: Path | Embedded, multi_image: bool, processor: Any, name: str) -> DecodedMedium:
+    source = path.data if isinstance(path, Embedded) else path
     if kind == "image":
-        return DecodedMedium(*processor.image_pixels(path, multi_image, name))
-    frames = processor.load_video(path, name)
+        return DecodedMedium(*processor.image_pixels(source, multi_image, name))
+    frames = processor.load_video(source, name)
     item, crops = processor.video_pixels(frames.images, name)
     return DecodedMedium(item, crops, frames.duration, frames.timestamps)
 

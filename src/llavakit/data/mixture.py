@@ -1,4 +1,4 @@
-"""Mixtures: a YAML list of LLaVA files, each with a sampling strategy, seeded.
+"""Mixtures: a YAML list of data files or shard folders, each with a sampling strategy, seeded.
 
     seed: 0
     datasets:
@@ -8,6 +8,8 @@
       - json_path: video.jsonl
         video_folder: videos/
         sampling_strategy: first:1000
+      - path: onevision/          # a folder of Parquet shards (or .tar WebDataset shards)
+        sampling_strategy: all
 
 Strategies: ``all``, ``first:N``, ``end:N``, ``random:N``; N is a count or ``K%`` (rounded up, as
 LLaVA-NeXT does). ``random`` draws from a generator seeded by (seed, dataset position) only, so every
@@ -25,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from llavakit.data.readers import read_llava_file
-from llavakit.data.records import Entry
+from llavakit.data.sources import EntryTable, open_source
 from llavakit.errors import LlavakitError
 
 _STRATEGY = re.compile(r"^(all)$|^(first|end|random):(\d+(?:\.\d+)?%|\d+)$")
@@ -41,12 +42,24 @@ class MixtureError(LlavakitError):
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    json_path: str
+    json_path: str | None = None  # the historical name; `path` says the same for any format
+    path: str | None = None
     image_folder: str | None = None
     video_folder: str | None = None
     sampling_strategy: str = "all"
     name: str | None = None
     allow_outside_media_root: bool = False  # media paths may leave image_folder / video_folder
+
+    @model_validator(mode="after")
+    def _one_path(self) -> DatasetSpec:
+        if (self.json_path is None) == (self.path is None):
+            raise ValueError("give the data as `path` (.json, .jsonl, .parquet, .tar or a folder of shards) "
+                             "or `json_path`, exactly one of them")
+        return self
+
+    @property
+    def data_path(self) -> str:
+        return self.path if self.path is not None else self.json_path
 
     @field_validator("sampling_strategy")
     @classmethod
@@ -101,7 +114,7 @@ def select(total: int, strategy: Strategy, seed: int, position: int) -> list[int
     if strategy.kind == "end":
         return list(range(total - size, total))
     rng = np.random.default_rng([seed, position])  # depends on nothing else: same on every process
-    return sorted(int(i) for i in rng.choice(total, size=size, replace=False))
+    return np.sort(rng.choice(total, size=size, replace=False)).tolist()
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,7 @@ class MixturePart:
 
 @dataclass
 class Mixture:
-    entries: list[Entry]
+    entries: EntryTable  # built on access, so a mixture of millions of samples stays small
     parts: list[MixturePart]
     seed: int
 
@@ -138,21 +151,23 @@ def load_mixture(path: str | Path, seed: int | None = None, allow_outside_media_
 
 
 def build_mixture(spec: MixtureSpec, base: Path, seed: int, allow_outside_media_root: bool = False) -> Mixture:
-    entries, parts = [], []
+    parts, chosen_parts = [], []
     for position, dataset in enumerate(spec.datasets):
-        data_file = _under(base, dataset.json_path)
-        name = dataset.name or Path(dataset.json_path).stem
-        available = read_llava_file(
+        data_file = _under(base, dataset.data_path)
+        name = dataset.name or Path(dataset.data_path).stem
+        source = open_source(
             data_file, _under(base, dataset.image_folder), _under(base, dataset.video_folder), dataset=name,
             allow_outside_media_root=allow_outside_media_root or dataset.allow_outside_media_root,
         )
+        strategy = parse_strategy(dataset.sampling_strategy)
         try:
-            chosen = select(len(available), parse_strategy(dataset.sampling_strategy), seed, position)
+            chosen = None if strategy.kind == "all" else select(len(source), strategy, seed, position)
         except ValueError as err:
             raise MixtureError(f"mixture dataset {name} ({data_file}): {err}") from None
-        entries += [available[i] for i in chosen]
-        parts.append(MixturePart(name, str(data_file), dataset.sampling_strategy, len(available), len(chosen)))
-    return Mixture(entries, parts, seed)
+        chosen_parts.append((source, chosen))
+        selected = len(source) if chosen is None else len(chosen)
+        parts.append(MixturePart(name, str(data_file), dataset.sampling_strategy, len(source), selected))
+    return Mixture(EntryTable(chosen_parts), parts, seed)
 
 
 def _under(base: Path, path: str | None) -> Path | None:
@@ -165,10 +180,11 @@ def load_entries(
     path: str | Path, image_folder: str | Path | None = None, video_folder: str | Path | None = None,
     seed: int | None = None, allow_outside_media_root: bool = False,
 ) -> Mixture:
-    """A mixture YAML, or one LLaVA JSON/JSONL file as a mixture of one dataset taken whole."""
+    """A mixture YAML, or one data file (.json, .jsonl, .parquet, .tar) or folder of Parquet or tar
+    shards, as a mixture of one dataset taken whole."""
     path = Path(path)
     if path.suffix in (".yaml", ".yml"):
         return load_mixture(path, seed, allow_outside_media_root)
-    entries = read_llava_file(path, image_folder, video_folder, allow_outside_media_root=allow_outside_media_root)
-    part = MixturePart(path.stem, str(path), "all", len(entries), len(entries))
-    return Mixture(entries, [part], seed or 0)
+    source = open_source(path, image_folder, video_folder, allow_outside_media_root=allow_outside_media_root)
+    part = MixturePart(path.stem, str(path), "all", len(source), len(source))
+    return Mixture(EntryTable([(source, None)]), [part], seed or 0)

@@ -68,17 +68,20 @@ def jsonl_records(path: Path):
     """(line number, record or BadRecord); lines are split on bytes, so one undecodable line spoils only itself."""
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield line_number, BadRecord(f"line is not UTF-8 text: {_not_utf8(raw, err, line_number)}")
-                continue
-            try:
-                yield line_number, json.loads(line)
-            except json.JSONDecodeError as err:
-                yield line_number, BadRecord(f"line is not valid JSON ({err})")
+            if raw.strip():
+                yield line_number, parse_line(raw, line_number)
+
+
+def parse_line(raw: bytes, line_number: int):
+    """One JSONL line's record, or a BadRecord saying why it is not one."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return BadRecord(f"line is not UTF-8 text: {_not_utf8(raw, err, line_number)}")
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        return BadRecord(f"line is not valid JSON ({err})")
 
 
 def _not_utf8(data: bytes, err: UnicodeDecodeError, first_line: int = 1) -> str:

@@ -42,14 +42,34 @@ class Entry:
     video_folder: str | None = None
     dataset: str = ""
     allow_outside_media_root: bool = False  # media paths may leave their folder (opt-in, per source)
+    where: str | None = None  # how errors name the record when "file:line" does not (Parquet row, tar member)
 
     @property
     def sample_id(self) -> str:
         raw = self.record.get("id") if hasattr(self.record, "get") else None
         return str(raw) if raw is not None else f"{Path(self.data_file).name}#{self.position}"
 
+    @property
+    def location(self) -> str:
+        return self.where or f"{self.data_file}:{self.position}"
+
     def error(self, code: str, reason: str, media_file: str | None = None) -> DataError:
-        return DataError(self.sample_id, f"{self.data_file}:{self.position}", code, reason, media_file)
+        return DataError(self.sample_id, self.location, code, reason, media_file)
+
+
+@dataclass(frozen=True, eq=False)
+class Embedded:
+    """An image or video carried inside the data (Parquet bytes, a tar member) instead of a path.
+
+    ``name`` says where it lives (``shard.parquet row 12``, ``shard.tar member 42.jpg``) for errors
+    and logs; it is decoded from ``data`` through the same checked path as a file.
+    """
+
+    name: str
+    data: bytes = field(repr=False)
+
+    def __str__(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -64,8 +84,8 @@ class Sample:
 
     sample_id: str
     turns: tuple[Turn, ...]
-    images: tuple[Path, ...] = ()
-    video: Path | None = None
+    images: tuple[Path | Embedded, ...] = ()
+    video: Path | Embedded | None = None
     image_format: str | None = None  # "interleaved" or "front" when the record says how it is written
     tokens: tuple[str, str] = field(default=("<image>", "<video>"), repr=False)
 
@@ -160,13 +180,15 @@ def _image_list(entry: Entry, record: dict) -> list[str]:
     images = record.get("image")
     if images is None:
         return []
-    images = [images] if isinstance(images, str) else images
-    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+    images = [images] if isinstance(images, (str, Embedded)) else images
+    if not isinstance(images, list) or not all(isinstance(p, Embedded) or (isinstance(p, str) and p) for p in images):
         raise entry.error(MALFORMED, f"'image' must be a path or a list of paths, got {record.get('image')!r}")
     return images
 
 
-def _resolve(entry: Entry, path: Any, folder: str | None, kind: str, confine: bool) -> Path:
+def _resolve(entry: Entry, path: Any, folder: str | None, kind: str, confine: bool) -> Path | Embedded:
+    if isinstance(path, Embedded):
+        return path  # inside the data itself: there is no folder to leave
     if not isinstance(path, str) or not path:
         raise entry.error(MALFORMED, f"'{kind}' must be a non-empty path, got {path!r}")
     base = Path(folder) if folder else Path(entry.data_file).parent

@@ -208,7 +208,7 @@ class LlavaProcessor:
         return item, image_ops.normalize(views, self.visual)
 
     def load_video(self, source: Any, name: str | None = None) -> Frames:
-        if isinstance(source, (str, Path)):
+        if isinstance(source, (str, Path, bytes)):  # bytes: an encoded file held in memory
             return read_video(source, self.visual.video_frames)
         source = list(source)
         if not source:

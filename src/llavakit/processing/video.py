@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +28,20 @@ def uniform_indices(total: int, count: int) -> list[int]:
     return np.linspace(0, total - 1, count, dtype=int).tolist()
 
 
-def read_video(path: str | Path, num_frames: int) -> Frames:
-    """Decode ``num_frames`` uniformly sampled RGB frames; a MediaError names the file on failure."""
+def read_video(path: str | Path | bytes, num_frames: int) -> Frames:
+    """Decode ``num_frames`` uniformly sampled RGB frames; a MediaError names the file on failure.
+    ``path`` may be the encoded file's bytes (a video stored inside a data shard)."""
     import av  # imported here: only video users pay for FFmpeg
 
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"video {path}: file not found")
+    if isinstance(path, bytes):
+        source, path = io.BytesIO(path), f"({len(path)} bytes in memory)"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise MediaError(f"video {path}: file not found")
+        source = str(path)
     try:
-        with av.open(str(path)) as container:
+        with av.open(source) as container:
             stream = container.streams.video[0]
             # Count packets rather than trusting the header's frame count, which can be absent or wrong.
             total = sum(1 for packet in container.demux(stream) if packet.size)

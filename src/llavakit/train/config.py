@@ -70,9 +70,10 @@ class ModelInit(_Strict):
 
 
 class DataSource(_Strict):
-    """One LLaVA JSON/JSONL file, or a YAML mixture of several."""
+    """One data file or folder of shards, or a YAML mixture of several."""
 
-    path: str = Field(description="a LLaVA .json / .jsonl file, or a .yaml mixture of several")
+    path: str = Field(description="a LLaVA .json / .jsonl file, a .parquet file or folder of Parquet shards "
+                                  "(LLaVA-OneVision-Data), a WebDataset .tar or folder of them, or a .yaml mixture")
     image_folder: str | None = Field(None, description="the folder image paths in the data are relative to "
                                                        "(None: the data file's folder)")
     video_folder: str | None = Field(None, description="the folder video paths in the data are relative to "
@@ -86,6 +87,18 @@ class DataConfig(_Strict):
     settings: DataSettings = Field(DataSettings(), description="how samples become token sequences")
     packing: bool = Field(False, description="several samples per row, with no attention across samples")
     group_by_length: bool = Field(True, description="batches of samples of similar modality and length")
+    length_prepass: bool = Field(
+        True, description="measure every sample before step 1 (lengths for group_by_length, bad samples left out "
+                          "up front); false: plan from the sample count alone, so a run over millions of samples "
+                          "starts at once, and a bad sample is met in its batch (settings.on_error decides); "
+                          "needs group_by_length: false")
+
+    @model_validator(mode="after")
+    def _grouping_needs_lengths(self) -> DataConfig:
+        if self.group_by_length and not self.length_prepass:
+            raise ValueError("data.group_by_length needs the lengths of data.length_prepass: set "
+                             "group_by_length: false to start without the pre-pass")
+        return self
     num_workers: int = Field(0, description="not used yet: batches are built in the training process")
 
 

@@ -22,6 +22,7 @@ from llavakit.checkpoint import adapter, components, io
 from llavakit.config import LlavaConfig
 from llavakit.data import Collator, LlavaDataset, PackingCollator, SkipReport, load_entries
 from llavakit.data.errors import SkippedSample
+from llavakit.data.sources import EntryTable
 from llavakit.model.llava import LlavaForCausalLM
 from llavakit.train import checkpoints, params
 from llavakit.train.config import ParamRule, TrainConfig, TrainConfigError
@@ -162,12 +163,15 @@ class Trainer:
         return LambdaLR(optimizer, lr_lambda(self.total_steps, optim.warmup_ratio, optim.schedule, optim.min_lr_ratio))
 
     def _dataset(self, model: LlavaForCausalLM, tokenizer: Any) -> LlavaDataset:
-        entries = []
+        entries = EntryTable()
         for source in self.config.data.sources:
             entries += load_entries(source.path, source.image_folder, source.video_folder, self.config.seed).entries
         llava = Llava(model, tokenizer)
         dataset = LlavaDataset(entries, llava.processor, self.config.data.settings)
         self.skips = SkipReport()
+        if not self.config.data.length_prepass:
+            self.lengths = None  # planned from the count alone; bad samples are met in their batch
+            return dataset
         lengths = dataset.lengths(progress=self.accelerator.is_main_process)
         self.skips.extend(dataset.prepass_skipped)
         self.lengths = lengths
@@ -177,10 +181,15 @@ class Trainer:
         return dataset
 
     def _plan(self) -> BatchPlan:
-        usable = [i for i, info in enumerate(self.lengths) if info is not None]
+        if self.lengths is None:  # no pre-pass: every sample is planned, lengths unknown (no grouping)
+            count = len(self.dataset)
+            usable, totals, multimodal = range(count), (0,) * count, (True,) * count
+        else:
+            usable = [i for i, info in enumerate(self.lengths) if info is not None]
+            totals = tuple(self.lengths[i].total for i in usable)
+            multimodal = tuple(self.lengths[i].modality != "text" for i in usable)
         plan = BatchPlan(
-            tuple(usable), tuple(self.lengths[i].total for i in usable),
-            tuple(self.lengths[i].modality != "text" for i in usable),
+            usable if isinstance(usable, range) else tuple(usable), totals, multimodal,
             self.config.global_batch_size, self.config.micro_batch_size, self.accelerator.num_processes,
             self.config.seed, self.config.data.group_by_length,
         )

@@ -18,7 +18,7 @@ MEGA_BATCHES = 16  # length grouping sorts within windows of this many global ba
 
 @dataclass(frozen=True)
 class BatchPlan:
-    usable: tuple[int, ...]  # dataset indices that passed the length pre-pass
+    usable: tuple[int, ...] | range  # dataset indices that passed the length pre-pass (a range: all of them)
     lengths: tuple[int, ...]  # total tokens per usable sample
     multimodal: tuple[bool, ...]  # has an image or video
     global_batch: int
