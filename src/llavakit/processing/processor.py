@@ -108,6 +108,7 @@ class LlavaProcessor:
         added = sorted(tokenizer.get_added_vocab(), key=len, reverse=True)
         self._added = re.compile("|".join(re.escape(t) for t in added)) if added else None
         self._longest_added = len(added[0]) if added else 0
+        self._text_backend = None  # built when first needed (see _plain_text_ids)
 
     def _token_id(self, token: str, required: bool = True) -> int | None:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
@@ -248,8 +249,7 @@ class LlavaProcessor:
 
         def flush() -> None:
             if pending:
-                ids.extend(self.tokenizer("".join(pending), add_special_tokens=False,
-                                          split_special_tokens=True)["input_ids"])
+                ids.extend(self._plain_text_ids("".join(pending)))
                 pending.clear()
 
         for _, text, literal in prompt.segments():
@@ -265,6 +265,24 @@ class LlavaProcessor:
             pending.append(text[position:])
         flush()
         return self._with_special_tokens(ids) if add_special_tokens else ids
+
+    def _plain_text_ids(self, text: str) -> list[int]:
+        """Ids of ``text`` with special tokens read as characters.
+
+        transformers' ``split_special_tokens=True`` flips a flag on the shared Rust tokenizer for the
+        call, which would leak into calls from other threads (the server prepares requests in
+        several); a private copy of the backend keeps the flag set for good instead.
+        """
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a Python tokenizer: the option holds no shared state
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        if self._text_backend is None:
+            from tokenizers import Tokenizer
+
+            copy = Tokenizer.from_str(backend.to_str())
+            copy.encode_special_tokens = True
+            self._text_backend = copy
+        return self._text_backend.encode(text, add_special_tokens=False).ids
 
     def _touches_added_token(self, text: str, start: int, end: int) -> bool:
         """Whether an added token's occurrence in ``text`` overlaps ``text[start:end]``."""

@@ -67,7 +67,8 @@ def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = N
         if engine.closed or drain.draining:
             raise APIError(503, "the server is shutting down", "shutting_down")
         return JSONResponse({"status": "ok", "model": settings.model_name, "queued": engine.queued,
-                             "running": engine.running, "batches": engine.batches})
+                             "running": engine.running, "batches": engine.batches,
+                             "cancelled": engine.rows_cancelled})
 
     @app.get("/v1/models")
     async def models() -> ModelList:

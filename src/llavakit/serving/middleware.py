@@ -81,7 +81,8 @@ class ApiKey:
             await self.app(scope, receive, send)
             return
         error = APIError(401, "missing or invalid API key; send 'Authorization: Bearer <key>'", "invalid_api_key")
-        await send_error(send, error, [(b"www-authenticate", b"Bearer")])
+        # The body is not read: the connection cannot carry another request after this answer.
+        await send_error(send, error, [(b"www-authenticate", b"Bearer"), (b"connection", b"close")])
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -118,4 +119,4 @@ class HostCheck:
         shown = ascii(header.decode("latin-1")) if header is not None else "none"
         error = APIError(400, f"the Host header ({shown}) is not one this server answers to; start it with "
                               "--allowed-hosts to add names", "host_not_allowed")
-        await send_error(send, error)
+        await send_error(send, error, [(b"connection", b"close")])  # the body is not read
