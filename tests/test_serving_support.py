@@ -189,3 +189,53 @@ def in_thread_server(**settings):
 
     settings = ServerSettings(**{"model_name": MODEL_NAME, "max_model_len": 8192, **settings})
     return BackgroundServer(create_app(tiny_model(), settings))
+
+
+def one_bit_png(width: int, height: int) -> bytes:
+    """A few kilobytes that decode to width*height pixels (75 MB of RGB at 5000x5000)."""
+    out = io.BytesIO()
+    Image.new("1", (width, height)).save(out, "PNG")
+    return out.getvalue()
+
+
+def process_memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident (VmRSS) or peak resident (VmHWM) memory of a process, from /proc."""
+    import re
+
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1))
+
+
+class DribblingHost:
+    """A loopback web server that sends a PNG's headers at once, then one byte every 0.3 s: never idle
+    long enough for a read timeout. ``with DribblingHost() as url: ...``"""
+
+    def __enter__(self) -> str:
+        import http.server
+        import threading
+
+        class Dribble(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                try:
+                    for _ in range(1000):
+                        self.wfile.write(b"\0")
+                        self.wfile.flush()
+                        time.sleep(0.3)
+                except OSError:
+                    pass  # the server gave up on us, as it should
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dribble)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/slow.png"
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

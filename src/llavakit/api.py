@@ -50,8 +50,8 @@ class Llava:
 
     # ---- inputs ---------------------------------------------------------------------------
     def prepare(self, conversations: Sequence[Conversation], add_generation_prompt: bool = True) -> ModelInputs:
-        rendered = [self.processor.render(c, add_generation_prompt) for c in conversations]
-        return self.processor([text for text, _ in rendered], [media for _, media in rendered])
+        rendered = [self.processor.render_prompt(c, add_generation_prompt) for c in conversations]
+        return self.processor([prompt for prompt, _ in rendered], [media for _, media in rendered])
 
     @property
     def eos_token_ids(self) -> list[int]:

@@ -3,12 +3,18 @@
 It renders a conversation to text with placeholders, decides each medium's layout, writes exactly
 ``layout.token_count`` placeholder tokens for it, and turns the pixels into crops. Images and videos
 are kept in the order their placeholders appear, which is the order the model scatters them in.
+
+The text of the messages is tokenized as text: a message that contains ``<|im_end|>`` or
+``<image>`` gets the tokens of those characters, never the special token. Special tokens and
+placeholders come only from the chat template, so a user cannot end their turn and write a system
+turn by typing it. A rendered :class:`Prompt` remembers which characters came from the messages.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,32 @@ class Media:
     source: Any  # path, bytes, PIL image, or (video) a list of frames
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """Rendered prompt text, with the character spans that came from the messages (kept as text)."""
+
+    text: str
+    literal_spans: tuple[tuple[int, int], ...] = ()  # sorted, non-overlapping [start, end)
+
+    def segments(self) -> Iterator[tuple[int, str, bool]]:
+        """(offset, text, is_literal) pieces covering the whole text in order."""
+        position = 0
+        for start, end in self.literal_spans:
+            if start > position:
+                yield position, self.text[position:start], False
+            if end > start:
+                yield start, self.text[start:end], True
+            position = end
+        if position < len(self.text) or not self.text:
+            yield position, self.text[position:], False
+
+    def template_matches(self, pattern: re.Pattern) -> Iterator[re.Match]:
+        """Matches of ``pattern`` in the template's text only (not inside a message's text)."""
+        for _, text, literal in self.segments():
+            if not literal:
+                yield from pattern.finditer(text)
+
+
 @dataclass
 class ModelInputs:
     """A batch ready for the model. ``visual_items`` follow placeholder order across the batch."""
@@ -72,6 +104,11 @@ class LlavaProcessor:
         self.image_token_id = self._token_id(config.image_token)
         self.video_token_id = self._token_id(config.video_token, required=False)
         self._placeholder = re.compile("|".join(re.escape(t) for t in (config.image_token, config.video_token)))
+        # Every added token (specials, placeholders), longest first: where the tokenizer splits text.
+        added = sorted(tokenizer.get_added_vocab(), key=len, reverse=True)
+        self._added = re.compile("|".join(re.escape(t) for t in added)) if added else None
+        self._longest_added = len(added[0]) if added else 0
+        self._text_backend = None  # built when first needed (see _plain_text_ids)
 
     @property
     def takes_video(self) -> bool:
@@ -99,31 +136,85 @@ class LlavaProcessor:
     # ---- conversations -> text + media ------------------------------------------------------
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> tuple[str, list[Media]]:
         """Chat messages (OpenAI-style content parts) -> prompt text with placeholders, media in order."""
+        prompt, media = self.render_prompt(messages, add_generation_prompt)
+        return prompt.text, media
+
+    def render_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> tuple[Prompt, list[Media]]:
+        """Like :meth:`render`, remembering which characters are the messages' text.
+
+        The template is rendered twice: with the texts, and with a unique marker in place of each
+        text. Putting the texts back into the marked rendering must give the real one; then the
+        texts' spans are known exactly. A template that rewrites message text (trims it, say)
+        cannot be marked: its rendering is used as it is, and a text containing a special token is
+        refused, since it could not be told apart from the template's own tokens.
+        """
         media: list[Media] = []
-        plain_messages = []
-        for message in messages:
-            content = message["content"]
-            if isinstance(content, str):
-                plain_messages.append({"role": message["role"], "content": content})
-                continue
-            parts = []
-            for part in content:
-                kind = part.get("type")
-                if kind in ("image", "video"):
-                    media.append(Media(kind, part.get(kind, part.get("path", part.get("url")))))
-                    parts.append({"type": kind})
-                elif kind == "text":
-                    parts.append({"type": "text", "text": part["text"]})
-                else:
-                    raise PlaceholderError(f"content part type {kind!r} is unknown; use text, image or video")
-            plain_messages.append({"role": message["role"], "content": parts})
-        self.check_takes([m.kind for m in media], "the conversation")
+        texts: list[str] = []
+        nonce = uuid.uuid4().hex
+        marker = re.compile(f"\ue000{nonce}(\\d+)\ue001")
+
+        def literal(text: str, marked: bool) -> str:
+            if not marked:
+                return text
+            texts.append(text)
+            return f"\ue000{nonce}{len(texts) - 1}\ue001"
+
+        def plain_messages(marked: bool) -> list[dict]:
+            result = []
+            for message in messages:
+                content = message["content"]
+                if isinstance(content, str):
+                    result.append({"role": message["role"], "content": literal(content, marked)})
+                    continue
+                parts = []
+                for part in content:
+                    kind = part.get("type")
+                    if kind in ("image", "video"):
+                        if not marked:
+                            media.append(Media(kind, part.get(kind, part.get("path", part.get("url")))))
+                        parts.append({"type": kind})
+                    elif kind == "text":
+                        parts.append({"type": "text", "text": literal(part["text"], marked)})
+                    else:
+                        raise PlaceholderError(f"content part type {kind!r} is unknown; use text, image or video")
+                result.append({"role": message["role"], "content": parts})
+            return result
+
         template = getattr(self.tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
-        text = self.tokenizer.apply_chat_template(
-            plain_messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+
+        def apply(rendered_messages: list[dict]) -> str:
+            return self.tokenizer.apply_chat_template(
+                rendered_messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+
+        unmarked = plain_messages(False)
+        self.check_takes([m.kind for m in media], "the conversation")
+        text = apply(unmarked)
         self._check_template_wrote_placeholders(text, media)
-        return text, self._ordered(text, media)
+        marked = apply(plain_messages(True))
+        pieces, spans, position = [], [], 0
+        for match in marker.finditer(marked):
+            pieces.append(marked[position:match.start()])
+            start = sum(map(len, pieces))
+            pieces.append(texts[int(match.group(1))])
+            spans.append((start, start + len(pieces[-1])))
+            position = match.end()
+        pieces.append(marked[position:])
+        if "".join(pieces) == text:
+            prompt = Prompt(text, tuple(spans))
+        else:
+            self._refuse_special_tokens(texts)
+            prompt = Prompt(text)
+        return prompt, self._ordered(prompt, media)
+
+    def _refuse_special_tokens(self, texts: Sequence[str]) -> None:
+        for index, text in enumerate(texts):
+            found = self._added.search(text) if self._added else None
+            if found:
+                raise PlaceholderError(
+                    f"message text {index}: it contains the special token {found.group(0)!r}, and this chat "
+                    "template rewrites message text, so it could not be kept apart from the template's own "
+                    "tokens; remove it from the text")
 
     def _check_template_wrote_placeholders(self, text: str, media: list[Media]) -> None:
         """A chat template that drops image or video parts cannot be used with them: say it is the template."""
@@ -135,12 +226,12 @@ class LlavaProcessor:
                     f"{token} placeholders: the chat template does not take {kind}s"
                 )
 
-    def _ordered(self, text: str, media: list[Media]) -> list[Media]:
+    def _ordered(self, prompt: Prompt, media: list[Media]) -> list[Media]:
         """Media in the order their placeholders appear (templates may move images first)."""
         images = iter([m for m in media if m.kind == "image"])
         videos = iter([m for m in media if m.kind == "video"])
         ordered = []
-        for match in self._placeholder.finditer(text):
+        for match in prompt.template_matches(self._placeholder):
             source = images if match.group(0) == self.config.image_token else videos
             item = next(source, None)
             if item is not None:
@@ -150,29 +241,95 @@ class LlavaProcessor:
     # ---- text + media -> model inputs -------------------------------------------------------
     def __call__(
         self,
-        texts: Sequence[str],
+        texts: Sequence[str | Prompt],
         media: Sequence[Sequence[Media]] | None = None,
         add_special_tokens: bool = False,
         padding_side: str = "left",
     ) -> ModelInputs:
-        media = media if media is not None else [[] for _ in texts]
-        if len(media) != len(texts):
-            raise PlaceholderError(f"{len(texts)} texts but media for {len(media)} samples")
-        expanded, items, pixels = [], [], []
-        for index, (text, sample_media) in enumerate(zip(texts, media)):
-            sample_items, sample_pixels = self._prepare_media(text, sample_media, index)
-            expanded.append(self._expand(text, sample_items))
+        """Texts (a plain string is all template: every special token in it counts) -> model inputs."""
+        prompts = [text if isinstance(text, Prompt) else Prompt(text) for text in texts]
+        media = media if media is not None else [[] for _ in prompts]
+        if len(media) != len(prompts):
+            raise PlaceholderError(f"{len(prompts)} texts but media for {len(media)} samples")
+        ids, items, pixels = [], [], []
+        for index, (prompt, sample_media) in enumerate(zip(prompts, media)):
+            sample_items, sample_pixels = self._prepare_media(prompt, sample_media, index)
+            ids.append(self._tokenize(self._expand(prompt, sample_items), add_special_tokens))
             items += sample_items
             pixels += sample_pixels
-        encoded = self.tokenizer(
-            expanded, padding=True, padding_side=padding_side, add_special_tokens=add_special_tokens, return_tensors="pt"
-        )
+        encoded = self.tokenizer.pad({"input_ids": ids}, padding=True, padding_side=padding_side, return_tensors="pt")
         pixel_values = torch.from_numpy(np.concatenate(pixels)) if pixels else None
         mask = encoded["attention_mask"]
         return ModelInputs(encoded["input_ids"], mask, pixel_values, items, mask.sum(-1).tolist())
 
-    def _prepare_media(self, text: str, media: Sequence[Media], index: int) -> tuple[list[VisualItem], list[np.ndarray]]:
-        placeholders = [m.group(0) for m in self._placeholder.finditer(text)]
+    def _tokenize(self, prompt: Prompt, add_special_tokens: bool) -> list[int]:
+        """Token ids of a prompt whose literal spans are text, whatever characters they hold.
+
+        When no added token touches a literal span, the whole text is tokenized at once (exactly
+        what transformers does). Otherwise the text is split where the template's added tokens are,
+        as the tokenizer itself splits at added tokens, and each piece between them is tokenized
+        with special tokens read as plain text.
+        """
+        if not any(self._touches_added_token(prompt.text, start, end) for start, end in prompt.literal_spans):
+            return list(self.tokenizer(prompt.text, add_special_tokens=add_special_tokens)["input_ids"])
+        ids: list[int] = []
+        pending: list[str] = []
+
+        def flush() -> None:
+            if pending:
+                ids.extend(self._plain_text_ids("".join(pending)))
+                pending.clear()
+
+        for _, text, literal in prompt.segments():
+            if literal:
+                pending.append(text)
+                continue
+            position = 0
+            for match in self._added.finditer(text):
+                pending.append(text[position:match.start()])
+                flush()
+                ids.append(int(self.tokenizer.convert_tokens_to_ids(match.group(0))))
+                position = match.end()
+            pending.append(text[position:])
+        flush()
+        return self._with_special_tokens(ids) if add_special_tokens else ids
+
+    def _plain_text_ids(self, text: str) -> list[int]:
+        """Ids of ``text`` with special tokens read as characters.
+
+        transformers' ``split_special_tokens=True`` flips a flag on the shared Rust tokenizer for the
+        call, which would leak into calls from other threads (the server prepares requests in
+        several); a private copy of the backend keeps the flag set for good instead.
+        """
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a Python tokenizer: the option holds no shared state
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        if self._text_backend is None:
+            from tokenizers import Tokenizer
+
+            copy = Tokenizer.from_str(backend.to_str())
+            copy.encode_special_tokens = True
+            self._text_backend = copy
+        return self._text_backend.encode(text, add_special_tokens=False).ids
+
+    def _touches_added_token(self, text: str, start: int, end: int) -> bool:
+        """Whether an added token's occurrence in ``text`` overlaps ``text[start:end]``."""
+        if self._added is None or start == end:
+            return False
+        reach = self._longest_added - 1
+        window = max(0, start - reach)
+        return any(m.start() < end and start < m.end()
+                   for m in self._added.finditer(text, window, end + reach))
+
+    def _with_special_tokens(self, ids: list[int]) -> list[int]:
+        """``ids`` wrapped as the tokenizer wraps a sequence when asked to add special tokens (BOS...)."""
+        bare = list(self.tokenizer("a", add_special_tokens=False)["input_ids"])
+        wrapped = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])
+        start = next(i for i in range(len(wrapped)) if wrapped[i:i + len(bare)] == bare)
+        return wrapped[:start] + ids + wrapped[start + len(bare):]
+
+    def _prepare_media(self, prompt: Prompt, media: Sequence[Media], index: int) -> tuple[list[VisualItem], list[np.ndarray]]:
+        placeholders = [m.group(0) for m in prompt.template_matches(self._placeholder)]
         wanted = ["image" if p == self.config.image_token else "video" for p in placeholders]
         given = [m.kind for m in media]
         self.check_takes(given, f"sample {index}")
@@ -221,6 +378,15 @@ class LlavaProcessor:
     def num_tokens(self, item: VisualItem) -> int:
         return layout.token_count(item, self.visual, self.tokens_per_side)
 
-    def _expand(self, text: str, items: list[VisualItem]) -> str:
+    def _expand(self, prompt: Prompt, items: list[VisualItem]) -> Prompt:
+        """Each template placeholder repeated ``token_count`` times; literal spans move with the text."""
         counts = iter(self.num_tokens(item) for item in items)
-        return self._placeholder.sub(lambda m: m.group(0) * next(counts), text)
+        pieces, spans, length = [], [], 0
+        for _, text, literal in prompt.segments():
+            if not literal:
+                text = self._placeholder.sub(lambda m: m.group(0) * next(counts), text)
+            else:
+                spans.append((length, length + len(text)))
+            pieces.append(text)
+            length += len(text)
+        return Prompt("".join(pieces), tuple(spans))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -15,9 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llavakit.api import Llava
 from llavakit.serving.completions import Answer, complete, stream
+from llavakit.serving.drain import Drain, shutting_down
 from llavakit.serving.engine import Engine, EngineClosed, Job, QueueFull
 from llavakit.serving.errors import APIError, validation_error
-from llavakit.serving.middleware import ApiKey, BodyLimit
+from llavakit.serving.middleware import ApiKey, BodyLimit, HostCheck
 from llavakit.serving.prepare import RequestPreparer
 from llavakit.serving.protocol import ChatCompletionRequest, ModelCard, ModelList
 from llavakit.serving.results import ResultQueue
@@ -29,9 +31,13 @@ def chat_page() -> str:
 
 
 def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
-    """An app serving ``llava``; the engine starts and drains with the app's lifespan."""
+    """An app serving ``llava``; the engine starts and drains with the app's lifespan.
+
+    ``app.state.drain`` runs the drain on shutdown (``llavakit serve`` starts it on SIGTERM).
+    """
     engine = engine or Engine(llava, settings.engine)
     preparer = RequestPreparer(llava, settings)
+    drain = Drain()
     started = int(time.time())
 
     @asynccontextmanager
@@ -39,13 +45,17 @@ def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = N
         engine.start()
         yield
         # The HTTP server has finished its in-flight responses; let the scheduler finish too.
+        preparer.close()
         await run_in_threadpool(engine.close, True, settings.request_timeout_s)
 
     app = FastAPI(title="llavakit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.state.settings = settings
+    app.state.drain = drain
+    app.state.preparer = preparer
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ApiKey, key=settings.api_key)  # added last = runs first
+    app.add_middleware(ApiKey, key=settings.api_key)
+    app.add_middleware(HostCheck, allowed=settings.allowed_hosts)  # added last = runs first
     _install_error_handlers(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -54,10 +64,11 @@ def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = N
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if engine.closed:
+        if engine.closed or drain.draining:
             raise APIError(503, "the server is shutting down", "shutting_down")
         return JSONResponse({"status": "ok", "model": settings.model_name, "queued": engine.queued,
-                             "running": engine.running, "batches": engine.batches})
+                             "running": engine.running, "batches": engine.batches,
+                             "cancelled": engine.rows_cancelled})
 
     @app.get("/v1/models")
     async def models() -> ModelList:
@@ -65,29 +76,63 @@ def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = N
         return ModelList(data=[card])
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.request_timeout_s
-        if engine.closed:
-            raise APIError(503, "the server is shutting down; retry on another instance", "shutting_down")
-        prepared = await preparer(body)
+        if engine.closed or drain.draining:
+            raise shutting_down()
+        with drain.request():
+            # A client that leaves stops its request: media preparation, queueing and generation.
+            work = asyncio.ensure_future(answer_request(body, deadline))
+            gone = asyncio.ensure_future(disconnected(request))
+            try:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, APIError):
+                    await work
+                return APIError(499, "the client closed the connection", "client_closed").response()
+            return work.result()
+
+    async def answer_request(body: ChatCompletionRequest, deadline: float):
+        loop = asyncio.get_running_loop()
+        if engine.queued >= settings.engine.max_queued:  # before any decoding: the queue would refuse it
+            raise queue_full(f"{engine.queued} requests are already waiting")
+        try:
+            prepared = await asyncio.wait_for(preparer(body), max(deadline - loop.time(), 0))
+        except TimeoutError:
+            raise APIError(504, "preparing the request's media did not finish within the server's time limit "
+                                "(--request-timeout)", "request_timeout") from None
         results = ResultQueue(loop, prepared.n)
         job = Job(prepared.inputs, prepared.settings, results, prepared.n, prepared.stop, prepared.ignore_eos)
         try:
             engine.submit(job)
         except QueueFull as err:
-            raise APIError(429, f"the server is busy: {err}; retry shortly", "queue_full",
-                           headers={"Retry-After": "1"}) from None
+            raise queue_full(str(err)) from None
         except EngineClosed:
-            raise APIError(503, "the server is shutting down; retry on another instance", "shutting_down") from None
+            raise shutting_down() from None
         answer = Answer(job, results, settings.model_name, prepared.prompt_tokens, deadline)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(answer, include_usage), media_type="text/event-stream",
+            return StreamingResponse(drain.tracked_stream(results, stream(answer, include_usage)),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await complete(answer)
+        with drain.answering(results):
+            return await complete(answer)
 
     return app
+
+
+def queue_full(reason: str) -> APIError:
+    return APIError(429, f"the server is busy: {reason}; retry shortly", "queue_full", headers={"Retry-After": "1"})
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client has closed the connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -96,6 +96,7 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="llavakit-scheduler", daemon=True)
         self.batches = 0  # statistics, read by /health
         self.rows_generated = 0
+        self.rows_cancelled = 0  # rows stopped early: their client left, timed out or was cut
 
     # ---- the handlers' side ---------------------------------------------------------------
     def start(self) -> Engine:
@@ -175,6 +176,7 @@ class Engine:
         return rows <= self.limits.max_batch_rows and width * (len(batch) + 1) <= self.limits.max_batch_tokens
 
     def _run(self, jobs: list[Job]) -> None:
+        self.rows_cancelled += sum(job.n for job in jobs if job.cancelled.is_set())  # left while queued
         jobs = [job for job in jobs if not job.cancelled.is_set()]
         if not jobs:
             return
@@ -195,6 +197,7 @@ class Engine:
             return
         self.batches += 1
         self.rows_generated += len(rows)
+        self.rows_cancelled += sum(row.finish_reason == "cancelled" for row in rows)
 
     def _row(self, job: Job, prompt: int, choice: int) -> Row:
         settings = job.choice_settings(choice)

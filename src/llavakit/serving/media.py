@@ -11,6 +11,7 @@ arbitrary bytes could pick a playlist demuxer that follows links to local files)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -74,26 +75,35 @@ def read_local(url: str, policy: MediaPolicy, label: str) -> bytes:
 
 
 async def fetch_remote(url: str, policy: MediaPolicy, label: str) -> bytes:
+    """The body of an allowed http(s) URL, within ``fetch_timeout_s`` in all (not per read: a host
+    that sends one byte every few seconds would never trip a per-read timeout)."""
     host = (urlsplit(url).hostname or "").lower()
     if not policy.allow_remote:
         raise MediaError(f"{label}: http(s) URLs are disabled on this server; send the image as a data: URL")
     if host not in policy.allowed_domains:
         raise MediaError(f"{label}: the host {host!r} is not on this server's allow-list")
     try:
-        async with httpx.AsyncClient(timeout=policy.fetch_timeout_s, follow_redirects=False) as client, \
-                client.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise MediaError(f"{label}: fetching it returned HTTP {response.status_code} "
-                                 "(redirects are not followed)")
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > policy.max_media_bytes:
-                    raise MediaError(f"{label}: the download exceeds {policy.max_media_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
+        async with asyncio.timeout(policy.fetch_timeout_s):
+            return await _download(url, policy, label)
+    except TimeoutError:
+        raise MediaError(f"{label}: fetching it took longer than {policy.fetch_timeout_s:g} s") from None
     except httpx.HTTPError as err:
         raise MediaError(f"{label}: cannot fetch it ({type(err).__name__})") from None
+
+
+async def _download(url: str, policy: MediaPolicy, label: str) -> bytes:
+    async with httpx.AsyncClient(timeout=policy.fetch_timeout_s, follow_redirects=False) as client, \
+            client.stream("GET", url) as response:
+        if response.status_code != 200:
+            raise MediaError(f"{label}: fetching it returned HTTP {response.status_code} "
+                             "(redirects are not followed)")
+        chunks, size = [], 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > policy.max_media_bytes:
+                raise MediaError(f"{label}: the download exceeds {policy.max_media_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 async def read_url(url: str, policy: MediaPolicy, label: str) -> tuple[str | None, bytes]:
@@ -113,8 +123,8 @@ async def read_url(url: str, policy: MediaPolicy, label: str) -> tuple[str | Non
 
 
 # ---- bytes -> pixels ------------------------------------------------------------------------
-def decode_image(data: bytes, mime: str | None, policy: MediaPolicy, label: str) -> Image.Image:
-    """PNG / JPEG / WebP bytes -> RGB image; the pixel limit is checked before decoding."""
+def open_image(data: bytes, mime: str | None, policy: MediaPolicy, label: str) -> Image.Image:
+    """PNG / JPEG / WebP bytes -> an image whose header is read and checked; no pixel is decoded yet."""
     if mime is not None and mime not in IMAGE_FORMATS:
         raise MediaError(f"{label}: type {mime!r} is not accepted; send PNG, JPEG or WebP")
     try:
@@ -126,21 +136,27 @@ def decode_image(data: bytes, mime: str | None, policy: MediaPolicy, label: str)
                          f"the limit is {policy.max_image_pixels} pixels per image") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise MediaError(f"{label}: not a readable PNG, JPEG or WebP image") from None
-    return _checked_rgb(image, policy, label)
-
-
-def _checked_rgb(image: Image.Image, policy: MediaPolicy, label: str) -> Image.Image:
     width, height = image.size
     if width < 1 or height < 1:
         raise MediaError(f"{label}: the image has zero size {width}x{height}")
     if width * height > policy.max_image_pixels:
         raise MediaError(f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of "
                          f"{policy.max_image_pixels} pixels per image")
+    return image
+
+
+def load_image(image: Image.Image, label: str) -> Image.Image:
+    """Decode an image from :func:`open_image` -> RGB."""
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise MediaError(f"{label}: truncated or corrupt image ({err})") from None
     return to_rgb(image)
+
+
+def decode_image(data: bytes, mime: str | None, policy: MediaPolicy, label: str) -> Image.Image:
+    """PNG / JPEG / WebP bytes -> RGB image; the pixel limit is checked before decoding."""
+    return load_image(open_image(data, mime, policy, label), label)
 
 
 def video_demuxer(data: bytes) -> str:
@@ -152,12 +168,18 @@ def video_demuxer(data: bytes) -> str:
     raise MediaError("video: only MP4 and WebM/Matroska videos are accepted")
 
 
-def decode_video(data: bytes, mime: str | None, num_frames: int, policy: MediaPolicy, label: str) -> list[Image.Image]:
-    """Frames sampled as the processor samples a video file (the core's ``read_video``).
+@dataclass(frozen=True)
+class VideoHeader:
+    demuxer: str  # "mp4" or "matroska"
+    width: int
+    height: int
 
-    The header is checked in memory first, with the demuxer fixed by the magic bytes: no probing,
-    and no frame of too many pixels is ever decoded. Only then do the bytes go to a temporary file
-    for ``read_video``, which takes paths.
+
+def read_video_header(data: bytes, mime: str | None, policy: MediaPolicy, label: str) -> VideoHeader:
+    """The demuxer and frame size of MP4 / WebM bytes, checked in memory before any frame is decoded.
+
+    The demuxer is fixed by the magic bytes: no probing (FFmpeg's probing of arbitrary bytes could
+    pick a playlist demuxer that follows links to local files).
     """
     import av  # only video users pay for FFmpeg
 
@@ -175,7 +197,12 @@ def decode_video(data: bytes, mime: str | None, num_frames: int, policy: MediaPo
         raise MediaError(f"{label}: cannot decode the video ({type(err).__name__})") from None
     if width * height > policy.max_image_pixels:
         raise MediaError(f"{label}: frames of {width}x{height} exceed the limit of {policy.max_image_pixels} pixels")
-    suffix = ".mp4" if demuxer == "mp4" else ".mkv"
+    return VideoHeader(demuxer, width, height)
+
+
+def load_video(data: bytes, header: VideoHeader, num_frames: int, label: str) -> list[Image.Image]:
+    """Frames sampled as the processor samples a video file (the core's ``read_video``, which takes paths)."""
+    suffix = ".mp4" if header.demuxer == "mp4" else ".mkv"
     with tempfile.NamedTemporaryFile(suffix=suffix) as file:
         file.write(data)
         file.flush()
@@ -183,3 +210,8 @@ def decode_video(data: bytes, mime: str | None, num_frames: int, policy: MediaPo
             return read_video(file.name, num_frames).images
         except MediaError as err:
             raise MediaError(f"{label}: {str(err).split(': ', 1)[-1]}") from None
+
+
+def decode_video(data: bytes, mime: str | None, num_frames: int, policy: MediaPolicy, label: str) -> list[Image.Image]:
+    """The header checked (:func:`read_video_header`), then the sampled frames decoded."""
+    return load_video(data, read_video_header(data, mime, policy, label), num_frames, label)

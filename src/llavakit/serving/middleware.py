@@ -81,4 +81,42 @@ class ApiKey:
             await self.app(scope, receive, send)
             return
         error = APIError(401, "missing or invalid API key; send 'Authorization: Bearer <key>'", "invalid_api_key")
-        await send_error(send, error, [(b"www-authenticate", b"Bearer")])
+        # The body is not read: the connection cannot carry another request after this answer.
+        await send_error(send, error, [(b"www-authenticate", b"Bearer"), (b"connection", b"close")])
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def host_name(header: bytes) -> str:
+    """The host of a Host header without its port: "[::1]:8000" -> "::1", "Example.com:80" -> "example.com"."""
+    value = header.decode("latin-1").strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class HostCheck:
+    """Only the allowed names in the ``Host`` header, on every path.
+
+    A server on loopback without an API key trusts whoever can connect; a web page can connect
+    through the browser by pointing its own name at 127.0.0.1 (DNS rebinding), but its requests
+    then carry that name as their Host. Refusing foreign Host headers closes that door.
+    """
+
+    def __init__(self, app, allowed: tuple[str, ...] | None):
+        self.app = app
+        self.allowed = None if allowed is None else frozenset(h.strip("[]").lower() for h in allowed)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.allowed is None or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers", [])).get(b"host")
+        if header is not None and host_name(header) in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        shown = ascii(header.decode("latin-1")) if header is not None else "none"
+        error = APIError(400, f"the Host header ({shown}) is not one this server answers to; start it with "
+                              "--allowed-hosts to add names", "host_not_allowed")
+        await send_error(send, error, [(b"connection", b"close")])  # the body is not read

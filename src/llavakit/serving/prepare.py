@@ -4,13 +4,21 @@ Everything that can refuse a request happens here, before it is queued: too many
 operator did not allow, an image that is not PNG/JPEG/WebP or has too many pixels, and a prompt
 plus completion (visual tokens included) longer than the context. The model never sees a request
 that could fail for its input.
+
+Cheap checks come before costly work: a text too large to fit the context whatever its tokens is
+refused by its size before it is tokenized, and media are decoded only once their headers say the
+request's pixels fit both the per-request limit and what is left of the in-flight pixel budget.
+Decoding and tokenizing run in a small pool of worker threads, so only a few requests decode at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from llavakit.api import Llava
@@ -18,6 +26,7 @@ from llavakit.errors import LlavakitError
 from llavakit.model.generation import SamplingSettings
 from llavakit.processing.processor import ModelInputs
 from llavakit.serving import media
+from llavakit.serving.budget import PixelBudget
 from llavakit.serving.errors import APIError, invalid
 from llavakit.serving.protocol import (
     ChatCompletionRequest,
@@ -26,6 +35,7 @@ from llavakit.serving.protocol import (
     VideoPart,
 )
 from llavakit.serving.settings import ServerSettings
+from llavakit.serving.token_bound import bytes_per_token, min_tokens
 
 
 @dataclass
@@ -47,6 +57,13 @@ class _Fetched:
     mime: str | None
     data: bytes
     param: str
+    header: Image.Image | media.VideoHeader | None = None  # read before anything is decoded
+
+    def pixels(self, video_frames: int) -> int:
+        if isinstance(self.header, media.VideoHeader):
+            return self.header.width * self.header.height * video_frames
+        width, height = self.header.size
+        return width * height
 
 
 class RequestPreparer:
@@ -54,13 +71,43 @@ class RequestPreparer:
         self.llava = llava
         self.settings = settings
         self.visual_ids = {i for i in (llava.config.image_token_id, llava.config.video_token_id) if i is not None}
+        self.bytes_per_token = bytes_per_token(llava.tokenizer)
+        self.budget = PixelBudget(settings.max_decoding_pixels)
+        self._workers = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="llavakit-prepare")
 
     async def __call__(self, request: ChatCompletionRequest) -> PreparedRequest:
         self._check_request(request)
         fetched = await self._fetch(request)
-        inputs = await run_in_threadpool(self._build_inputs, request, fetched)
+        await run_in_threadpool(self._read_headers, fetched)
+        pixels = self._reserve_pixels(fetched)
+        inputs = await self._in_worker(pixels, self._build_inputs, request, fetched)
         return PreparedRequest(inputs, self._sampling(request, inputs), list(request.stop), request.n,
                                request.ignore_eos)
+
+    def close(self) -> None:
+        self._workers.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_worker(self, pixels: int, function, *args):
+        """``function(*args)`` in the preparation pool; the reserved pixels are released when it ends,
+        or at once if it never started (the request timed out or its client left while it waited)."""
+
+        def work():
+            try:
+                return function(*args)
+            finally:
+                self.budget.release(pixels)
+
+        try:
+            future = self._workers.submit(work)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self.budget.release(pixels)
+            raise APIError(503, "the server is shutting down; retry on another instance", "shutting_down") from None
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if future.cancel():
+                self.budget.release(pixels)
+            raise
 
     # ---- cheap checks first ---------------------------------------------------------------
     def _check_request(self, request: ChatCompletionRequest) -> None:
@@ -80,6 +127,7 @@ class RequestPreparer:
             raise invalid(f"the request has {videos} videos; this server accepts at most {limits.max_videos} "
                           "per request", "messages", "too_many_videos")
         self._check_text(request)
+        self._check_text_size(request)
 
     def _check_text(self, request: ChatCompletionRequest) -> None:
         """Typed placeholder tokens would claim media the request does not have: say so plainly."""
@@ -93,6 +141,22 @@ class RequestPreparer:
                     param = f"messages.{m}.content" + (f".{p}.text" if listed else "")
                     raise invalid(f"{param}: the text contains {token!r}, which this model reserves for media; "
                                   "send images as image_url parts and remove it from the text", param, "reserved_token")
+
+    def _check_text_size(self, request: ChatCompletionRequest) -> None:
+        """Refuse text that cannot fit the context whatever it is, by its size, before tokenizing it."""
+        size = 0
+        for message in request.messages:
+            texts = [message.content or ""] if not isinstance(message.content, list) else [
+                part.text for part in message.content if isinstance(part, TextPart)]
+            size += sum(len(text.encode("utf-8")) for text in texts)
+        least = min_tokens(size, self.bytes_per_token)
+        completion = max(request.completion_limit or 1, 1)
+        context = self.settings.max_model_len
+        if least + completion > context:
+            raise invalid(
+                f"this model's maximum context length is {context} tokens, but the messages have {size} bytes of "
+                f"text, which this model's tokenizer makes at least {least} tokens, and {completion} are needed for "
+                "the completion. Shorten the messages.", "messages", "context_length_exceeded")
 
     # ---- media ------------------------------------------------------------------------------
     async def _fetch(self, request: ChatCompletionRequest) -> dict[tuple[int, int], _Fetched]:
@@ -111,14 +175,37 @@ class RequestPreparer:
                 fetched[m, p] = _Fetched(kind, mime, data, param)
         return fetched
 
-    def _decode(self, item: _Fetched) -> dict[str, Any]:
+    def _read_headers(self, fetched: dict[tuple[int, int], _Fetched]) -> None:
+        """Each medium's header, checked (format, size, per-image pixels); nothing decoded yet."""
         policy = self.settings.media
+        for item in fetched.values():
+            try:
+                if item.kind == "image":
+                    item.header = media.open_image(item.data, item.mime, policy, f"image {item.param}")
+                else:
+                    item.header = media.read_video_header(item.data, item.mime, policy, f"video {item.param}")
+            except LlavakitError as err:
+                raise invalid(str(err), item.param, "invalid_media") from None
+
+    def _reserve_pixels(self, fetched: dict[tuple[int, int], _Fetched]) -> int:
+        limits = self.settings
+        pixels = sum(item.pixels(self.llava.config.visual.video_frames) for item in fetched.values())
+        if pixels > limits.max_request_pixels:
+            raise APIError(413, f"the request's images and video frames have {pixels} pixels in all; this server "
+                                f"decodes at most {limits.max_request_pixels} per request. Send fewer or smaller "
+                                "images.", "too_many_pixels", "messages")
+        if not self.budget.reserve(pixels):
+            raise APIError(429, f"the server is busy decoding other requests' images ({self.budget.in_flight} of "
+                                f"{self.budget.limit} pixels in flight; this request needs {pixels}); retry shortly",
+                           "decoding_busy", headers={"Retry-After": "1"})
+        return pixels
+
+    def _decode(self, item: _Fetched) -> dict[str, Any]:
         try:
             if item.kind == "image":
-                image = media.decode_image(item.data, item.mime, policy, f"image {item.param}")
-                return {"type": "image", "image": image}
-            frames = media.decode_video(item.data, item.mime, self.llava.config.visual.video_frames, policy,
-                                        f"video {item.param}")
+                return {"type": "image", "image": media.load_image(item.header, f"image {item.param}")}
+            frames = media.load_video(item.data, item.header, self.llava.config.visual.video_frames,
+                                      f"video {item.param}")
             return {"type": "video", "video": frames}
         except LlavakitError as err:
             raise invalid(str(err), item.param, "invalid_media") from None

@@ -10,22 +10,37 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _valid_unicode(value: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800"): no tokenizer, encoder or log takes them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = value[err.start]
+        raise ValueError(f"is not valid Unicode: it has a lone surrogate ({ascii(bad)}) at character {err.start}; "
+                         "send UTF-8 text") from None
+    return value
+
+
+# Every string of a request that the server reads is checked (unknown fields are ignored, never read).
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
 # ---- requests ---------------------------------------------------------------------------------
 class MediaURL(_Lenient):
-    url: str = Field(min_length=1)
+    url: Text = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
 
 
 class TextPart(_Lenient):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImagePart(_Lenient):
@@ -43,7 +58,7 @@ ContentPart = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="t
 
 class Message(_Lenient):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
 
 
 class StreamOptions(_Lenient):
@@ -51,7 +66,7 @@ class StreamOptions(_Lenient):
 
 
 class ChatCompletionRequest(_Lenient):
-    model: str
+    model: Text
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -61,7 +76,7 @@ class ChatCompletionRequest(_Lenient):
     repetition_penalty: float = Field(1.0, gt=0, le=10)  # vLLM extension
     ignore_eos: bool = False  # vLLM extension: generate to the token limit (load tests, benchmarks)
     seed: int | None = Field(None, ge=0, lt=2**63)
-    stop: str | list[str] | None = Field(None, validate_default=True)  # a list after validation
+    stop: Text | list[Text] | None = Field(None, validate_default=True)  # a list after validation
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -50,6 +50,10 @@ class ResultQueue:
     def on_error(self, error: Exception) -> None:
         self._put(error)
 
+    def abort(self, error: APIError) -> None:
+        """End the answer with ``error`` (from the event loop's thread): the reader raises it next."""
+        self._queue.put_nowait(error)
+
     async def events(self, deadline: float, cancel: Callable[[], None]) -> AsyncIterator[TextEvent | FinishEvent]:
         """Events until every choice has finished; a timeout or a failed batch raises APIError."""
         while self._open:
@@ -62,6 +66,8 @@ class ResultQueue:
                 cancel()
                 raise APIError(504, "the request did not finish within the server's time limit "
                                     "(--request-timeout); try a smaller max_tokens", "request_timeout") from None
+            if isinstance(event, APIError):
+                raise event
             if isinstance(event, Exception):
                 raise APIError(500, f"generation failed ({type(event).__name__}); the request was not answered",
                                "generation_failed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import logging
 import os
@@ -14,6 +15,7 @@ import torch
 from llavakit.checkpoint.io import checkpoint_name
 from llavakit.serving.engine import EngineLimits
 from llavakit.serving.media import MediaPolicy
+from llavakit.serving.middleware import LOOPBACK_HOSTS
 from llavakit.serving.settings import ServerSettings
 
 API_KEY_ENV = "LLAVAKIT_API_KEY"
@@ -28,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", help="the model id clients send (default: the checkpoint folder's name)")
     parser.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV})")
+    parser.add_argument("--allowed-hosts",
+                        help="comma-separated names the Host header may carry, '*' for any (default: on loopback "
+                             "without an API key, only localhost, 127.0.0.1 and ::1, against DNS rebinding; else any)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 suits small models "
@@ -42,9 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-image-pixels", type=int, default=25_000_000, help="width*height per image or frame")
     limits.add_argument("--max-media-bytes", type=int, default=20 * 1024 * 1024, help="bytes per image or video")
     limits.add_argument("--max-n", type=int, default=8, help="choices per request")
-    limits.add_argument("--request-timeout", type=float, default=300.0, help="seconds for queueing + generation")
+    limits.add_argument("--max-request-pixels", type=int, default=50_000_000,
+                        help="decoded pixels per request, all images and video frames together (more: HTTP 413)")
+    limits.add_argument("--max-decoding-pixels", type=int, default=100_000_000,
+                        help="decoded pixels of all requests being prepared at once (more: HTTP 429)")
+    limits.add_argument("--decode-workers", type=int, default=2, help="requests whose media are decoded at once")
+    limits.add_argument("--request-timeout", type=float, default=300.0,
+                        help="seconds for media preparation + queueing + generation")
     limits.add_argument("--shutdown-timeout", type=float, default=60.0,
-                        help="seconds in-flight requests get on SIGTERM")
+                        help="seconds in-flight requests get on SIGTERM; those still running then get HTTP 503")
     batching = parser.add_argument_group("batching")
     batching.add_argument("--max-batch-size", type=int, default=32,
                           help="sequences decoded together (1 = one at a time)")
@@ -71,13 +82,24 @@ def settings_from_args(args: argparse.Namespace, context_length: int) -> ServerS
     )
     engine = EngineLimits(max_batch_rows=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,
                           batch_window_s=args.batch_window_ms / 1000, max_queued=args.max_queue)
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     return ServerSettings(
         model_name=args.served_model_name or checkpoint_name(args.adapter or args.model),
         max_model_len=args.max_model_len or context_length,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, max_body_bytes=args.max_body_bytes,
+        api_key=api_key, max_body_bytes=args.max_body_bytes,
         max_images=args.max_images, max_videos=args.max_videos, max_n=args.max_n,
         default_max_tokens=args.default_max_tokens, request_timeout_s=args.request_timeout, media=media, engine=engine,
+        max_request_pixels=args.max_request_pixels, max_decoding_pixels=args.max_decoding_pixels,
+        decode_workers=args.decode_workers, allowed_hosts=allowed_hosts(args.allowed_hosts, args.host, api_key),
     )
+
+
+def allowed_hosts(option: str | None, bind: str, api_key: str | None) -> tuple[str, ...] | None:
+    """The Host names to answer: the option's, or loopback names for a keyless loopback server (None: any)."""
+    if option is not None:
+        names = tuple(name.strip().lower() for name in option.split(",") if name.strip())
+        return None if "*" in names else names
+    return LOOPBACK_HOSTS if api_key is None and is_loopback(bind) else None
 
 
 def context_length(llava) -> int:
@@ -98,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     import llavakit
     from llavakit.serving.app import create_app
 
+    DrainingServer = draining_server_class()
+
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("llavakit.serving")
     if args.threads:
@@ -114,6 +138,48 @@ def run(args: argparse.Namespace) -> int:
     log.info("serving %r (context %d tokens) at http://%s:%d/ (chat page at /, API at /v1)",
              settings.model_name, settings.max_model_len, args.host, args.port)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=args.shutdown_timeout)
-    uvicorn.Server(config).run()  # SIGINT/SIGTERM: stop accepting, finish in-flight requests, drain
+                            timeout_graceful_shutdown=FLUSH_TIMEOUT_S)
+    # SIGINT/SIGTERM: drain (503 to new requests and /health), cut what is left, then stop.
+    DrainingServer(config, app, args.shutdown_timeout).run()
     return 0
+
+
+FLUSH_TIMEOUT_S = 5.0  # after the drain, for cut requests' error responses to be written
+
+
+def draining_server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """A uvicorn server that drains the app (``app.state.drain``) on the first signal before stopping.
+
+        uvicorn's own graceful shutdown stops listening first, so ``/health`` could not say 503, and
+        cuts what is left by cancelling tasks, which drops connections. A second signal stops at once.
+        """
+
+        def __init__(self, config, app, drain_timeout: float):
+            super().__init__(config)
+            self.app = app
+            self.drain_timeout = drain_timeout
+            self._drain_task = None
+            self._drain_requested = False
+
+        def handle_exit(self, sig, frame) -> None:
+            if self._drain_requested or not self.started:
+                super().handle_exit(sig, frame)
+                return
+            self._captured_signals.append(sig)  # re-raised after the shutdown, as uvicorn does
+            self._drain_requested = True
+
+        async def on_tick(self, counter: int) -> bool:
+            if self._drain_requested and self._drain_task is None:
+                self._drain_task = asyncio.ensure_future(self._drain())
+            return await super().on_tick(counter)
+
+        async def _drain(self) -> None:
+            engine = self.app.state.engine
+            await self.app.state.drain.run(self.drain_timeout, on_cut=lambda: engine.close(drain=False, timeout=0))
+            self.should_exit = True
+
+    return DrainingServer
+

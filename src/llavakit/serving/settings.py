@@ -18,15 +18,23 @@ class ServerSettings:
     max_videos: int = 1  # video parts per request
     max_n: int = 8  # choices per request
     default_max_tokens: int = 512  # completion tokens when a request gives no max_tokens
-    request_timeout_s: float = 300.0  # queueing + generation
+    request_timeout_s: float = 300.0  # media preparation + queueing + generation
+    max_request_pixels: int = 50_000_000  # decoded pixels of one request (images, and video frames)
+    max_decoding_pixels: int = 100_000_000  # decoded pixels of all requests being prepared at once
+    decode_workers: int = 2  # requests whose media are decoded at once (the others wait their turn)
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names answered (None: any)
     media: MediaPolicy = field(default_factory=MediaPolicy)
     engine: EngineLimits = field(default_factory=EngineLimits)
 
     def __post_init__(self) -> None:
-        for name in ("max_model_len", "max_body_bytes", "max_n", "default_max_tokens"):
+        for name in ("max_model_len", "max_body_bytes", "max_n", "default_max_tokens", "max_request_pixels",
+                     "max_decoding_pixels", "decode_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_images < 0 or self.max_videos < 0 or self.request_timeout_s <= 0:
             raise ValueError("max_images and max_videos must be >= 0 and request_timeout_s > 0")
+        if self.max_request_pixels > self.max_decoding_pixels:
+            raise ValueError(f"max_request_pixels ({self.max_request_pixels}) cannot exceed max_decoding_pixels "
+                             f"({self.max_decoding_pixels}): such a request could never be decoded")
         if self.media.allow_remote and not self.media.allowed_domains:
             raise ValueError("remote media need an allow-list of domains (--allowed-media-domains)")
