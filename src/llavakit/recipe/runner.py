@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 
 from llavakit.recipe.plan import CONFIGS_DIR, Parts, StagePlan, eval_task_names, plan_stages
 from llavakit.recipe.schema import Recipe
@@ -121,7 +122,10 @@ def run_recipe(recipe: Recipe, out: str | Path, source: str = "", overrides: lis
     atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(recipe_data, sort_keys=False))
     world = world_dir(recipe, out)
     print(f"== world: {world}")
-    generate_world(world, recipe.world_settings())
+    # One writer per world folder: runs of a lab that share a world wait for its first writer.
+    world.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(world.with_name(f".{world.name}.lock"))):
+        generate_world(world, recipe.world_settings())
     print("== components (tiny vision encoder and language model, cached)")
     components = prepare_components(world, cache_dir(recipe, out), recipe.component_settings())
     parts = Parts(components.vision_dir, components.llm_dir, components.vision_feature_layer)
