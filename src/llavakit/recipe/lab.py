@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def default_jobs(runs: int) -> int:
 
 
 def run_command(plan: LabPlan, run: Run) -> list[str]:
-    command = [sys.executable, "-m", "llavakit.cli", "recipe", "run", str(plan.recipe_path), "--out", str(run.dir)]
+    command = [sys.executable, "-m", "llavakit", "recipe", "run", str(plan.recipe_path), "--out", str(run.dir)]
     for flag in run.flags:
         command += ["--set", flag]
     return command
@@ -61,6 +63,17 @@ def start(plan: LabPlan, run: Run, threads: int) -> subprocess.Popen:
         log.close()  # the child holds its own descriptor
 
 
+def _stop_on_sigterm():
+    """Turn SIGTERM into SystemExit so the runs started are stopped too; the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
 def run_lab(plan: LabPlan, jobs: int | None = None, poll_seconds: float = 0.5) -> dict:
     """Run every unfinished run of ``plan``; return {"ran": [...], "skipped": [...], "failed": [...]}
     (run names). A failed run does not stop the others; its log is named."""
@@ -74,6 +87,7 @@ def run_lab(plan: LabPlan, jobs: int | None = None, poll_seconds: float = 0.5) -
           f"{len(todo)} to run, {jobs} at a time with {threads} thread(s) each")
     running: dict[str, tuple[Run, subprocess.Popen, float]] = {}
     ran, failed = [], []
+    previous = _stop_on_sigterm()
     try:
         while todo or running:
             while todo and len(running) < jobs:
@@ -101,4 +115,6 @@ def run_lab(plan: LabPlan, jobs: int | None = None, poll_seconds: float = 0.5) -
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return {"ran": ran, "skipped": skipped, "failed": failed}

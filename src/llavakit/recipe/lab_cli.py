@@ -11,6 +11,7 @@ comparison (``DIR/lab.md``, ``DIR/lab.json``, ``DIR/lab.png``).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from llavakit.recipe.cli import add_set_argument, refusing
@@ -50,6 +51,9 @@ def print_plan(plan) -> None:
 
 
 def run_lab_command(command: str, ablation: str, out: str | None, args: argparse.Namespace) -> int:
+    """Plan (and unless --check, run) the lab; 2 when refused before anything runs, 1 when a run failed."""
+    failed: list[str] = []
+
     def action() -> None:
         from llavakit.recipe.ablation import plan_lab
         from llavakit.recipe.lab import run_lab
@@ -62,17 +66,18 @@ def run_lab_command(command: str, ablation: str, out: str | None, args: argparse
         if args.check:
             print_plan(plan)
             return
-        outcome = {"failed": []}
         if not args.report_only:
-            outcome = run_lab(plan, args.jobs)
+            failed.extend(run_lab(plan, args.jobs)["failed"])
         write_report(plan)
         print((plan.out / LAB_MD).read_text(encoding="utf-8"))
         print(f"written: {plan.out / LAB_MD}")
-        if outcome["failed"]:
-            raise SystemExit(f"llavakit {command}: {len(outcome['failed'])} run(s) failed: "
-                             + ", ".join(outcome["failed"]) + " (each folder's lab.log says why; rerun to retry)")
 
-    return refusing(command, action)
+    code = refusing(command, action)
+    if failed:
+        print(f"llavakit {command}: {len(failed)} run(s) failed: {', '.join(failed)} "
+              "(each folder's lab.log says why; rerun the lab to retry them)", file=sys.stderr)
+        return 1
+    return code
 
 
 def run(args: argparse.Namespace) -> int:
