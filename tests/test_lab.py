@@ -89,7 +89,8 @@ def test_an_unknown_baseline_or_a_bad_arm_override_is_refused_naming_it(tmp_path
     bad.write_text(yaml.safe_dump({"title": "t", "recipe": str(TINY), "baseline": "nope", "arms": {"a": {}}}))
     with pytest.raises(RecipeError, match="baseline 'nope' is not an arm"):
         plan_lab(bad, tmp_path)
-    bad.write_text(yaml.safe_dump({"title": "t", "recipe": str(TINY), "arms": {"a": {}, "b": {"model.visual.nope": 1}}}))
+    arms = {"a": {}, "b": {"model.visual.nope": 1}}
+    bad.write_text(yaml.safe_dump({"title": "t", "recipe": str(TINY), "arms": arms}))
     assert main(["lab", str(bad), "--check"]) == 2
     assert "arm 'b', seed 0" in capsys.readouterr().err
 
@@ -189,11 +190,16 @@ def test_a_killed_lab_resumes_keeping_finished_runs_and_restarting_the_interrupt
         while not (second / "lab.log").exists():  # the first run finished, the second started
             assert lab.poll() is None and time.monotonic() < deadline, "the lab ended before its second run"
             time.sleep(0.2)
-        os.killpg(lab.pid, signal.SIGTERM)  # the lab and its run, as Ctrl-C or a scheduler would
+        os.kill(lab.pid, signal.SIGTERM)  # the lab alone, as a scheduler would: it stops its run
         lab.wait(timeout=60)
+        time.sleep(1)
+        with pytest.raises(ProcessLookupError):  # nothing of the lab's session is left running
+            os.killpg(lab.pid, 0)
     finally:
-        if lab.poll() is None:
+        try:
             os.killpg(lab.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert (first / "results.json").is_file() and not (second / "results.json").exists()
     finished_at = (first / "results.json").stat().st_mtime_ns
 
