@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +83,15 @@ def test_lab_check_command_plans_a_shipped_ablation(capsys):
     out = capsys.readouterr().out
     assert "2 arms x 2 seeds = 4 runs, baseline single_crop" in out
     assert "anyres/seed-1" in out and "to run" in out
+
+
+def test_recipe_ablate_and_ablate_anyres_are_the_lab(capsys):
+    assert main(["recipe", "ablate", "ablations/pooling", "--check"]) == 0
+    assert "3 arms x 3 seeds = 9 runs, baseline after_bilinear" in capsys.readouterr().out
+    assert main(["ablate-anyres", "--check", "--seeds", "1", "--eval-limit", "5"]) == 0
+    assert "2 arms x 1 seeds = 2 runs, baseline single_crop" in capsys.readouterr().out
+    assert main(["lab", "ablations/anyres"]) == 2  # running needs --out
+    assert "--out is required" in capsys.readouterr().err
 
 
 def test_an_unknown_baseline_or_a_bad_arm_override_is_refused_naming_it(tmp_path, capsys):
@@ -207,3 +217,57 @@ def test_a_killed_lab_resumes_keeping_finished_runs_and_restarting_the_interrupt
     assert (first / "results.json").stat().st_mtime_ns == finished_at  # not run again
     assert (second / "results.json").is_file()
     assert all(run["finished"] for run in json.loads((out / "lab.json").read_text())["runs"].values())
+
+
+def _twice_at_once(call) -> list:
+    """``call()`` in two threads at the same moment; their results."""
+    results: list = []
+    barrier = threading.Barrier(2)
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(call())
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_two_runs_sharing_a_world_folder_generate_it_once(tmp_path, monkeypatch):
+    from llavakit import synth
+    from llavakit.recipe import load_recipe
+    from llavakit.recipe.runner import prepare_world
+
+    written = []
+
+    def slow_generate(out, settings):  # a world is complete once its world.json is there
+        if not (Path(out) / "world.json").exists():
+            time.sleep(0.3)
+            written.append(out)
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "world.json").write_text("{}")
+        return Path(out)
+
+    monkeypatch.setattr(synth, "generate_world", slow_generate)
+    recipe = load_recipe(TINY)
+    _twice_at_once(lambda: prepare_world(tmp_path / "worlds" / "w", recipe))
+    assert len(written) == 1
+
+
+def test_two_builders_asking_for_one_component_build_it_once(tmp_path):
+    from llavakit.quickstart.cache import cached_build
+
+    builds = []
+
+    def build(out: Path) -> dict:
+        time.sleep(0.3)
+        builds.append(out)
+        (out / "weights").write_text("w")
+        return {"loss": 1.0}
+
+    entries = _twice_at_once(lambda: cached_build(tmp_path, "vision", {"k": 1}, build))
+    assert len(builds) == 1
+    assert entries[0].path == entries[1].path and sorted(e.hit for e in entries) == [False, True]
