@@ -61,6 +61,8 @@ def test_compare_reads_an_interval_above_zero_as_better_and_one_across_zero_as_i
     assert table["detail"]["vs_baseline"]["anyres"]["verdict"].startswith("better")
     assert table["color"]["vs_baseline"]["anyres"]["verdict"].startswith("inconclusive")
     assert table["detail"]["arms"]["anyres"]["mean"] == pytest.approx(0.5733333)
+    same = compare({"count": {"single": {0: 0.5, 1: 0.4}, "anyres": {0: 0.5, 1: 0.4}}}, "single")
+    assert same["count"]["vs_baseline"]["anyres"]["verdict"] == "no difference on any seed"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)

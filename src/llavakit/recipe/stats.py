@@ -51,6 +51,8 @@ def verdict(diff: dict) -> str:
     """A plain reading of a paired difference: what the interval excludes, else inconclusive."""
     if diff["n"] == 0:
         return "no paired seeds"
+    if diff["ties"] == diff["n"]:
+        return "no difference on any seed"
     if diff["ci95"] is None:
         return "one seed: no interval"
     low, high = diff["ci95"]
