@@ -113,7 +113,7 @@ def _fake_results(plan, scores):
         run.dir.mkdir(parents=True)
         evaluation = {"color": {"accuracy": scores[run.arm][run.seed], "chance": 0.125, "n": 2},
                       "count": {"accuracy": 0.5, "chance": 0.2, "n": 2}}
-        (run.dir / "results.json").write_text(json.dumps({"eval": evaluation}))
+        (run.dir / "results.json").write_text(json.dumps({"eval": evaluation, "seconds": 60.0 * (1 + run.seed)}))
 
 
 def test_report_tables_and_chart_from_finished_runs(tmp_path):
@@ -135,9 +135,11 @@ def test_report_tables_and_chart_from_finished_runs(tmp_path):
     assert list(saved["tasks"]) == ["count", "color"]  # the ablation's tasks lead
     assert saved["baseline"] == "base" and saved["seeds"] == [0, 1, 2]
     assert all(run["finished"] for run in saved["runs"].values())
+    assert saved["runs"]["squash/seed-2"]["seconds"] == 180.0
 
     md = (tmp_path / "out" / "lab.md").read_text().splitlines()
     assert md[0] == "# tiny arms" and "Claim: squash loses colour" in md
+    assert "6 of 6 runs finished (a run took 1.0 to 3.0 minutes)" in "\n".join(md)
     assert "| task | chance | base | squash |" in md
     assert "| color | 0.125 | 0.750 ± 0.250 | 0.417 ± 0.144 |" in md
     assert "| **count** | 0.200 | 0.500 ± 0.000 | 0.500 ± 0.000 |" in md

@@ -16,11 +16,13 @@ from llavakit.utils.atomic import atomic_write_text
 LAB_JSON, LAB_MD, LAB_PNG = "lab.json", "lab.md", "lab.png"
 
 
-def collect(plan: LabPlan) -> tuple[dict, dict]:
-    """``scores[task][arm][seed]`` (accuracy) and ``chance[task]`` from every finished run."""
+def collect(plan: LabPlan) -> tuple[dict, dict, dict]:
+    """``scores[task][arm][seed]`` (accuracy), ``chance[task]`` and ``seconds[run name]`` from every
+    finished run."""
     section = plan.ablation.section
     scores: dict = {task: {arm: {} for arm in plan.ablation.arms} for task in plan.tasks()}
     chance: dict = {}
+    seconds: dict = {}
     for run in plan.runs:
         if not run.finished:
             continue
@@ -32,7 +34,8 @@ def collect(plan: LabPlan) -> tuple[dict, dict]:
             if task in scores:
                 scores[task][run.arm][run.seed] = row["accuracy"]
                 chance[task] = row["chance"]
-    return scores, chance
+        seconds[run.name] = results.get("seconds")
+    return scores, chance, seconds
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
@@ -47,7 +50,16 @@ def _mean_std(row: dict) -> str:
     return _fmt(row["mean"]) + (f" ± {row['std']:.3f}" if row["std"] is not None else "")
 
 
-def markdown(plan: LabPlan, table: dict, chance: dict) -> str:
+def _minutes(seconds: dict) -> str:
+    """How long the runs took, from their own clocks: what a rerun of one costs."""
+    known = [value for value in seconds.values() if isinstance(value, (int, float))]
+    if not known:
+        return ""
+    low, high = min(known) / 60, max(known) / 60
+    return f" (a run took {low:.1f} to {high:.1f} minutes)" if len(known) > 1 else f" (in {low:.1f} minutes)"
+
+
+def markdown(plan: LabPlan, table: dict, chance: dict, seconds: dict) -> str:
     ablation, arms = plan.ablation, list(plan.ablation.arms)
     baseline = ablation.baseline
     others = [arm for arm in arms if arm != baseline]
@@ -58,7 +70,7 @@ def markdown(plan: LabPlan, table: dict, chance: dict) -> str:
     if ablation.status:
         lines += [f"**Status: {ablation.status}**", ""]
     lines += [f"Recipe `{plan.recipe_path}`, seeds {', '.join(map(str, plan.seeds))}; "
-              f"{finished} of {len(plan.runs)} runs finished. Scores: accuracy on the results' "
+              f"{finished} of {len(plan.runs)} runs finished{_minutes(seconds)}. Scores: accuracy on the results' "
               f"`{ablation.section}` section. Baseline arm: **{baseline}**.", "",
               "## Scores (mean ± standard deviation over seeds)", "",
               "| task | chance | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
@@ -120,19 +132,20 @@ def bar_chart(plan: LabPlan, table: dict, chance: dict, path: Path) -> None:
 
 def write_report(plan: LabPlan) -> dict:
     """Write lab.json, lab.md and lab.png under the lab's OUT from its finished runs; return lab.json's data."""
-    scores, chance = collect(plan)
+    scores, chance, seconds = collect(plan)
     table = compare(scores, plan.ablation.baseline)
     data = {
         "title": plan.ablation.title, "claim": plan.ablation.claim, "status": plan.ablation.status,
         "ablation": str(plan.source), "recipe": str(plan.recipe_path), "section": plan.ablation.section,
         "baseline": plan.ablation.baseline, "seeds": plan.seeds, "focus_tasks": plan.ablation.tasks,
         "arms": plan.ablation.arms, "chance": chance,
-        "runs": {run.name: {"dir": str(run.dir), "finished": run.finished, "overrides": run.flags}
+        "runs": {run.name: {"dir": str(run.dir), "finished": run.finished, "seconds": seconds.get(run.name),
+                            "overrides": run.flags}
                  for run in plan.runs},
         "tasks": table,
     }
     plan.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(plan.out / LAB_JSON, json.dumps(data, indent=2) + "\n")
-    atomic_write_text(plan.out / LAB_MD, markdown(plan, table, chance))
+    atomic_write_text(plan.out / LAB_MD, markdown(plan, table, chance, seconds))
     bar_chart(plan, table, chance, plan.out / LAB_PNG)
     return data
