@@ -112,7 +112,7 @@ def load_ablation(path: str | Path) -> tuple[Ablation, Path, Path]:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'ablation'}: {e['msg']}" for e in err.errors())
         raise RecipeError(f"{path}: invalid ablation: {problems}") from None
     local = path.parent / ablation.recipe
-    return ablation, path, local if local.is_file() else find_recipe(ablation.recipe)
+    return ablation, path, (local if local.is_file() else find_recipe(ablation.recipe)).resolve()
 
 
 def world_key(recipe: Recipe) -> str:
