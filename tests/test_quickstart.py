@@ -119,17 +119,3 @@ def test_quickstart_model_recaptions_scenes_that_train_as_stage_1_5(run, tmp_pat
     assert main(["train", str(tmp_path / "stage1_5.yaml")]) == 0
     summary = json.loads((tmp_path / "stage1_5" / "summary.json").read_text())
     assert summary["stage"] == "stage1.5" and summary["steps"] == 2 and summary["skipped"] == 0
-
-
-def test_ablation_table_puts_hires_first_and_scores_side_by_side():
-    from llavakit.recipe.ablation import comparison_table
-
-    def result(hires: float, color: float) -> dict:
-        return {"eval": {"color": {"accuracy": color, "chance": 0.15, "n": 100},
-                         "hires_detail": {"accuracy": hires, "chance": 0.134, "n": 100}}}
-
-    table = comparison_table({"anyres": result(0.41, 0.6), "single_crop": result(0.13, 0.58)},
-                             ["hires_detail"]).splitlines()
-    assert table[0] == "| task | chance | anyres | single_crop |"
-    assert table[2] == "| hires_detail | 0.134 | 0.410 | 0.130 |"
-    assert table[3] == "| color | 0.150 | 0.600 | 0.580 |"

@@ -22,7 +22,7 @@ import yaml
 
 from llavakit.quickstart import run as quickstart_cli
 from llavakit.recipe import load_recipe
-from llavakit.recipe.ablation import arm_flags, load_ablation
+from llavakit.recipe.ablation import load_ablation, plan_lab
 from llavakit.recipe.overrides import as_set_flags
 from llavakit.recipe.plan import Parts, eval_task_names, plan_stages
 from llavakit.train.config import build_config
@@ -115,12 +115,11 @@ def test_quickstart_flags_that_remain_set_the_same_keys(case, flags):
 
 
 def test_anyres_ablation_arms_share_one_world_and_cache_and_differ_only_in_the_crop(tmp_path):
-    ablation, recipe_path = load_ablation("ablations/anyres")
-    flags = arm_flags(ablation, tmp_path, ["evaluation.limit=5"])
-    recipes = {name: load_recipe(recipe_path, arm) for name, arm in flags.items()}
-    assert list(recipes) == ["anyres", "single_crop"]
+    plan = plan_lab("ablations/anyres", tmp_path, ["evaluation.limit=5"], seeds=1)
+    recipes = {run.arm: run.recipe for run in plan.runs}
+    assert sorted(recipes) == ["anyres", "single_crop"]
     anyres, single = recipes["anyres"], recipes["single_crop"]
-    assert anyres.world.dir == single.world.dir == str(tmp_path / "world")
+    assert Path(anyres.world.dir).parent == tmp_path / "worlds" and anyres.world.dir == single.world.dir
     assert anyres.components.cache == single.components.cache == str(tmp_path / "cache")
     assert anyres.evaluation.limit == single.evaluation.limit == 5
     assert anyres.model_dump(exclude={"model"}) == single.model_dump(exclude={"model"})

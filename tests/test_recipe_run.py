@@ -1,5 +1,5 @@
-"""A tiny recipe run end to end by the generic runner, as an ablation of two arms (one world and one
-component cache for both): world, components, its two stages, evaluation, controls, report."""
+"""A tiny recipe run end to end by the generic runner, as a lab of two arms at one seed (one world and
+one component cache for both): world, components, its two stages, evaluation, controls, report."""
 
 from __future__ import annotations
 
@@ -19,12 +19,15 @@ TINY = Path(__file__).parent / "fixtures" / "recipe" / "tiny.yaml"
 def test_an_ablation_of_a_tiny_recipe_runs_every_arm_and_writes_what_the_quickstart_writes(tmp_path):
     ablation = tmp_path / "ablation.yaml"
     ablation.write_text(yaml.safe_dump({
-        "title": "tiny arms", "recipe": str(TINY), "first_tasks": ["count"],
+        "title": "tiny arms", "recipe": str(TINY), "tasks": ["count"],
         "arms": {"base": {}, "squash": {"model.visual.image_mode": "squash", "model.visual.image_newline": "image"}}}))
     out = tmp_path / "out"
-    assert main(["recipe", "ablate", str(ablation), "--out", str(out), "--set", "seed=1"]) == 0
+    # `recipe ablate` is `llavakit lab`; one job: the second arm finds the components the first made
+    assert main(["recipe", "ablate", str(ablation), "--out", str(out), "--jobs", "1",
+                 "--set", "evaluation.batch_size=1"]) == 0
 
-    results = {arm: json.loads((out / arm / "results.json").read_text()) for arm in ("base", "squash")}
+    runs = {arm: out / arm / "seed-0" for arm in ("base", "squash")}
+    results = {arm: json.loads((run / "results.json").read_text()) for arm, run in runs.items()}
     base = results["base"]
     assert set(base) == {"eval", "controls", "stages", "components", "seconds", "device", "model", "settings",
                          "recipe"}
@@ -32,23 +35,26 @@ def test_an_ablation_of_a_tiny_recipe_runs_every_arm_and_writes_what_the_quickst
     assert list(base["controls"]) == ["color_shuffled"]
     assert list(base["stages"]) == ["align", "instruct"]
     assert all(stage["steps"] == 1 for stage in base["stages"].values())
-    assert base["settings"]["seed"] == 1 and "seed=1" in base["settings"]["overrides"]
+    assert base["settings"]["seed"] == 0 and "seed=0" in base["settings"]["overrides"]
+    assert "evaluation.batch_size=1" in base["settings"]["overrides"]
     # the recipe as it ran, overrides applied, next to the results
-    assert yaml.safe_load((out / "base" / "recipe.yaml").read_text()) == base["recipe"]
+    assert yaml.safe_load((runs["base"] / "recipe.yaml").read_text()) == base["recipe"]
     assert results["squash"]["recipe"]["model"]["visual"]["image_mode"] == "squash"
-    assert base["recipe"]["seed"] == 1 and base["recipe"]["world"]["dir"] == str(out / "world")
+    world = Path(base["recipe"]["world"]["dir"])
+    assert base["recipe"]["seed"] == 0 and world.parent == out / "worlds"
+    assert results["squash"]["recipe"]["world"]["dir"] == str(world)
     # both arms on the one world, the second with the components the first trained
     assert results["squash"]["components"]["cached"] == {"vision": True, "language": True}
-    assert not (out / "base" / "world").exists() and (out / "world" / "world.json").is_file()
+    assert not (runs["base"] / "world").exists() and (world / "world.json").is_file()
     # each stage's config (and the mixture) rerunnable with `llavakit train`
-    instruct = yaml.safe_load((out / "base" / "configs" / "instruct.yaml").read_text())
-    assert instruct["model"] == {"checkpoint": str(out / "base" / "align" / "model")}
-    assert instruct["data"]["sources"] == [{"path": str(out / "base" / "configs" / "instruct_mixture.yaml")}]
-    mixture = yaml.safe_load((out / "base" / "configs" / "instruct_mixture.yaml").read_text())
+    instruct = yaml.safe_load((runs["base"] / "configs" / "instruct.yaml").read_text())
+    assert instruct["model"] == {"checkpoint": str(runs["base"] / "align" / "model")}
+    assert instruct["data"]["sources"] == [{"path": str(runs["base"] / "configs" / "instruct_mixture.yaml")}]
+    mixture = yaml.safe_load((runs["base"] / "configs" / "instruct_mixture.yaml").read_text())
     assert [d["sampling_strategy"] for d in mixture["datasets"]] == ["first:6", "first:2"]
-    assert mixture["seed"] == 1
-    assert (out / "base" / "model" / "llavakit_config.json").is_file()
-    assert "# llavakit tiny report" in (out / "base" / "report.md").read_text()
-    table = (out / "ablation.md").read_text().splitlines()
-    assert table[0] == "# tiny arms" and table[2] == "| task | chance | base | squash |"
-    assert table[4].startswith("| count |")
+    assert mixture["seed"] == 0
+    assert (runs["base"] / "model" / "llavakit_config.json").is_file()
+    assert "# llavakit tiny report" in (runs["base"] / "report.md").read_text()
+    table = (out / "lab.md").read_text().splitlines()
+    assert table[0] == "# tiny arms" and "| task | chance | base | squash |" in table
+    assert any(line.startswith("| **count** |") for line in table)

@@ -1,26 +1,29 @@
 """`llavakit ablate-anyres --out DIR`: the shipped ablation ``recipes/ablations/anyres.yaml``
-(the quickstart with AnyRes against one squashed 1x1 crop), run by the generic ablation runner,
-as `llavakit recipe ablate ablations/anyres --out DIR` does."""
+(AnyRes against one squashed 1x1 crop), run by the lab as `llavakit lab ablations/anyres --out DIR`
+does."""
 
 from __future__ import annotations
 
 import argparse
 
-from llavakit.quickstart.run import shorthand_overrides
-from llavakit.recipe.cli import add_set_argument, refusing
+from llavakit.recipe.overrides import as_set_flags
 
 ANYRES = "ablations/anyres"  # the shipped ablation's name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from llavakit.recipe.lab_cli import add_lab_arguments
+
     parser.add_argument("--out", default="runs/ablate-anyres", help="output directory")
     parser.add_argument("--scale", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--eval-limit", type=int, default=None)
-    add_set_argument(parser)
+    add_lab_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from llavakit.recipe.ablation import run_ablation
+    from llavakit.recipe.lab_cli import run_lab_command
 
-    return refusing("ablate-anyres", lambda: run_ablation(ANYRES, args.out, shorthand_overrides(args)))
+    shorthands = {key: value for key, value in (("scale", args.scale), ("evaluation.limit", args.eval_limit))
+                  if value is not None}
+    args.overrides = as_set_flags(shorthands) + list(args.overrides)
+    return run_lab_command("ablate-anyres", ANYRES, args.out, args)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 MANIFEST = "component.json"
 PARTIAL = re.compile(r"^\.partial-(?P<name>[a-z]+)-(?P<key>[0-9a-f]+)-(?P<pid>\d+)-")
 
@@ -74,6 +76,14 @@ def cached_build(cache_dir: Path, name: str, key_data: dict, build: Callable[[Pa
     if found is not None:
         return found
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # One builder per entry: a second process (a lab's parallel runs) waits for the first's entry
+    # instead of training the same component again.
+    with FileLock(str(cache_dir / f".{name}-{key}.lock")):
+        found = lookup(cache_dir, name, key)
+        return found if found is not None else _build(cache_dir, name, key, key_data, build)
+
+
+def _build(cache_dir: Path, name: str, key: str, key_data: dict, build: Callable[[Path], dict]) -> Entry:
     remove_stale_partials(cache_dir)
     partial = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".partial-{name}-{key}-{os.getpid()}-"))
     final = cache_dir / f"{name}-{key}"

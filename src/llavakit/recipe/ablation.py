@@ -1,84 +1,157 @@
-"""An ablation file: a recipe and named arms, each a set of ``--set`` overrides, run one after the
-other on one world and one component cache, then every task's score side by side.
+"""An ablation file and its plan: a base recipe, named arms (each a set of ``--set`` overrides),
+a number of seeds, the tasks compared and the baseline arm. ``llavakit lab`` runs the plan
+(``recipe.lab``); this module only reads the file and says what each run is.
 
     title: AnyRes against a single 1x1 crop
-    recipe: ../quickstart.yaml        # relative to this file, or a shipped recipe's name
-    first_tasks: [hires_detail]       # table order: these first
+    claim: AnyRes beats a single crop on high-resolution detail (seeds 000, 003)
+    recipe: ../lab-tiny.yaml          # relative to this file, or a shipped recipe's name
+    seeds: 3                          # seed k = the recipe's `seed` set to k, k = 0..seeds-1
+    baseline: anyres                  # the arm every other is compared with (default: the first)
+    tasks: [hires_detail]             # the tasks the ablation is about: they lead the table
+    section: eval                     # the results.json section compared
+    overrides: {evaluation.limit: 50} # for every arm, before the arm's own
     arms:
       anyres: {}
       single_crop: {model.visual.image_mode: squash, model.visual.image_newline: image}
 
-Every arm is loaded and checked before the first one runs.
+Every run is loaded and checked (``load_recipe``) when the plan is made, before any runs.
+Runs share what they can: one world folder per distinct world (``OUT/worlds/<key>``: the world's
+settings decide its files, so two arms with the same seed and world read one copy) and one
+component cache (``OUT/cache``, keyed by the components' settings and world).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llavakit.recipe.load import find_recipe, load_recipe, read_yaml
 from llavakit.recipe.overrides import as_set_flags
 from llavakit.recipe.schema import Recipe, RecipeError
-from llavakit.utils.atomic import atomic_write_text
+
+WORLDS_DIR, CACHE_DIR = "worlds", "cache"  # under the lab's OUT, shared by every run
+RESULTS_FILE = "results.json"  # a run is finished when its folder holds this
 
 
 class Ablation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str
+    claim: str = ""  # the seed paper's finding this ablation tests, with the seed it comes from
+    # Why the ablation cannot test its claim yet (a knob or data the project lacks); it still
+    # loads and plans, so it is checked like the others.
+    status: str | None = None
     recipe: str
-    first_tasks: list[str] = []
+    seeds: int = Field(1, ge=1)
+    baseline: str | None = None  # default: the first arm
+    tasks: list[str] = []  # the tasks the ablation is about (default: every task the recipe evaluates)
+    # The results.json section compared: "eval" (the held-out split); a run's other sections
+    # (a dev split, paraphrases) when the recipe's runs write them.
+    section: str = "eval"
+    overrides: dict[str, Any] = {}  # --set overrides of the recipe for every arm, before the arm's own
     arms: dict[str, dict[str, Any]] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _baseline(self) -> Ablation:
+        if self.baseline is None:
+            self.baseline = next(iter(self.arms))
+        if self.baseline not in self.arms:
+            raise ValueError(f"baseline {self.baseline!r} is not an arm (arms: {', '.join(self.arms)})")
+        for name in self.arms:
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"arm name {name!r}: it names a folder")
+        return self
 
-def load_ablation(path: str | Path) -> tuple[Ablation, Path]:
-    """The ablation and the path of its recipe."""
+
+@dataclass
+class Run:
+    """One arm at one seed: its folder and the ``--set`` flags ``llavakit recipe run`` gets."""
+
+    arm: str
+    seed: int
+    dir: Path
+    flags: list[str]
+    recipe: Recipe = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}/seed-{self.seed}"
+
+    @property
+    def finished(self) -> bool:
+        return (self.dir / RESULTS_FILE).is_file()
+
+
+@dataclass
+class LabPlan:
+    ablation: Ablation
+    source: Path  # the ablation file
+    recipe_path: Path
+    out: Path
+    seeds: list[int]
+    runs: list[Run]
+
+    def tasks(self) -> list[str]:
+        """The compared tasks first, then the recipe's other evaluation tasks."""
+        every = self.runs[0].recipe.evaluation.tasks
+        return list(self.ablation.tasks) + [t for t in every if t not in self.ablation.tasks]
+
+
+def load_ablation(path: str | Path) -> tuple[Ablation, Path, Path]:
+    """The ablation, its file and the path of its recipe."""
     path = find_recipe(path)
+    data = read_yaml(path)
     try:
-        ablation = Ablation.model_validate(read_yaml(path))
+        ablation = Ablation.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'ablation'}: {e['msg']}" for e in err.errors())
         raise RecipeError(f"{path}: invalid ablation: {problems}") from None
     local = path.parent / ablation.recipe
-    return ablation, local if local.is_file() else find_recipe(ablation.recipe)
+    return ablation, path, (local if local.is_file() else find_recipe(ablation.recipe)).resolve()
 
 
-def arm_flags(ablation: Ablation, out: Path, overrides: list[str]) -> dict[str, list[str]]:
-    """Each arm's ``--set`` flags: one world and one cache for all, then the caller's, then the arm's."""
-    shared = [f"world.dir={out / 'world'}", f"components.cache={out / 'cache'}"]
-    return {name: shared + list(overrides) + as_set_flags(arm) for name, arm in ablation.arms.items()}
+def world_key(recipe: Recipe) -> str:
+    """A short name for the world's settings: equal settings, equal files, one folder."""
+    text = json.dumps(recipe.world_settings().to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def comparison_table(results: dict[str, dict], first: list[str] = ()) -> str:
-    """Markdown: task, chance, then one score column per arm; the ``first`` tasks lead."""
-    names = list(results)
-    tasks = list(next(iter(results.values()))["eval"])
-    tasks.sort(key=lambda task: task not in first)
-    lines = ["| task | chance | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for task in tasks:
-        chance = results[names[0]]["eval"][task]["chance"]
-        scores = " | ".join(f"{results[name]['eval'][task]['accuracy']:.3f}" for name in names)
-        lines.append(f"| {task} | {chance:.3f} | {scores} |")
-    return "\n".join(lines)
+def plan_lab(path: str | Path, out: str | Path, overrides: list[str] = (), seeds: int | None = None) -> LabPlan:
+    """Every arm x seed as a checked recipe with its folder, or a RecipeError naming the arm.
 
-
-def run_ablation(path: str | Path, out: str | Path, overrides: list[str] = ()) -> dict[str, dict]:
-    from llavakit.recipe.runner import run_recipe
-
-    ablation, recipe_path = load_ablation(path)
+    The flags of a run, in order: the ablation's common ``overrides``, the caller's (``--set``),
+    the arm's own, the seed, then the shared world folder and component cache.
+    """
+    ablation, source, recipe_path = load_ablation(path)
     out = Path(out).resolve()
-    flags = arm_flags(ablation, out, list(overrides))
-    recipes: dict[str, Recipe] = {name: load_recipe(recipe_path, arm) for name, arm in flags.items()}
-    results = {}
-    for name, recipe in recipes.items():
-        print(f"\n===== {name}: {' '.join(as_set_flags(ablation.arms[name])) or 'the recipe as written'}")
-        results[name] = run_recipe(recipe, out / name, str(recipe_path), flags[name])
-    table = comparison_table(results, ablation.first_tasks)
-    atomic_write_text(out / "ablation.md", f"# {ablation.title}\n\n" + table + "\n")
-    atomic_write_text(out / "ablation.json", json.dumps(
-        {name: {"eval": r["eval"], "settings": r["settings"]} for name, r in results.items()}, indent=2) + "\n")
-    print("\n" + table + f"\n\nwritten: {out / 'ablation.md'}")
-    return results
+    seed_list = list(range(seeds if seeds is not None else ablation.seeds))
+    if not seed_list:
+        raise RecipeError("--seeds: at least one seed")
+    runs = []
+    for arm, arm_overrides in ablation.arms.items():
+        for seed in seed_list:
+            flags = (as_set_flags(ablation.overrides) + list(overrides) + as_set_flags(arm_overrides)
+                     + [f"seed={seed}"])
+            try:
+                recipe = load_recipe(recipe_path, flags)  # the world's key needs the arm's settings
+                flags += [f"world.dir={out / WORLDS_DIR / world_key(recipe)}", f"components.cache={out / CACHE_DIR}"]
+                recipe = load_recipe(recipe_path, flags)
+            except RecipeError as err:
+                raise RecipeError(f"{source}: arm {arm!r}, seed {seed}: {err}") from None
+            runs.append(Run(arm, seed, out / arm / f"seed-{seed}", flags, recipe))
+    plan = LabPlan(ablation, source, recipe_path, out, seed_list, runs)
+    evaluated = set(runs[0].recipe.evaluation.tasks)
+    for run in runs:
+        if set(run.recipe.evaluation.tasks) != evaluated:
+            raise RecipeError(f"{source}: arm {run.arm!r} evaluates other tasks than arm {runs[0].arm!r}; "
+                              "arms are compared task by task")
+    unknown = [t for t in ablation.tasks if t not in evaluated]
+    if unknown:
+        raise RecipeError(f"{source}: tasks {unknown}: not evaluated by the recipe "
+                          f"(it evaluates: {', '.join(sorted(evaluated))})")
+    return plan

@@ -2,7 +2,7 @@
 
     llavakit recipe run recipes/quickstart.yaml --out runs/q --set scale=0.5 --set stages.motion.enabled=false
     llavakit recipe check quickstart --set world.motion_drill=0      # validate and print the plan, run nothing
-    llavakit recipe ablate ablations/anyres --out runs/anyres
+    llavakit recipe ablate ablations/anyres --out runs/anyres      # = llavakit lab (recipe/lab_cli.py)
 """
 
 from __future__ import annotations
@@ -21,9 +21,15 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     for action, help_text in (("run", "run a recipe"), ("check", "validate a recipe and print its stages"),
-                              ("ablate", "run every arm of an ablation file, scores side by side")):
+                              ("ablate", "= llavakit lab: every arm x seed of an ablation file, compared")):
         command = sub.add_parser(action, help=help_text)
         command.add_argument("recipe", help="a recipe (or ablation) YAML, or a shipped one's name (quickstart)")
+        if action == "ablate":
+            from llavakit.recipe.lab_cli import add_lab_arguments
+
+            command.add_argument("--out", default=None, help="output directory (required unless --check)")
+            add_lab_arguments(command)
+            continue
         if action != "check":
             command.add_argument("--out", required=True, help="output directory")
         add_set_argument(command)
@@ -57,17 +63,16 @@ def refusing(command: str, action: Callable[[], object]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "ablate":
+        from llavakit.recipe.lab_cli import run_lab_command
+
+        return run_lab_command("recipe ablate", args.recipe, args.out, args)
     return refusing("recipe", lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
     from llavakit.recipe.load import find_recipe, load_recipe
 
-    if args.action == "ablate":
-        from llavakit.recipe.ablation import run_ablation
-
-        run_ablation(args.recipe, args.out, args.overrides)
-        return 0
     recipe = load_recipe(args.recipe, args.overrides)
     if args.action == "check":
         print_plan(recipe)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 
 from llavakit.recipe.plan import CONFIGS_DIR, Parts, StagePlan, eval_task_names, plan_stages
 from llavakit.recipe.schema import Recipe
@@ -104,6 +105,16 @@ def cache_dir(recipe: Recipe, out: Path) -> Path:
     return Path(recipe.components.cache).resolve() if recipe.components.cache else out / "cache"
 
 
+def prepare_world(world: Path, recipe: Recipe) -> Path:
+    """Generate the recipe's world into ``world`` unless it is there. One writer per folder: runs
+    that share a world (a lab's arms) wait for the first one's instead of writing over it."""
+    from llavakit import synth
+
+    world.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(world.with_name(f".{world.name}.lock"))):
+        return synth.generate_world(world, recipe.world_settings())
+
+
 def run_recipe(recipe: Recipe, out: str | Path, source: str = "", overrides: list[str] = ()) -> dict[str, Any]:
     """Run a loaded (validated and checked) recipe into ``out``; return what results.json holds."""
     import torch
@@ -111,7 +122,6 @@ def run_recipe(recipe: Recipe, out: str | Path, source: str = "", overrides: lis
     from llavakit.checkpoint.io import atomic_directory
     from llavakit.evaluation.runner import evaluate
     from llavakit.quickstart.components import prepare_components
-    from llavakit.synth import generate_world
 
     started = time.perf_counter()
     # Absolute paths: the stage configs written under OUT/configs resolve relative paths against
@@ -122,7 +132,7 @@ def run_recipe(recipe: Recipe, out: str | Path, source: str = "", overrides: lis
     atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(recipe_data, sort_keys=False))
     world = world_dir(recipe, out)
     print(f"== world: {world}")
-    generate_world(world, recipe.world_settings())
+    prepare_world(world, recipe)
     print("== components (tiny vision encoder and language model, cached)")
     components = prepare_components(world, cache_dir(recipe, out), recipe.component_settings())
     parts = Parts(components.vision_dir, components.llm_dir, components.vision_feature_layer)
