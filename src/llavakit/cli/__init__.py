@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recaption": ("llavakit.datagen.recaption_cli", "re-caption images with a model (ReCap, stage-1.5 data)"),
     "quickstart": ("llavakit.quickstart.run", "run the shipped recipe: synthetic world, stages 1, 1.5, 2, evaluation"),
     "recipe": ("llavakit.recipe.cli", "run, check or ablate a recipe YAML (world, components, stages, evaluation)"),
+    "plan": ("llavakit.sizing.cli", "what a real model's recipe costs: parameters, visual tokens, FLOPs, memory per GPU"),
     "ablate-anyres": ("llavakit.quickstart.ablation", "the shipped AnyRes ablation: AnyRes against one 1x1 crop"),
     "synth": ("llavakit.synth.cli", "generate the synthetic world (images, videos, LLaVA JSON)"),
     "score": ("llavakit.evaluation.score_cli", "score saved predictions with a metric, no model needed"),
