@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from llavakit.config import ConfigError, LlavaConfig, validate
+from llavakit.config import LlavaConfig, validate
 from llavakit.recipe.plan import _check_train, starts
 from llavakit.recipe.schema import START_PARTS, RecipeError, StageBase, _location, _Strict
 from llavakit.train.config import DataSource, deep_merge
@@ -62,6 +62,8 @@ class MediaSection(_Strict):
     """The samples ``llavakit plan`` counts visual tokens of, beside the largest single image."""
 
     images: int = Field(2, ge=1, description="images in the multi-image sample")
+    multi_image: bool = Field(True, description="whether the model trains on multi-image prompts (the planned "
+                                                "sample is the largest medium the model trains on)")
     video: bool = Field(True, description="whether the model takes video (LLaVA-1.5 and NeXT-Image do not)")
     frames: int | None = Field(None, ge=1, description="video frames (None: the model's visual.video_frames)")
     text_tokens: int = Field(256, ge=0, description="text tokens of the planned sample, beside its largest medium")
@@ -111,9 +113,10 @@ def validate_model_recipe(data: Any, source: str) -> ModelRecipe:
 def check_model_recipe(recipe: ModelRecipe, source: str) -> None:
     """Refuse, naming the key, what planning or a stage would only find later."""
     try:
-        config = recipe.llava_config()
-    except ConfigError as err:
-        raise RecipeError(f"{source}: {err}") from None
+        config = LlavaConfig.model_validate(recipe.model)
+    except ValidationError as err:
+        raise RecipeError(f"{source}: " + "; ".join(f"{'.'.join(['model', *map(str, e['loc'])])}: {e['msg']}"
+                                                    for e in err.errors())) from None
     for part, spec in (("vision", config.vision), ("llm", config.llm)):
         if spec.pretrained is None or spec.hf_config is None:
             raise RecipeError(f"{source}: model.{part} needs both pretrained (the hub id the stage-1 build loads) "

@@ -20,8 +20,8 @@ from what the layers save (bf16 on GPU, fp32 on CPU; values per token):
   frozen (the backward only passes through: frozen linears keep no inputs): 4·d + 2·kv + 3·I;
 - encoder layer (LayerNorm, attention, GELU MLP), trained: 9·d + 2·I; frozen with nothing below it
   training: nothing (no graph is recorded);
-- logits: vocab values at the activation width plus two fp32 copies (the shifted view and the log
-  softmax the loss keeps);
+- logits: per token, vocab values at the activation width plus three fp32 ones: the loss keeps the
+  log-softmax, and its backward holds the gradient of that and of its input at once;
 - with activation checkpointing, each layer keeps its input (d) and one layer at a time is
   recomputed with its full activations.
 
@@ -162,7 +162,7 @@ def activation_bytes(shape: ModelShape, sample: Sample, trained: Trainability, m
         values = tokens * (llm.layers * llm.hidden + per_layer)
     else:
         values = tokens * llm.layers * per_layer
-    logits = tokens * shape.vocab * (width + 8)
+    logits = tokens * shape.vocab * (width + 3 * 4)
     vision_values = 0
     vision_tokens = micro_batch * sample.crops * sample.vision_tokens_per_crop
     if trained.vision:

@@ -22,9 +22,11 @@ def _trainability(counts: dict) -> cost.Trainability:
 
 def _sample(recipe: ModelRecipe, config, media: dict[str, tokens.MediumTokens], train: TrainConfig,
             text_tokens: int) -> tuple[cost.Sample, str]:
-    """The stage's planned sample: its largest medium plus ``text_tokens``, at most the stage's
-    max_length (what one row may hold)."""
-    medium, largest = max(media.items(), key=lambda item: item[1].tokens)
+    """The stage's planned sample: the largest medium the model trains on plus ``text_tokens``, at
+    most the stage's max_length (what one row may hold)."""
+    trained = {name: medium for name, medium in media.items()
+               if name != "multi_image" or recipe.media.multi_image}
+    medium, largest = max(trained.items(), key=lambda item: item[1].tokens)
     side = config.tokens_per_side
     per_crop = side * side + (1 if config.vision.cls_token == "drop" else 0)
     length = min(train.data.settings.max_length, largest.tokens + text_tokens)
