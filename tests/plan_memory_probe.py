@@ -4,7 +4,7 @@ tests/test_plan.py: the memory model of `llavakit plan` is checked against it.
     python tests/plan_memory_probe.py SPEC_JSON   ->   prints {"peak_bytes": ..., "tokens": ...}
 
 SPEC: {"config": LlavaConfig data, "rules": [ParamRule data], "batch": B, "text": T,
-"checkpointing": bool}. Each row is one image (its placeholder tokens) followed by T text tokens,
+"checkpointing": bool, "accumulation": micro-batches per optimizer step}. Each row is one image (its placeholder tokens) followed by T text tokens,
 all labelled. The peak is the process's maximum resident set size during two optimizer steps, less
 its resident size just before the model is built (the libraries' share).
 """
@@ -51,9 +51,10 @@ def main(spec: dict) -> dict:
             group.pop("names")
         optimizer = torch.optim.AdamW(groups)
         for _ in range(steps):
-            output = model(ids, pixel_values=pixels, visual_items=[item] * batch, labels=ids)
-            output.loss.backward()
-            del output
+            for _ in range(spec.get("accumulation", 1)):  # micro-batches per optimizer step
+                output = model(ids, pixel_values=pixels, visual_items=[item] * batch, labels=ids)
+                output.loss.backward()
+                del output
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return image_tokens + text

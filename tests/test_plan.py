@@ -175,15 +175,20 @@ def probe_config(hidden: int, layers: int, intermediate: int, vocab: int) -> dic
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size, rules", [((256, 4, 1024, 8000), STAGE2), ((384, 6, 1536, 16000), STAGE1)],
-                         ids=["8M-stage2", "26M-stage1"])
-def test_memory_model_matches_the_measured_peak_of_real_steps_within_25_percent(size, rules):
+@pytest.mark.parametrize("size, rules, checkpointing, accumulation", [
+    ((256, 4, 1024, 8000), STAGE2, False, 1),
+    ((384, 6, 1536, 16000), STAGE1, False, 1),
+    ((384, 6, 1536, 16000), [{"pattern": "."}], True, 2),
+], ids=["8M-stage2", "26M-stage1", "26M-full-checkpointing-accumulation"])
+def test_memory_model_matches_the_measured_peak_of_real_steps_within_25_percent(size, rules, checkpointing,
+                                                                                 accumulation):
     from llavakit.config import validate
     from llavakit.sizing import cost, params
     from llavakit.train.config import ParamRule
     from llavakit.train.params import assign, part_name
 
-    spec = {"config": probe_config(*size), "rules": rules, "batch": 4, "text": 192, "checkpointing": False}
+    spec = {"config": probe_config(*size), "rules": rules, "batch": 4, "text": 192, "checkpointing": checkpointing,
+            "accumulation": accumulation}
     # glibc's fixed mmap threshold: freed tensors go back to the system, so the resident peak is the live peak
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, str(PROBE), json.dumps(spec)], capture_output=True, text=True, env=env,
@@ -201,5 +206,6 @@ def test_memory_model_matches_the_measured_peak_of_real_steps_within_25_percent(
     side = config.tokens_per_side
     sample = cost.Sample(measured["tokens"], 1, side * side, side * side)
     estimate = cost.memory(cost.model_shape(config, model), cost.Trainability(**counts), sample, micro_batch=4,
-                           gpus=1, sharded=False, checkpointing=False, width=4)  # fp32 on CPU
+                           gpus=1, sharded=False, checkpointing=checkpointing, width=4,  # fp32 on CPU
+                           accumulation=accumulation)
     assert estimate.total == pytest.approx(measured["peak_bytes"], rel=0.25), (estimate, measured)

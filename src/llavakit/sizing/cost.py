@@ -25,6 +25,8 @@ from what the layers save (bf16 on GPU, fp32 on CPU; values per token):
 - with activation checkpointing, each layer keeps its input (d) and one layer at a time is
   recomputed with its full activations.
 
+The peak adds gradients and activations only under gradient accumulation (``MemoryEstimate.total``).
+
 Not counted: the CUDA context and allocator fragmentation (a few GiB), the data pipeline.
 """
 
@@ -182,10 +184,17 @@ class MemoryEstimate:
     gradients: int
     optimizer: int
     activations: int
+    accumulates: bool  # several micro-batches per optimizer step on this GPU
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        """The peak. Gradients and activations meet in full only under gradient accumulation (the
+        gradients of the step's earlier micro-batches wait through the later ones' forward); without
+        it they trade places: the backward frees each layer's activations as its gradients appear,
+        and the gradients are freed after the optimizer step, before the next forward."""
+        if self.accumulates:
+            return self.weights + self.optimizer + self.gradients + self.activations
+        return self.weights + self.optimizer + max(self.gradients, self.activations)
 
     def to_json(self, gpu_bytes: int) -> dict:
         gib = {key: round(value / GIB, 2) for key, value in (
@@ -195,12 +204,14 @@ class MemoryEstimate:
 
 
 def memory(shape: ModelShape, trained: Trainability, sample: Sample, micro_batch: int, gpus: int,
-           sharded: bool, checkpointing: bool, width: int = 2) -> MemoryEstimate:
-    """Bytes per GPU of one training step: DDP (``sharded`` false) or FSDP / ZeRO-3 over ``gpus``."""
+           sharded: bool, checkpointing: bool, width: int = 2, accumulation: int = 1) -> MemoryEstimate:
+    """Bytes per GPU of one training step: DDP (``sharded`` false) or FSDP / ZeRO-3 over ``gpus``,
+    ``accumulation`` micro-batches per optimizer step."""
     weights = WEIGHT_BYTES * (shape.total + trained.adapters)
     gradients, optimizer = GRAD_BYTES * trained.total, ADAM_BYTES * trained.total
     if sharded:
         weights = weights // gpus + 2 * WEIGHT_BYTES * shape.largest_llm_layer
         gradients, optimizer = gradients // gpus, optimizer // gpus
     return MemoryEstimate(weights, gradients, optimizer,
-                          activation_bytes(shape, sample, trained, micro_batch, checkpointing, width))
+                          activation_bytes(shape, sample, trained, micro_batch, checkpointing, width),
+                          accumulation > 1)

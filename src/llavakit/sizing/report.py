@@ -61,12 +61,15 @@ def plan_recipe(recipe: ModelRecipe, stage: str | None = None, gpus: int = 8, gp
                                        "text_tokens": text, "max_length": train.data.settings.max_length,
                                        "micro_batch": train.micro_batch_size}
         result["flops"][spec.name] = cost.flops_per_sample(shape, sample, _trainability(counts))
+        accumulation = max(1, train.global_batch_size // (train.micro_batch_size * gpus))
         modes = {}
         for name, sharded, lora, checkpointing in MODES:
             trained = _trainability(lora_counts if lora else counts)
-            estimate = cost.memory(shape, trained, sample, train.micro_batch_size, gpus, sharded, checkpointing)
+            estimate = cost.memory(shape, trained, sample, train.micro_batch_size, gpus, sharded, checkpointing,
+                                   accumulation=accumulation)
             modes[name] = estimate.to_json(gpu_bytes)
-        result["memory"][spec.name] = {"gpus": gpus, "gpu_memory_gib": gpu_memory_gib, "modes": modes}
+        result["memory"][spec.name] = {"gpus": gpus, "gpu_memory_gib": gpu_memory_gib,
+                                       "accumulation_steps": accumulation, "modes": modes}
     return result
 
 
@@ -99,7 +102,8 @@ def format_plan(plan: dict[str, Any]) -> str:
                   f"micro-batch {sample['micro_batch']}",
                   f"  FLOPs per sample: {flops['total']:.3g} (vision {flops['vision']:.3g}, projector "
                   f"{flops['projector']:.3g}, llm {flops['llm']:.3g})",
-                  f"  memory per GPU, GiB ({memory['gpus']} GPUs of {memory['gpu_memory_gib']:g} GiB):",
+                  f"  memory per GPU, GiB ({memory['gpus']} GPUs of {memory['gpu_memory_gib']:g} GiB, "
+                  f"{memory['accumulation_steps']} micro-batches per step):",
                   f"  {'mode':<20}{'weights':>9}{'grads':>9}{'AdamW':>9}{'activ.':>9}{'total':>9}  fits"]
         for mode, row in memory["modes"].items():
             lines.append(f"  {mode:<20}" + "".join(f"{row[key]:>9.1f}" for key in (
