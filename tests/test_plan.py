@@ -85,6 +85,8 @@ def test_a_stage_needs_its_data_given_by_name(tmp_path):
 def test_recipes_that_cannot_plan_are_refused_in_one_line(tmp_path, capsys):
     assert main(["plan", "quickstart"]) == 2
     assert "not a recipe of a real model" in capsys.readouterr().err
+    assert main(["recipe", "check", "llava-next-7b"]) == 2
+    assert "a real model's recipe (its parts by hub id)" in capsys.readouterr().err
     assert main(["plan", "llava-1.5-7b", "--set", "model.llm.hf_config=null"]) == 2
     assert "model.llm needs both pretrained (the hub id the stage-1 build loads) and hf_config" in capsys.readouterr().err
     assert main(["plan", "llava-1.5-7b", "--set", "model.visual.crop_sise=336"]) == 2
