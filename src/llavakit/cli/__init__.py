@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("llavakit.quickstart.run", "run the shipped recipe: synthetic world, stages 1, 1.5, 2, evaluation"),
     "recipe": ("llavakit.recipe.cli", "run, check or ablate a recipe YAML (world, components, stages, evaluation)"),
     "lab": ("llavakit.recipe.lab_cli", "run an ablation: every arm x seed of a recipe, mean/std/paired tables, chart"),
+    "plan": ("llavakit.sizing.cli", "what a real model's recipe costs: parameters, visual tokens, FLOPs, memory per GPU"),
     "ablate-anyres": ("llavakit.quickstart.ablation", "the shipped AnyRes ablation (= llavakit lab ablations/anyres)"),
     "synth": ("llavakit.synth.cli", "generate the synthetic world (images, videos, LLaVA JSON)"),
     "score": ("llavakit.evaluation.score_cli", "score saved predictions with a metric, no model needed"),

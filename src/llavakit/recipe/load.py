@@ -49,8 +49,13 @@ def unshared(value: Any) -> Any:
 
 def load_recipe(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Recipe:
     """Read, override, validate and check a recipe: a Recipe that can run, or a RecipeError."""
+    from llavakit.recipe.model_recipe import is_model_recipe
+
     path = find_recipe(path)
     data = read_yaml(path)
+    if is_model_recipe(data):
+        raise RecipeError(f"{path}: a real model's recipe (its parts by hub id), which the synthetic-world runner "
+                          f"does not run; size it with `llavakit plan {path}` (docs/plan.md)")
     if isinstance(data, dict):
         data = apply_overrides(data, overrides)
     recipe = validate_recipe(data, str(path))

@@ -97,13 +97,14 @@ START_PARTS, START_PREVIOUS = "parts", "previous"
 RUNNER_KEYS = ("model", "output_dir", "seed")
 
 
-class StageSpec(_Strict):
+class StageBase(_Strict):
+    """What every recipe's stage has, whatever its data: a name, a start and a TrainConfig fragment
+    (the synthetic-world stages here, the hub-parts stages of ``model_recipe``)."""
+
     name: str
     enabled: bool = True
     start: str = START_PREVIOUS  # parts (stage-1: pretrained parts, new projector), previous, or a stage name
-    mixture: list[MixtureItem]
     train: dict[str, Any] = {}  # a TrainConfig fragment (train.config), over stage_defaults
-    scale: dict[Literal["epochs", "max_steps"], ScaleRule | None] = {}
 
     @field_validator("name")
     @classmethod
@@ -112,6 +113,11 @@ class StageSpec(_Strict):
             raise ValueError(f"stage name {value!r}: letters, digits, '_', '.', '-' (it names a folder), "
                              f"not {START_PARTS!r} or {START_PREVIOUS!r}")
         return value
+
+
+class StageSpec(StageBase):
+    mixture: list[MixtureItem]
+    scale: dict[Literal["epochs", "max_steps"], ScaleRule | None] = {}
 
 
 class EvaluationSection(_Strict):
