@@ -52,7 +52,7 @@ def stage_counts(model: LlavaForCausalLM, config: TrainConfig) -> dict[str, dict
     with LoRA the LLM's own weights are frozen and its adapters (counted in ``llm``) train."""
     from llavakit.train.loop import training_rules  # the loop's rules: unused tower head, LoRA, the stage's
 
-    rules = training_rules(config)
+    rules = training_rules(config, model.config)
     trained = {entry.name for entry in assign(model, rules, config.optim.lr, config.optim.weight_decay)}
     trainable, frozen = dict.fromkeys(PARTS, 0), dict.fromkeys(PARTS, 0)
     for name, param in model.named_parameters():
