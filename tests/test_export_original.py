@@ -131,3 +131,18 @@ def test_cli_writes_the_original_layout(onevision_dir, tmp_path, capsys):
     assert main(["export", "--model", str(onevision_dir), "--out", str(tmp_path / "out"), "--layout", "original"]) == 0
     assert "original research layout" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "llava_qwen"
+
+
+@pytest.mark.parametrize("part, update, words", [
+    ("vision", {"feature_layer": [-2, -1]}, "mm_vision_select_layer is one layer"),
+    ("projector", {"bias": False}, "always has biases"),
+    ("visual", {"multi_image_mode": "anyres"}, "visual.multi_image_mode='anyres'"),
+])
+def test_what_the_layout_cannot_express_is_refused_before_writing(onevision_dir, tmp_path, part, update, words):
+    model = llavakit.load(onevision_dir)
+    changed = getattr(model.config, part).model_copy(update=update)
+    model.model.config = model.config.model_copy(update={part: changed})
+    with pytest.raises(CheckpointError, match=None) as refused:
+        model.export(tmp_path / "out", layout="original")
+    assert words in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())

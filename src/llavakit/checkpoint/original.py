@@ -118,6 +118,9 @@ def to_original(config: LlavaConfig, tower_path: str) -> dict[str, Any]:
     if llm_type not in _RESEARCH_TYPES:
         raise CheckpointError(f"export --layout original: LLM {llm_type!r} is not expressible "
                               f"({', '.join(sorted(_RESEARCH_TYPES))})")
+    if not isinstance(config.vision.feature_layer, int):
+        raise CheckpointError(f"export --layout original: vision.feature_layer={config.vision.feature_layer!r} is not "
+                              "expressible (mm_vision_select_layer is one layer)")
     if not config.projector.bias:
         raise CheckpointError("export --layout original: the research projector always has biases (projector.bias false)")
     visual, siglip = config.visual, vision_type.startswith("siglip")
