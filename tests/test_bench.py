@@ -1,8 +1,10 @@
-"""The benchmarks run end to end at toy sizes and write their JSON; the MFU arithmetic."""
+"""The benchmarks run end to end at toy sizes and write their JSON; the MFU arithmetic; bench/gpu.sh's
+plan and its --dry-run."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,3 +107,46 @@ def test_data_scale_benchmark_small(tmp_path):
     assert [r["contender"] for r in rows] == ["streamed", "load everything"]
     assert all(r["samples"] == 300 and r["same first batch"] and r["peak RSS MiB"] > 0 for r in rows)
     assert data["settings"]["parquet_samples"] == 90 and len(list((tmp_path / "work" / "onevision").iterdir())) == 3
+
+
+GPU_SCRIPT = BENCH / "gpu.sh"
+GPU_PARTS = ("setup", "train-0.5b", "train-7b-lora", "inference", "serve-model", "serve-load")
+
+
+def _gpu_script(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(BENCH.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("LLAVAKIT_BENCH_RESULTS", None)
+    return subprocess.run(["bash", str(GPU_SCRIPT), *args, "--results", str(tmp_path / "RESULTS.md"),
+                           "--out", str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_gpu_script_plan_fits_eight_minutes(tmp_path):
+    done = _gpu_script("--plan", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    budgets = {line.split()[0]: int(line.split()[1].rstrip("s")) for line in done.stdout.splitlines()[1:-1]}
+    assert tuple(budgets) == GPU_PARTS
+    assert sum(budgets.values()) <= 8 * 60
+    assert "--shape 7b --mode lora" in done.stdout and "--batches 1,16,64" in done.stdout
+    assert "--clients 64" in done.stdout and "pip install -q -e" in done.stdout
+    assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_runs_every_part_tiny_and_appends_elsewhere(tmp_path):
+    results_md = BENCH / "RESULTS.md"
+    before = results_md.read_text()
+    (tmp_path / "RESULTS.md").write_text("# Benchmark results\n\nearlier figures\n")
+    done = _gpu_script("--dry-run", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert results_md.read_text() == before  # the test run leaves the real results alone
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.startswith("# Benchmark results\n\nearlier figures\n\n## bench/gpu.sh --dry-run")
+    assert "- **Device**: CPU" in text and "- **Git**: `" in text
+    assert "No figures" not in text  # every part wrote its JSON
+    for part in GPU_PARTS[1:]:
+        assert f"{part} 0 (" in text
+    assert "| ours+fused_adamw" in text and "| ours+all" in text
+    assert "one-at-a-time" in text and "TTFT ours generate" in text

@@ -91,24 +91,29 @@ class RunsCode:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "lora"])
 def test_fsdp_resumes_in_every_stage(data, tmp_path, stage):
     """A model from parts with the default feature_layer -2: the tower's last layer gets no
     gradient. Killed after step 2 (its later checkpoint gone), the FSDP run resumes to the same
-    losses and weights; a pickle in the old place of the scheduler state is never run."""
+    losses and weights (under LoRA: the adapter too); a pickle in the old place of the scheduler
+    state is never run."""
     from safetensors.torch import load_file
 
     vision, llm = tiny.build_parts(tmp_path / "parts")
     run = tmp_path / "run"
-    config = base_config(data, run, stage=stage, model={"build": {"vision": {"pretrained": str(vision)},
-                                                                   "llm": {"pretrained": str(llm)}}},
+    lora = {"lora": {"rank": 4, "alpha": 8, "lr": 2e-2}} if stage == "lora" else {}
+    config = base_config(data, run, stage="stage2" if stage == "lora" else stage,
+                         model={"build": {"vision": {"pretrained": str(vision)}, "llm": {"pretrained": str(llm)}}},
                          max_steps=4, global_batch_size=8, micro_batch_size=2, distributed="fsdp",
-                         save={"every_steps": 2, "keep_last": 2})
+                         save={"every_steps": 2, "keep_last": 2}, **lora)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     _torchrun(path)
     expected, weights = _losses(run), load_file(str(run / "model" / "model.safetensors"))
     assert len(expected) == 4
+    if stage == "lora":
+        adapter_weights = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+        assert any("lora_" in k for k in adapter_weights)
     checkpoints.discard(run / "checkpoints" / "step-00000004")
     marker = tmp_path / "code-ran"
     torch.save(RunsCode(marker), run / "checkpoints" / "step-00000002" / "state" / "extra.pt")
@@ -118,3 +123,7 @@ def test_fsdp_resumes_in_every_stage(data, tmp_path, stage):
     assert max(abs(a - b) for a, b in zip(_losses(run), expected)) < 1e-6 and len(_losses(run)) == 4
     resumed = load_file(str(run / "model" / "model.safetensors"))
     assert all((resumed[k] - v).abs().max() < 1e-6 for k, v in weights.items())
+    if stage == "lora":
+        assert all((resumed_adapter[k] - v).abs().max() < 1e-6
+                   for resumed_adapter in [load_file(str(run / "adapter" / "adapter_model.safetensors"))]
+                   for k, v in adapter_weights.items())

@@ -116,8 +116,11 @@ class Llava:
     def save(self, directory: str | Path) -> Path:
         return io.save(self.model, self.tokenizer, directory)
 
-    def export(self, directory: str | Path) -> Path:
-        return io.export_hf(self.model, self.tokenizer, directory)
+    def export(self, directory: str | Path, layout: str = "hf") -> Path:
+        """``hf``: transformers hub layout (vLLM, transformers); ``original``: LLaVA-NeXT research layout (SGLang)."""
+        if layout not in io.EXPORTERS:
+            raise ValueError(f"export layout {layout!r}: expected one of {', '.join(io.EXPORTERS)}")
+        return io.EXPORTERS[layout](self.model, self.tokenizer, directory)
 
 
 def load(path_or_id: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",

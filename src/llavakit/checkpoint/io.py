@@ -1,4 +1,5 @@
-"""Reading and writing checkpoints: native llavakit, transformers (three key layouts), export.
+"""Reading and writing checkpoints: native llavakit, transformers (three key layouts), export
+(transformers hub layout for vLLM and transformers; original research layout for SGLang).
 
 Every write goes to a temporary directory beside the target, renamed into place when complete,
 so a killed process never leaves a half-written checkpoint under the final name.
@@ -245,3 +246,32 @@ def export_hf(model: LlavaForCausalLM, tokenizer: Any, directory: str | Path) ->
         generation = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
         (staging / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return Path(directory)
+
+
+_TOWER_CLASSES = {"siglip_vision_model": "SiglipVisionModel", "clip_vision_model": "CLIPVisionModel"}
+
+
+def export_original(model: LlavaForCausalLM, tokenizer: Any, directory: str | Path) -> Path:
+    """A checkpoint in the LLaVA-NeXT research layout (``mm_*`` config keys, ``model.mm_projector.{0,2}``),
+    with the vision tower also as its own transformers folder, which ``mm_vision_tower`` names."""
+    config = model.config
+    tower_name = original.tower_folder_name(config)
+    tower_path = str(Path(directory).expanduser().resolve() / tower_name)
+    hf = original.to_original(config, tower_path)  # raises before anything is written if the layout cannot express it
+    weights = _weights_for_saving(model, layouts.to_original)
+    tower = {"vision_model." + k[len("model.vision_tower.vision_tower.vision_model."):]: v
+             for k, v in weights.items() if k.startswith("model.vision_tower.vision_tower.")}
+    tower_config = {**config.vision.hf_config, "architectures": [_TOWER_CLASSES[config.vision.hf_config["model_type"]]]}
+    with atomic_directory(directory) as staging:
+        (staging / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        save_file(weights, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        (staging / tower_name).mkdir()
+        (staging / tower_name / "config.json").write_text(json.dumps(tower_config, indent=2) + "\n")
+        save_file(tower, str(staging / tower_name / WEIGHTS_NAME), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(staging))
+        if getattr(tokenizer, "chat_template", None):
+            (staging / "chat_template.jinja").write_text(tokenizer.chat_template)
+    return Path(directory)
+
+
+EXPORTERS = {"hf": export_hf, "original": export_original}

@@ -78,3 +78,17 @@ def to_hub(key: str) -> str:
     if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
         return "vision_tower.vision_model." + key[len("vision_tower."):]
     return key
+
+
+def to_original(key: str) -> str:
+    """Our key -> the research (LLaVA-NeXT) layout key that SGLang's LLaVA models read."""
+    if key.startswith("multi_modal_projector.linear_"):
+        index, rest = key[len("multi_modal_projector.linear_"):].split(".", 1)
+        return f"model.mm_projector.{(int(index) - 1) * 2}.{rest}"
+    if key.startswith("vision_tower."):
+        return "model.vision_tower.vision_tower." + to_hub(key)[len("vision_tower."):]
+    if key == "image_newline":
+        return "model.image_newline"
+    if key.startswith("language_model."):
+        return key[len("language_model."):]
+    raise ValueError(f"{key}: no place in the original layout")

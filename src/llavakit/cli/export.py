@@ -1,4 +1,4 @@
-"""`llavakit export`: write a model as a transformers checkpoint (hub layout) for vLLM / SGLang."""
+"""`llavakit export`: write a model for a server: transformers hub layout (vLLM) or research layout (SGLang)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint directory or hub id (any layout llavakit loads)")
     parser.add_argument("--out", required=True, help="directory to write (replaced atomically)")
     parser.add_argument(
+        "--layout", choices=["hf", "original"], default="hf",
+        help="hf: transformers layout (vLLM, transformers); original: LLaVA-NeXT research layout and mm_* "
+             "config keys (SGLang's LlavaQwenForCausalLM / LlavaLlamaForCausalLM)",
+    )
+    parser.add_argument(
         "--family", choices=["llava_onevision", "llava_next", "llava"], default=None,
-        help="transformers model type to write (default: the model's own family)",
+        help="transformers model type to write with --layout hf (default: the model's own family)",
     )
 
 
@@ -20,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     model = llavakit.load(args.model)
     if args.family:
         model.model.config = model.config.model_copy(update={"family": args.family})
-    path = model.export(args.out)
-    print(f"exported {args.model} as transformers {model.model.config.family} to {path}")
+    path = model.export(args.out, layout=args.layout)
+    what = f"transformers {model.model.config.family}" if args.layout == "hf" else "the original research layout"
+    print(f"exported {args.model} as {what} to {path}")
     return 0

@@ -7,6 +7,12 @@ accelerate only shards on accelerators, so ``CpuFsdpBackend`` applies torch's FS
 torch.distributed.checkpoint. Both keep the optimizer's parameter groups (per-module learning
 rates) as they were built, because FSDP2 keeps the original parameters (as DTensors).
 
+The engine a launch asks for (an accelerate config's ``distributed_type`` reaches the process as
+``ACCELERATE_USE_DEEPSPEED`` / ``ACCELERATE_USE_FSDP``; the training config's ``distributed: fsdp``)
+is checked against the one that was set up: accelerate falls back to plain DDP (or one process)
+without a word where it cannot shard, e.g. on CPU, and a run that silently trains unsharded is not
+the run that was asked for. DeepSpeed is refused before accelerate starts where it cannot run.
+
 Resuming reads tensors and JSON only: a checkpoint is data, and a pickle can run code when it is
 loaded. The scheduler's state is JSON (``scheduler.json``), RNG states are tensors, and every
 pickle accelerate writes is read with ``weights_only=True``; one that is more than tensors and
@@ -16,7 +22,9 @@ plain values is refused, never run.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import os
 import pickle
 import re
 from pathlib import Path
@@ -25,10 +33,68 @@ from typing import Any
 import torch
 from torch import nn
 
-from llavakit.errors import CheckpointError
+from llavakit.errors import CheckpointError, LlavakitError
 from llavakit.utils.atomic import atomic_write_json
 
 SCHEDULER_FILE = "scheduler.json"
+
+
+class EngineError(LlavakitError):
+    """A launch that asked for an engine (DeepSpeed, FSDP) this process cannot run or did not get."""
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes")
+
+
+def requested_engine(distributed: str, environ: Any = os.environ) -> tuple[str, str] | None:
+    """(engine, who asked) for a launch that asked for DeepSpeed or FSDP; None for one that did not."""
+    if _flag(environ.get("ACCELERATE_USE_DEEPSPEED")):
+        return "deepspeed", "the accelerate config (ACCELERATE_USE_DEEPSPEED)"
+    if _flag(environ.get("ACCELERATE_USE_FSDP")):
+        return "fsdp", "the accelerate config (ACCELERATE_USE_FSDP)"
+    if distributed == "fsdp":
+        return "fsdp", "the training config (distributed: fsdp)"
+    return None
+
+
+def refuse_unrunnable(request: tuple[str, str] | None, cuda: bool | None = None,
+                      deepspeed_installed: bool | None = None) -> None:
+    """Before accelerate starts: DeepSpeed needs CUDA GPUs and the deepspeed package."""
+    if request is None or request[0] != "deepspeed":
+        return
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if deepspeed_installed is None:
+        deepspeed_installed = importlib.util.find_spec("deepspeed") is not None
+    if not cuda:
+        raise EngineError(f"DeepSpeed was asked for by {request[1]} but this machine has no CUDA GPU and DeepSpeed "
+                          "runs only on GPUs: launch with configs/accelerate/ddp.yaml, or torchrun with "
+                          "`distributed: fsdp` to shard on CPU processes")
+    if not deepspeed_installed:
+        raise EngineError(f"DeepSpeed was asked for by {request[1]} but the deepspeed package is not installed: "
+                          "pip install deepspeed (or launch with configs/accelerate/fsdp.yaml)")
+
+
+def running_engine(accelerator: Any, cpu_fsdp: bool) -> str:
+    """What the process actually runs: deepspeed, fsdp, ddp, or one process."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return "deepspeed"
+    if accelerator.distributed_type == DistributedType.FSDP or cpu_fsdp:
+        return "fsdp"
+    return "ddp" if accelerator.num_processes > 1 else "one process"
+
+
+def check_engine(request: tuple[str, str] | None, running: str) -> None:
+    """Refuse to train when the engine set up is not the one the launch asked for."""
+    if request is not None and request[0] != running:
+        engine, who = request
+        hint = ("FSDP on CPU shards only with 2 or more processes (torchrun --nproc_per_node N, "
+                "`distributed: fsdp`)" if engine == "fsdp" and not torch.cuda.is_available()
+                else "check the launcher and its config")
+        raise EngineError(f"{who} asked for {engine} but the launch set up {running}; not training unsharded "
+                          f"in its place: {hint}")
 
 
 class AccelerateBackend:

@@ -26,7 +26,14 @@ from llavakit.data.sources import EntryTable
 from llavakit.model.llava import LlavaForCausalLM
 from llavakit.train import checkpoints, params
 from llavakit.train.config import ParamRule, TrainConfig, TrainConfigError
-from llavakit.train.distributed import AccelerateBackend, CpuFsdpBackend
+from llavakit.train.distributed import (
+    AccelerateBackend,
+    CpuFsdpBackend,
+    check_engine,
+    refuse_unrunnable,
+    requested_engine,
+    running_engine,
+)
 from llavakit.train.in_loop_eval import InLoopEvaluator
 from llavakit.train.loss_weights import label_weights
 from llavakit.train.plan import BatchPlan
@@ -111,12 +118,16 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin, set_seed
 
         config = self.config
+        request = requested_engine(config.distributed)
+        refuse_unrunnable(request)  # before accelerate, which would fail on an import deep inside
         gpu_fsdp = config.distributed == "fsdp" and torch.cuda.is_available()
         self.accelerator = self.accelerator or Accelerator(
             mixed_precision=precision(config), cpu=not torch.cuda.is_available(),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
             fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2) if gpu_fsdp else None,
         )
+        cpu_fsdp = config.distributed == "fsdp" and not torch.cuda.is_available()
+        check_engine(request, running_engine(self.accelerator, cpu_fsdp and self.accelerator.num_processes > 1))
         set_seed(config.seed)
         self.evaluator = InLoopEvaluator(config.eval, self.run_dir, self.accelerator) if config.eval else None
         model, tokenizer = build_model(config)
