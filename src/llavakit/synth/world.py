@@ -64,6 +64,11 @@ def eval_file(task: str, split: str = TEST) -> str:
     return f"{split}/{task}.jsonl"
 
 
+def split_size(settings: WorldSettings, split: str) -> int:
+    """Samples per eval task in a held-out split."""
+    return {TEST: settings.n_eval, DEV: settings.n_dev, PARAPHRASE: settings.n_paraphrase}[split]
+
+
 def train_count(task: Task, settings: WorldSettings) -> int:
     return settings.scaled(task.train_weight * settings.train_per_task)
 
