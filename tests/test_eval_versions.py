@@ -55,7 +55,6 @@ def test_a_change_of_wording_or_metric_bumps_the_task_version(task):
     if now != pinned_hash:
         assert version > pinned_version, (
             f"synth_{task}: its questions' wording (synth/questions.py) or its metric changed: bump `version` in "
-            f"evaluation/tasks/synth_{task}.yaml (now {version}) and pin ({version + 1 if version == pinned_version else version}, "
-            f"{now!r}) in {__file__}")
+            f"evaluation/tasks/synth_{task}.yaml (now {version}) and pin ({version + 1}, {now!r}) in {__file__}")
         pytest.fail(f"synth_{task}: version bumped to {version}: pin ({version}, {now!r}) in PINNED of {__file__}")
     assert version == pinned_version, f"synth_{task}: version {version} but PINNED says {pinned_version}"

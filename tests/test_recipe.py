@@ -165,7 +165,8 @@ def test_every_world_file_is_a_named_dataset():
 
 
 def test_dataset_sizes_from_settings_are_what_the_world_writes(tmp_path):
-    settings = WorldSettings(stage1_captions=6, train_per_task=3, eval_per_task=2, motion_drill=4)
+    settings = WorldSettings(stage1_captions=6, train_per_task=3, eval_per_task=2, dev_per_task=2,
+                             paraphrase_per_task=2, motion_drill=4)
     world = generate_world(tmp_path / "world", settings, progress=False)
     files = json.loads((world / "world.json").read_text())["files"]
     assert dataset_sizes(settings) == {name: files[d.file] for name, d in DATASETS.items()}

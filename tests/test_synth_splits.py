@@ -112,8 +112,8 @@ def human_lines(records: list[dict]) -> set[str]:
     for record in records:
         for turn in record["conversations"]:
             if turn["from"] == "human":
-                for line in turn["value"].split("\n"):
-                    line = re.sub(r"^(Image|View) \d+: ", "", line.replace("<image>", "").replace("<video>", "")).strip()
+                for line in turn["value"].replace("<image>", "").replace("<video>", "").split("\n"):
+                    line = re.sub(r"^(Image|View) \d+: ", "", line).strip()
                     if line:
                         lines.add(line)
     return lines

@@ -625,7 +625,8 @@ def test_same_seed_same_bytes_different_seed_different(world, tmp_path):
         WorldSettings(seed=1, stage1_captions=40, train_per_task=16, eval_per_task=16),
         progress=False,
     )
-    for name in ("stage1_captions.jsonl", "stage2_instruct.jsonl", "test/color.jsonl", "images/test_color_00000.png", "dev/color.jsonl"):
+    for name in ("stage1_captions.jsonl", "stage2_instruct.jsonl", "test/color.jsonl", "images/test_color_00000.png",
+                 "dev/color.jsonl"):
         assert (other / name).read_bytes() != (world / name).read_bytes(), name
 
 
@@ -647,7 +648,8 @@ def test_rerun_with_same_settings_does_nothing(world, capsys):
     parser = __import__("argparse").ArgumentParser()
     cli.add_arguments(parser)
     args = parser.parse_args(
-        ["--out", str(world), "--stage1-captions", "40", "--train-per-task", "16", "--eval-per-task", "16", "--dev-per-task", "8", "--paraphrase-per-task", "8",
+        ["--out", str(world), "--stage1-captions", "40", "--train-per-task", "16", "--eval-per-task", "16",
+         "--dev-per-task", "8", "--paraphrase-per-task", "8",
          "--motion-drill", "40"]
     )
     assert cli.settings_from_args(args) == SMALL
