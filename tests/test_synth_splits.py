@@ -148,3 +148,24 @@ def test_every_scored_question_kind_has_held_out_phrasings_with_the_trained_answ
             assert held_out.endswith(trained_format) and set(re.findall(r"{(\w+)}", held_out)) == slots, held_out
     # every held-out variant picks a held-out phrasing, in turn
     assert [phrase("count", variant) for variant in range(4)] == [PHRASINGS["count"][i] for i in (0, 1, 2, 1)]
+
+
+def test_a_world_of_the_eval_split_is_regenerated_without_it(world, tmp_path):
+    """A world written before the split was named test (WORLD_VERSION 10: eval/, images/eval_*) is
+    not complete for this generator; regenerating it leaves no file of the old split behind."""
+    import shutil
+
+    from llavakit.synth import is_complete
+
+    old = tmp_path / "old"
+    shutil.copytree(world, old)
+    (old / "eval").mkdir()
+    shutil.move(old / "test" / "color.jsonl", old / "eval" / "color.jsonl")
+    shutil.copy(old / "images" / "test_color_00000.png", old / "images" / "eval_color_00000.png")
+    manifest = json.loads((old / "world.json").read_text())
+    (old / "world.json").write_text(json.dumps({**manifest, "version": 10}))
+    assert not is_complete(old, SETTINGS)
+    generate_world(old, SETTINGS, progress=False)
+    assert is_complete(old, SETTINGS) and not (old / "eval").exists()
+    assert not list((old / "images").glob("eval_*"))
+    assert (old / "test" / "color.jsonl").read_bytes() == (world / "test" / "color.jsonl").read_bytes()

@@ -255,6 +255,9 @@ def _prune(out: Path, keep_media: set[str], keep_eval: set[str]) -> None:
     for path in temp_files:
         if _our_temp_file(path.name):
             path.unlink()
+    old = out / "eval"  # the folder of the test split before WORLD_VERSION 11, once emptied
+    if old.is_dir() and not any(old.iterdir()):
+        old.rmdir()
 
 
 def _our_temp_file(name: str) -> bool:
