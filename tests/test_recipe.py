@@ -39,6 +39,19 @@ def test_unknown_keys_are_refused_by_their_path():
     assert "evaluation.split" in refused("evaluation.split=test")
 
 
+def test_evaluation_names_the_worlds_held_out_splits():
+    assert load_recipe("quickstart").evaluation.splits == ["dev", "test", "test_paraphrase"]
+    from llavakit.recipe.evaluation import control_split
+
+    assert control_split(load_recipe("quickstart")) == "test"
+    dev_only = load_recipe("quickstart", ["evaluation.splits=[dev]"])
+    assert dev_only.evaluation.splits == ["dev"] and control_split(dev_only) == "dev"  # a choosing run leaves test alone
+    assert "evaluation.splits.0: Input should be 'dev', 'test' or 'test_paraphrase'" in refused(
+        "evaluation.splits=[eval]")
+    assert "evaluation.splits: Value error, a split is listed twice" in refused("evaluation.splits=[dev, dev]")
+    assert "evaluation.splits: List should have at least 1 item" in refused("evaluation.splits=[]")
+
+
 def test_keys_the_runner_sets_are_refused_in_a_stage():
     assert "stages.stage2.train.output_dir: set by the runner" in refused("stages.stage2.train.output_dir=/tmp/x")
     assert "stages.listing.train.data.sources" in refused("stages.listing.train.data.sources=[{path: a.jsonl}]")

@@ -48,15 +48,21 @@ def evaluate_splits(recipe: Recipe, model: Path, world: Path, out: Path) -> dict
     return results
 
 
+def control_split(recipe: Recipe) -> str:
+    """The split the controls ask: test, or dev when the recipe scores dev and not test (a run that
+    is choosing leaves the test split alone)."""
+    splits = recipe.evaluation.splits
+    return DEV if DEV in splits and TEST not in splits else TEST
+
+
 def run_controls(recipe: Recipe, model: Path, world: Path, out: Path) -> dict[str, dict[str, Any]]:
-    """The control tasks again on the test split, each image swapped for another sample's: chance
-    if the model looks."""
+    """The control tasks again, each image swapped for another sample's: chance if the model looks."""
     from llavakit.evaluation.runner import evaluate
     from llavakit.quickstart.controls import shuffled_images_task
 
     if not recipe.evaluation.controls:
         return {}
-    specs = [shuffled_images_task(world, task, TEST) for task in recipe.evaluation.controls]
+    specs = [shuffled_images_task(world, task, control_split(recipe)) for task in recipe.evaluation.controls]
     rows = evaluate(model, [str(s) for s in specs], out / "eval-controls", data_root=world,
                     limit=recipe.evaluation.limit, batch_size=recipe.evaluation.batch_size, progress=False)
     controls = {name.removeprefix("synth_"): {key: row[key] for key in ROW_KEYS} for name, row in rows.items()}

@@ -57,10 +57,11 @@ def write_report(out: Path, world: Path, results: dict[str, Any]) -> Path:
         "## Held-out evaluation", "",
         "Accuracy per split: `dev` (new scenes) is where a recipe's choices are made; `test` is only "
         "reported; `test_paraphrase` asks test scenes in a wording training never used. Chance is the "
-        "test split's. A task's version changes whenever its questions' wording or its metric does: "
-        "compare scores of one version only.", "",
+        "test split's (dev's when test is not scored). A task's version changes with its questions' "
+        "wording or its metric: compare scores of one version only.", "",
         score_table(results, markdown=True), "",
-        "Controls (test questions, each image swapped for another sample's; chance if the model looks):", "",
+        "Controls (the test split's questions, or dev's when test is not scored, each image swapped for "
+        "another sample's; chance if the model looks):", "",
         *[f"- {name}: {row['accuracy']:.3f} (chance {row['chance']:.3f})" for name, row in results["controls"].items()],
         "",
         "## Training", "",

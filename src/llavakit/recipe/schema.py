@@ -18,7 +18,7 @@
     evaluation:                 # choices are made on dev; test (and test_paraphrase) is only reported
       splits: [dev, test, test_paraphrase]
       tasks: [color, ...]
-      controls: [color, ...]    # on the test split, every image swapped for another sample's
+      controls: [color, ...]    # every image swapped for another sample's (test; dev if test is not scored)
       limit: null               # at most this many samples per task and split
       batch_size: 32
 
