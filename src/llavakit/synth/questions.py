@@ -188,13 +188,12 @@ def side_word(obj: SceneObject, axis: int, side: int) -> str:
     return SIDE_WORDS[axis][int(obj.center[axis] > side / 2)]
 
 
-# The relation questions ask for reasoning: each object's side of the centre first, then the
-# relation ("red left, blue right, so left."). The relation word alone asks the LM to compare two
-# places it never wrote down, which the tiny model did not learn; each side named right after the
-# object's colour is a lookup it learns as it learns the listings, and the comparison is then
-# text (history: docs/experiments/quickstart-history.md, item 27). The eval (`reasoned_accuracy`)
-# scores the words after the last REASONED_MARKER, ", so ".
-NAME_SIDES = "Name each side first."
+# The relation questions ask for reasoning ("Name each side first." in every phrasing): each
+# object's side of the centre first, then the relation ("red left, blue right, so left."). The
+# relation word alone asks the LM to compare two places it never wrote down, which the tiny model
+# did not learn; each side named right after the object's colour is a lookup it learns as it learns
+# the listings, and the comparison is then text (history: docs/experiments/quickstart-history.md,
+# item 27). The eval (`reasoned_accuracy`) scores the words after the last REASONED_MARKER, ", so ".
 
 
 def relation_question(a_name: str, b_name: str, axis: int, variant: int = TRAINED) -> str:

@@ -251,7 +251,8 @@ def _prune(out: Path, keep_media: set[str], keep_eval: set[str]) -> None:
         for path in sorted((out / folder).glob("*.jsonl")):
             if f"{folder}/{path.name}" not in keep_eval:
                 path.unlink()
-    temp_files = sorted(out.glob(".*.tmp")) + [p for folder in EVAL_FOLDERS for p in sorted((out / folder).glob(".*.tmp"))]
+    temp_files = sorted(out.glob(".*.tmp"))
+    temp_files += [path for folder in EVAL_FOLDERS for path in sorted((out / folder).glob(".*.tmp"))]
     for path in temp_files:
         if _our_temp_file(path.name):
             path.unlink()
