@@ -24,7 +24,7 @@ ROW_KEYS = ("accuracy", "chance", "n", "version")
 def split_task(task: str, split: str) -> TaskSpec:
     """The world's task ``synth_<task>`` over the files of ``split``."""
     spec = load_task(f"synth_{task}")
-    data = spec.model_dump(mode="json", exclude_none=True)
+    data = spec.model_dump(mode="json")  # every field as the task file gave it (a null included)
     data["data"]["file"] = eval_file(task, split)
     return task_from_dict(data, f"{spec.source} ({split} split)")
 
