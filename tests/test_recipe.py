@@ -212,3 +212,15 @@ def test_quickstart_and_recipe_run_of_the_shipped_file_run_the_same_recipe(tmp_p
     (first, out_a, source_a), (second, out_b, source_b) = calls
     assert first == second and first.scale == 0.5
     assert Path(source_a).resolve() == Path(source_b).resolve() == (RECIPES_DIR / "quickstart.yaml").resolve()
+
+
+@pytest.mark.parametrize("split", ["dev", "test", "test_paraphrase"])
+def test_a_split_is_scored_by_the_task_file_over_that_splits_records(split):
+    from llavakit.evaluation.task_spec import load_task
+    from llavakit.recipe.evaluation import split_task
+
+    for task in ("color", "position", "multiview"):
+        spec, shipped = split_task(task, split), load_task(f"synth_{task}")
+        assert spec.data.file == f"{split}/{task}.jsonl"
+        assert spec.model_dump(exclude={"data"}) == shipped.model_dump(exclude={"data"})  # version, metric, prompt
+        assert spec.data.model_dump(exclude={"file"}) == shipped.data.model_dump(exclude={"file"})
