@@ -31,7 +31,8 @@ from llavakit.quickstart import (
 from llavakit.quickstart.cache import lookup, remove_stale_partials
 from llavakit.synth import WorldSettings, generate_world
 
-SMALL_WORLD = WorldSettings(stage1_captions=160, train_per_task=16, eval_per_task=4)
+SMALL_WORLD = WorldSettings(stage1_captions=160, train_per_task=16, eval_per_task=4, dev_per_task=4,
+                            paraphrase_per_task=4)
 SETTINGS = ComponentSettings(
     vision=VisionSettings(steps=120, batch_size=64, probe_images=200),
     language=LanguageSettings(steps=40, batch_size=4, seq_len=128),
@@ -267,7 +268,7 @@ def test_llava_built_from_the_components_generates(world, parts):
     assert model.config.visual.crop_size == 64 and model.config.tokens_per_side == 4
     assert len(tokenizer) == model.language_model.get_input_embeddings().weight.shape[0]  # nothing added
     llava = Llava(model.eval(), tokenizer)
-    image = Image.open(world / "images" / "eval_color_00000.png")
+    image = Image.open(world / "images" / "test_color_00000.png")
     out = llava.generate(
         [{"role": "user", "content": [{"type": "image", "image": image},
                                       {"type": "text", "text": "What color is the object? Answer with one word."}]}],

@@ -126,8 +126,9 @@ def test_a_mixture_allows_it_per_dataset(processor, tree):
 
 def test_every_file_of_a_synthetic_world_stays_in_its_folder(tmp_path):
     """The quickstart trains on a world's files with the world as image and video folder."""
-    world = generate_world(tmp_path / "world", WorldSettings(stage1_captions=8, train_per_task=4, eval_per_task=2,
-                                                             motion_drill=4), progress=False)
+    settings = WorldSettings(stage1_captions=8, train_per_task=4, eval_per_task=2, dev_per_task=2,
+                             paraphrase_per_task=2, motion_drill=4)
+    world = generate_world(tmp_path / "world", settings, progress=False)
     files = sorted(p for p in world.glob("*.jsonl") if p.name != "annotations.jsonl")
     assert len(files) >= 8
     samples = [parse_entry(entry) for path in files for entry in read_llava_file(path, world, world)]

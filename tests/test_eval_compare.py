@@ -49,6 +49,17 @@ def test_table(runs):
     assert [r.name for r in load_runs(runs)] == ["eval", "eval#2"]
 
 
+def test_a_task_scored_at_different_versions_is_marked_and_not_starred(tmp_path):
+    old = write_run(tmp_path / "old", {"synth_color": {**row("accuracy", 0.9, 0.15), "version": 1},
+                                      "synth_count": {**row("accuracy", 0.3, 0.2), "version": 1}})
+    new = write_run(tmp_path / "new", {"synth_color": {**row("accuracy", 0.6, 0.15), "version": 2},
+                                      "synth_count": {**row("accuracy", 0.4, 0.2), "version": 1}})
+    lines = format_table(load_runs([old, new]), ["synth_color", "synth_count"]).splitlines()
+    assert lines[2].split() == ["synth_color!", "accuracy", "0.1500", "0.9000", "0.6000"]
+    assert lines[3].split() == ["synth_count", "accuracy", "0.2000", "0.3000", "0.4000*"]
+    assert lines[4] == "! scored at different task versions, not comparable: synth_color (versions 1, 2)"
+
+
 def test_cli_draws_the_chart(runs, tmp_path, capsys):
     chart = tmp_path / "charts" / "cmp.png"
     assert main(["eval", "compare", str(runs[0]), str(runs[1] / "results.json"), "--names", "base,anyres",

@@ -84,7 +84,7 @@ def test_lmms_eval_command_scores_as_llavakit_eval(tmp_path, onevision_dir):
     world = eval_world()
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / f"{TASK}.yaml").write_text(TASK_YAML.format(records=world / "eval" / "color.jsonl"))
+    (tasks / f"{TASK}.yaml").write_text(TASK_YAML.format(records=world / "test" / "color.jsonl"))
     (tasks / "utils.py").write_text(TASK_UTILS.format(world=str(world)))
 
     run([str(LMMS_EVAL), "--model", "llavakit",
@@ -99,7 +99,7 @@ def test_lmms_eval_command_scores_as_llavakit_eval(tmp_path, onevision_dir):
     [samples_file] = (tmp_path / "lmms").rglob(f"*_samples_{TASK}.jsonl")
     lmms_samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
     ours = json.loads((tmp_path / "llavakit" / "results.json").read_text())["tasks"]["synth_color"]
-    records = [json.loads(line) for line in (world / "eval" / "color.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (world / "test" / "color.jsonl").read_text().splitlines()]
     replies = {p["id"]: p["prediction"] for p in predictions(tmp_path / "llavakit", "synth_color")}
 
     assert len(lmms_samples) == ours["n"] == len(records)

@@ -87,7 +87,7 @@ def test_killed_run_resumes_to_the_results_of_an_uninterrupted_run(tmp_path, one
         assert (killed / "predictions" / f"{task}.jsonl").read_text() == \
             (tmp_path / "fresh" / "predictions" / f"{task}.jsonl").read_text()
         lines = predictions(killed, task)
-        assert [p["id"] for p in lines] == [f"eval-{task.removeprefix('synth_')}-{i:05d}" for i in range(6)]
+        assert [p["id"] for p in lines] == [f"test-{task.removeprefix('synth_')}-{i:05d}" for i in range(6)]
     saved = json.loads((killed / "results.json").read_text())
     assert saved["tasks"] == json.loads(json.dumps(resumed))
 

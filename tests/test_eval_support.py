@@ -36,7 +36,8 @@ def eval_world() -> Path:
 
     folder = Path(tempfile.mkdtemp(prefix="llavakit-eval-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    settings = WorldSettings(seed=0, eval_per_task=6, stage1_captions=1, train_per_task=1)
+    settings = WorldSettings(seed=0, eval_per_task=6, dev_per_task=1, paraphrase_per_task=1, stage1_captions=1,
+                             train_per_task=1)
     return generate_world(folder / "world", settings, progress=False)
 
 

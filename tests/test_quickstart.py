@@ -52,16 +52,19 @@ def results(run) -> dict:
 
 def test_writes_results_model_report_and_configs(run, results):
     order = ["stage1", "stage1_5", "listing", "grounding", "side_listing", "relation", "motion", "stage2"]
-    assert list(results["stages"]) == order
-    assert results["stages"]["stage2"]["final_loss"] < results["stages"]["stage2"]["first_loss"]
-    assert {"color", "shape", "count", "position", "hires_detail", "spot_difference", "which_image",
-            "multiview", "video_direction"} == set(results["eval"])
-    assert all(row["n"] == 100 and 0 < row["chance"] < 1 for row in results["eval"].values())
+    stages = {stage["name"]: stage for stage in results["stages"]}
+    assert [stage["name"] for stage in results["stages"]] == order
+    assert stages["stage2"]["final_loss"] < stages["stage2"]["first_loss"]
+    # test (reported), dev (choices) and test_paraphrase (test scenes, held-out wording), each task versioned
+    for key, n in (("eval", 100), ("eval_dev", 50), ("eval_paraphrase", 50)):
+        assert {"color", "shape", "count", "position", "hires_detail", "spot_difference", "which_image",
+                "multiview", "video_direction"} == set(results[key]), key
+        assert all(row["n"] == n and 0 < row["chance"] < 1 and row["version"] >= 1 for row in results[key].values())
     assert (run / "model" / "llavakit_config.json").is_file()
     report = (run / "report.md").read_text()
     assert "## Held-out evaluation" in report and (run / "figures" / "loss.png").stat().st_size > 1000
     starts = {}
-    for name in results["stages"]:
+    for name in stages:
         config = yaml.safe_load((run / "configs" / f"{name}.yaml").read_text())
         assert config["output_dir"] == str(run / name)
         starts[name] = config["model"].get("checkpoint")

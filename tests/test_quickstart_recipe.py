@@ -14,7 +14,8 @@ from llavakit.recipe import load_recipe
 from llavakit.recipe.plan import Parts, StagePlan, plan_stages
 from llavakit.synth import WorldSettings, generate_world
 
-SMALL = WorldSettings(stage1_captions=8, train_per_task=12, eval_per_task=4, motion_drill=20)
+SMALL = WorldSettings(stage1_captions=8, train_per_task=12, eval_per_task=4, dev_per_task=4, paraphrase_per_task=4,
+                      motion_drill=20)
 GROUNDING_MIXTURE, SIDE_LISTING_MIXTURE, RELATION_MIXTURE, MOTION_MIXTURE = (
     "grounding_mixture.yaml", "side_listing_mixture.yaml", "relation_mixture.yaml", "motion_mixture.yaml")
 NO_MOTION = ["world.motion_drill=0", "stages.motion.enabled=false"]

@@ -39,6 +39,19 @@ def test_unknown_keys_are_refused_by_their_path():
     assert "evaluation.split" in refused("evaluation.split=test")
 
 
+def test_evaluation_names_the_worlds_held_out_splits():
+    assert load_recipe("quickstart").evaluation.splits == ["dev", "test", "test_paraphrase"]
+    from llavakit.recipe.evaluation import control_split
+
+    assert control_split(load_recipe("quickstart")) == "test"
+    dev_only = load_recipe("quickstart", ["evaluation.splits=[dev]"])
+    assert dev_only.evaluation.splits == ["dev"] and control_split(dev_only) == "dev"  # a choosing run leaves test alone
+    assert "evaluation.splits.0: Input should be 'dev', 'test' or 'test_paraphrase'" in refused(
+        "evaluation.splits=[eval]")
+    assert "evaluation.splits: Value error, a split is listed twice" in refused("evaluation.splits=[dev, dev]")
+    assert "evaluation.splits: List should have at least 1 item" in refused("evaluation.splits=[]")
+
+
 def test_keys_the_runner_sets_are_refused_in_a_stage():
     assert "stages.stage2.train.output_dir: set by the runner" in refused("stages.stage2.train.output_dir=/tmp/x")
     assert "stages.listing.train.data.sources" in refused("stages.listing.train.data.sources=[{path: a.jsonl}]")
@@ -165,7 +178,8 @@ def test_every_world_file_is_a_named_dataset():
 
 
 def test_dataset_sizes_from_settings_are_what_the_world_writes(tmp_path):
-    settings = WorldSettings(stage1_captions=6, train_per_task=3, eval_per_task=2, motion_drill=4)
+    settings = WorldSettings(stage1_captions=6, train_per_task=3, eval_per_task=2, dev_per_task=2,
+                             paraphrase_per_task=2, motion_drill=4)
     world = generate_world(tmp_path / "world", settings, progress=False)
     files = json.loads((world / "world.json").read_text())["files"]
     assert dataset_sizes(settings) == {name: files[d.file] for name, d in DATASETS.items()}
@@ -198,3 +212,15 @@ def test_quickstart_and_recipe_run_of_the_shipped_file_run_the_same_recipe(tmp_p
     (first, out_a, source_a), (second, out_b, source_b) = calls
     assert first == second and first.scale == 0.5
     assert Path(source_a).resolve() == Path(source_b).resolve() == (RECIPES_DIR / "quickstart.yaml").resolve()
+
+
+@pytest.mark.parametrize("split", ["dev", "test", "test_paraphrase"])
+def test_a_split_is_scored_by_the_task_file_over_that_splits_records(split):
+    from llavakit.evaluation.task_spec import load_task
+    from llavakit.recipe.evaluation import split_task
+
+    for task in ("color", "position", "multiview"):
+        spec, shipped = split_task(task, split), load_task(f"synth_{task}")
+        assert spec.data.file == f"{split}/{task}.jsonl"
+        assert spec.model_dump(exclude={"data"}) == shipped.model_dump(exclude={"data"})  # version, metric, prompt
+        assert spec.data.model_dump(exclude={"file"}) == shipped.data.model_dump(exclude={"file"})

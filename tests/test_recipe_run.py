@@ -29,12 +29,21 @@ def test_an_ablation_of_a_tiny_recipe_runs_every_arm_and_writes_what_the_quickst
     runs = {arm: out / arm / "seed-0" for arm in ("base", "squash")}
     results = {arm: json.loads((run / "results.json").read_text()) for arm, run in runs.items()}
     base = results["base"]
-    assert set(base) == {"eval", "controls", "stages", "components", "seconds", "device", "model", "settings",
-                         "recipe"}
-    assert list(base["eval"]) == ["color", "count"] and all(row["n"] == 2 for row in base["eval"].values())
-    assert list(base["controls"]) == ["color_shuffled"]
-    assert list(base["stages"]) == ["align", "instruct"]
-    assert all(stage["steps"] == 1 for stage in base["stages"].values())
+    assert set(base) == {"eval", "eval_dev", "eval_paraphrase", "controls", "stages", "components", "seconds",
+                         "device", "model", "settings", "recipe"}
+    # every split, each task's row: accuracy, chance, n (the recipe's limit of 2) and the task's version
+    for key in ("eval", "eval_dev", "eval_paraphrase"):
+        assert list(base[key]) == ["color", "count"], key
+        for row in base[key].values():
+            assert set(row) == {"accuracy", "chance", "n", "version"} and row["n"] == 2 and row["version"] >= 1
+            assert 0 <= row["accuracy"] <= 1 and 0 < row["chance"] < 1
+    predictions = runs["base"] / "eval" / "test_paraphrase" / "predictions" / "synth_color.jsonl"
+    assert [json.loads(line)["id"] for line in predictions.read_text().splitlines()] == [
+        "test_paraphrase-color-00000", "test_paraphrase-color-00001"]
+    assert list(base["controls"]) == ["color_shuffled"] and set(base["controls"]["color_shuffled"]) == {
+        "accuracy", "chance", "n", "version"}
+    assert [stage["name"] for stage in base["stages"]] == ["align", "instruct"]
+    assert all(stage["steps"] == 1 and stage["seconds"] >= 0 and stage["final_loss"] > 0 for stage in base["stages"])
     assert base["settings"]["seed"] == 0 and "seed=0" in base["settings"]["overrides"]
     assert "evaluation.batch_size=1" in base["settings"]["overrides"]
     # the recipe as it ran, overrides applied, next to the results
@@ -54,7 +63,9 @@ def test_an_ablation_of_a_tiny_recipe_runs_every_arm_and_writes_what_the_quickst
     assert [d["sampling_strategy"] for d in mixture["datasets"]] == ["first:6", "first:2"]
     assert mixture["seed"] == 0
     assert (runs["base"] / "model" / "llavakit_config.json").is_file()
-    assert "# llavakit tiny report" in (runs["base"] / "report.md").read_text()
+    report = (runs["base"] / "report.md").read_text()
+    assert "# llavakit tiny report" in report
+    assert "| task | version | chance | dev (n=2) | test (n=2) | test_paraphrase (n=2) |" in report
     table = (out / "lab.md").read_text().splitlines()
     assert table[0] == "# tiny arms" and "| task | chance | base | squash |" in table
     assert any(line.startswith("| **count** |") for line in table)

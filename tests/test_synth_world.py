@@ -24,7 +24,8 @@ from llavakit.synth.files import read_jsonl
 from llavakit.synth.solids import shade
 from llavakit.synth.video import decode_mp4
 
-SMALL = WorldSettings(stage1_captions=40, train_per_task=16, eval_per_task=16, motion_drill=40)
+SMALL = WorldSettings(stage1_captions=40, train_per_task=16, eval_per_task=16, dev_per_task=8, paraphrase_per_task=8,
+                      motion_drill=40)
 SHAPE_SCENES = round(5 / 3 * SMALL.train_per_task)  # stage15_shape.jsonl: 500 at the default 300 a task
 EVAL_TASKS = (
     "color", "shape", "count", "position", "hires_detail",
@@ -39,7 +40,7 @@ def world(tmp_path_factory) -> Path:
 
 
 def evals(world: Path, task: str) -> list[dict]:
-    return read_jsonl(world / "eval" / f"{task}.jsonl")
+    return read_jsonl(world / "test" / f"{task}.jsonl")
 
 
 def pixels(world: Path, relative: str) -> np.ndarray:
@@ -141,14 +142,14 @@ def test_layout_counts_and_media_exist(world):
         assert len((world / name).read_text().splitlines()) == count, name
     assert manifest["files"]["stage1_captions.jsonl"] == SMALL.n_stage1 == 40
     for task in EVAL_TASKS:
-        assert manifest["files"][f"eval/{task}.jsonl"] == 16
+        assert manifest["files"][f"test/{task}.jsonl"] == 16
     media = set()
     drills = ["stage15_grounding.jsonl", "stage15_listing.jsonl", "stage15_side_listing.jsonl", "stage15_relation.jsonl",
               "stage15_tiny.jsonl", "stage15_shape.jsonl", "stage15_motion.jsonl"]
     assert [manifest["files"][name] for name in drills] == ([10 * SMALL.train_per_task] * 4 + [SMALL.train_per_task]
                                                             + [SHAPE_SCENES, SMALL.motion_drill])
     for name in ["stage1_captions.jsonl", "stage15_recap.jsonl", *drills, "stage2_instruct.jsonl"] + [
-        f"eval/{t}.jsonl" for t in EVAL_TASKS
+        f"{split}/{t}.jsonl" for t in EVAL_TASKS for split in ("test", "dev", "test_paraphrase")
     ]:
         for record in read_jsonl(world / name):
             image = record.get("image", [])
@@ -606,10 +607,10 @@ def test_eval_scenes_never_in_training(world):
 
     train, held_out = set(), set()
     for path in sorted((world / "images").iterdir()):
-        (held_out if path.name.startswith("eval_") else train).add(decoded_digest(path))
+        (held_out if path.name.startswith("test_") else train).add(decoded_digest(path))
     assert held_out and train and not held_out & train
     train_videos = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (world / "videos").glob("train_*")}
-    eval_videos = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (world / "videos").glob("eval_*")}
+    eval_videos = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (world / "videos").glob("test_*")}
     assert eval_videos and not eval_videos & train_videos
 
 
@@ -624,7 +625,8 @@ def test_same_seed_same_bytes_different_seed_different(world, tmp_path):
         WorldSettings(seed=1, stage1_captions=40, train_per_task=16, eval_per_task=16),
         progress=False,
     )
-    for name in ("stage1_captions.jsonl", "stage2_instruct.jsonl", "eval/color.jsonl", "images/eval_color_00000.png"):
+    for name in ("stage1_captions.jsonl", "stage2_instruct.jsonl", "test/color.jsonl", "images/test_color_00000.png",
+                 "dev/color.jsonl"):
         assert (other / name).read_bytes() != (world / name).read_bytes(), name
 
 
@@ -647,6 +649,7 @@ def test_rerun_with_same_settings_does_nothing(world, capsys):
     cli.add_arguments(parser)
     args = parser.parse_args(
         ["--out", str(world), "--stage1-captions", "40", "--train-per-task", "16", "--eval-per-task", "16",
+         "--dev-per-task", "8", "--paraphrase-per-task", "8",
          "--motion-drill", "40"]
     )
     assert cli.settings_from_args(args) == SMALL

@@ -17,7 +17,7 @@ from llavakit.quickstart.world_data import (
 from llavakit.synth import WorldSettings, generate_world
 from llavakit.synth.files import read_jsonl
 
-SMALL = WorldSettings(stage1_captions=20, train_per_task=10, eval_per_task=4)
+SMALL = WorldSettings(stage1_captions=20, train_per_task=10, eval_per_task=4, dev_per_task=4, paraphrase_per_task=4)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 A run is an output folder of `llavakit eval` (or its results.json). Rows are tasks, columns the runs'
 headline scores, with the chance level when the task has one; the best score of a row is starred.
+A task the runs scored at different versions (another wording or metric, docs/evaluation.md) is
+marked and gets no star: its scores are not comparable.
 """
 
 from __future__ import annotations
@@ -83,20 +85,31 @@ def _metric(runs: Sequence[Run], task: str) -> str:
     return "-"
 
 
+def versions(runs: Sequence[Run], task: str) -> list:
+    """The task's version in each run that scored it (None: a run from before tasks had versions)."""
+    return [run.tasks[task].get("version") for run in runs if task in run.tasks]
+
+
 def format_table(runs: Sequence[Run], tasks: Sequence[str]) -> str:
     header = ["task", "metric", "chance", *(r.name for r in runs)]
     rows = [header]
+    mixed = []
     for task in tasks:
         scores = [_score(r, task) for r in runs]
         best = max((s for s in scores if s is not None), default=None)
         chance = _chance(runs, task)
-        star = sum(s is not None for s in scores) > 1  # best of several
+        comparable = len(set(versions(runs, task))) <= 1
+        star = comparable and sum(s is not None for s in scores) > 1  # best of several
         cells = [f"{s:.4f}{'*' if star and s == best else ''}" if s is not None else "-" for s in scores]
-        rows.append([task, _metric(runs, task), "-" if chance is None else f"{chance:.4f}", *cells])
+        rows.append([task if comparable else f"{task}!", _metric(runs, task),
+                     "-" if chance is None else f"{chance:.4f}", *cells])
+        if not comparable:
+            mixed.append(f"{task} (versions {', '.join(str(v) for v in versions(runs, task))})")
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    notes = [f"! scored at different task versions, not comparable: {'; '.join(mixed)}"] if mixed else []
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *notes])
 
 
 def _panels(runs: Sequence[Run], tasks: Sequence[str]) -> list[list[str]]:

@@ -131,14 +131,14 @@ def _chance(spec: TaskSpec, samples: Sequence[EvalSample]) -> float | None:
 
 def task_row(spec: TaskSpec, result: MetricResult, samples: Sequence[EvalSample]) -> dict[str, Any]:
     """What a task reports: ``metric``, ``score`` and the same number under its own name
-    (``accuracy``, ``anls``...), ``chance``, ``n``, then every score and the details."""
+    (``accuracy``, ``anls``...), ``chance``, ``n``, the task's ``version``, then every score and the details."""
     headline = spec.score or next(iter(result.scores))
     if headline not in result.scores:
         raise LlavakitError(f"task {spec.name} ({spec.source}): score {headline!r} is not a score of metric "
                             f"{spec.metric} ({', '.join(result.scores)})")
     value = result.scores[headline]
     return {"metric": spec.metric, "score_name": headline, "score": value, headline: value,
-            "chance": _chance(spec, samples), "n": result.n,
+            "chance": _chance(spec, samples), "n": result.n, "version": spec.version,
             "scores": result.scores, "details": result.details, "task_file": spec.source,
             "predictions": str(Path("predictions") / f"{spec.name}.jsonl")}
 

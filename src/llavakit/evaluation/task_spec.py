@@ -121,6 +121,9 @@ class JudgeSpec(_Strict):
 
 class TaskSpec(_Strict):
     name: str
+    # Bumped whenever what the task asks or how it scores changes (its questions' wording, its
+    # metric), so scores of different versions are never compared as one (docs/evaluation.md).
+    version: int = Field(1, ge=1)
     description: str = ""
     data: DataSpec
     prompt: PromptSpec = PromptSpec()

@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def print_plan(recipe) -> None:
     from llavakit.recipe.plan import starts
     from llavakit.synth.datasets import dataset_sizes
+    from llavakit.synth.world import split_size
 
     sizes = dataset_sizes(recipe.world_settings())
     print(f"recipe {recipe.name}: seed {recipe.seed}, scale {recipe.scale}")
@@ -47,7 +48,11 @@ def print_plan(recipe) -> None:
             continue
         mixture = ", ".join(f"{m.dataset} {m.take} of {sizes[m.dataset]}" for m in stage.mixture)
         print(f"  {stage.name:<14} from {starts(recipe)[stage.name]:<14} {mixture}")
+    world = recipe.world_settings()
+    limit = recipe.evaluation.limit or float("inf")
+    splits = ", ".join(f"{split} ({min(split_size(world, split), limit)} a task)" for split in recipe.evaluation.splits)
     print(f"  evaluation: {', '.join(recipe.evaluation.tasks)}; controls: {', '.join(recipe.evaluation.controls)}")
+    print(f"  splits: {splits}")
 
 
 def refusing(command: str, action: Callable[[], object]) -> int:

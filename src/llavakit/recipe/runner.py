@@ -5,7 +5,8 @@
 3. write every stage's `llavakit train` config (and mixture) to OUT/configs/, then train the
    stages in order, each from the parts or from an earlier stage's model;
 4. copy the last stage's model to OUT/model (loadable, chat-able, servable);
-5. evaluate the held-out tasks and the image-swap controls, print a table against chance;
+5. evaluate the tasks on the world's held-out splits (dev, test, test_paraphrase) and the image-swap
+   controls, print a table against chance;
 6. write OUT/results.json, OUT/recipe.yaml (the recipe as it ran) and OUT/report.md with plots.
 
 Nothing here knows one recipe from another: what runs is the recipe file's data.
@@ -22,7 +23,8 @@ from typing import Any
 import yaml
 from filelock import FileLock
 
-from llavakit.recipe.plan import CONFIGS_DIR, Parts, StagePlan, eval_task_names, plan_stages
+from llavakit.recipe.evaluation import evaluate_splits, run_controls, score_table
+from llavakit.recipe.plan import CONFIGS_DIR, Parts, StagePlan, plan_stages
 from llavakit.recipe.schema import Recipe
 from llavakit.utils.atomic import atomic_write_text
 
@@ -41,52 +43,32 @@ def run_stage(plan: StagePlan, configs_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     summary = Trainer(load_config(path)).run()
     losses = [r["loss"] for r in read_metrics(Path(plan.config["output_dir"]) / "metrics.jsonl")]
-    return {"seconds": round(time.perf_counter() - started, 1), "steps": summary["steps"],
+    return {"name": plan.name, "steps": summary["steps"], "seconds": round(time.perf_counter() - started, 1),
             "first_loss": losses[0], "final_loss": losses[-1], "config": str(path)}
 
 
-def print_table(evaluation: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'task':<20}{'metric':<11}{'chance':>8}{'score':>8}{'n':>6}"]
-    for task, row in evaluation.items():
-        lines.append(f"{task:<20}{'accuracy':<11}{row['chance']:>8.3f}{row['accuracy']:>8.3f}{row['n']:>6}")
-    table = "\n".join(lines)
-    print("\n" + table)
-    return table
-
-
-def run_controls(out: Path, world: Path, recipe: Recipe) -> dict[str, dict[str, Any]]:
-    """The control tasks again, each image swapped for another sample's: chance if the model looks."""
-    from llavakit.evaluation.runner import evaluate
-    from llavakit.quickstart.controls import shuffled_images_task
-
-    if not recipe.evaluation.controls:
-        return {}
-    specs = [shuffled_images_task(world, task) for task in recipe.evaluation.controls]
-    rows = evaluate(out / "model", [str(s) for s in specs], out / "eval-controls", data_root=world,
-                    limit=recipe.evaluation.limit, batch_size=recipe.evaluation.batch_size, progress=False)
-    controls = {name.removeprefix("synth_"): {"accuracy": row["accuracy"], "chance": row["chance"], "n": row["n"]}
-                for name, row in rows.items()}
-    for name, row in controls.items():
-        print(f"control {name:<17} accuracy {row['accuracy']:.3f} (chance {row['chance']:.3f}): images swapped")
-    return controls
-
-
-def write_report(out: Path, world: Path, results: dict[str, Any], table: str) -> Path:
+def write_report(out: Path, world: Path, results: dict[str, Any]) -> Path:
     from llavakit.train.plot import plot_runs
 
-    plot_runs([out / name for name in results["stages"]], out / "figures")
+    plot_runs([out / stage["name"] for stage in results["stages"]], out / "figures")
     lines = [
         f"# llavakit {results['recipe']['name']} report", "",
         f"Total time: {results['seconds']:.0f} s on {results['device']}.", "",
-        "## Held-out evaluation", "", "```", table, "```", "",
-        "Controls (same questions, each image swapped for another sample's; chance if the model looks):", "",
+        "## Held-out evaluation", "",
+        "Accuracy per split: `dev` (new scenes) is where a recipe's choices are made; `test` is only "
+        "reported; `test_paraphrase` asks test scenes in a wording training never used. Chance is the "
+        "test split's (dev's when test is not scored). A task's version changes with its questions' "
+        "wording or its metric: compare scores of one version only.", "",
+        score_table(results, markdown=True), "",
+        "Controls (the test split's questions, or dev's when test is not scored, each image swapped for "
+        "another sample's; chance if the model looks):", "",
         *[f"- {name}: {row['accuracy']:.3f} (chance {row['chance']:.3f})" for name, row in results["controls"].items()],
         "",
         "## Training", "",
         "| stage | steps | first loss | final loss | seconds |", "|---|---|---|---|---|",
     ]
-    for name, stage in results["stages"].items():
-        lines.append(f"| {name} | {stage['steps']} | {stage['first_loss']:.3f} | {stage['final_loss']:.3f} | "
+    for stage in results["stages"]:
+        lines.append(f"| {stage['name']} | {stage['steps']} | {stage['first_loss']:.3f} | {stage['final_loss']:.3f} | "
                      f"{stage['seconds']} |")
     lines += ["", "![loss](figures/loss.png)", "", "![learning rate](figures/lr.png)", "",
               "## Components", "", "```json", json.dumps(results["components"], indent=2), "```", "",
@@ -120,7 +102,6 @@ def run_recipe(recipe: Recipe, out: str | Path, source: str = "", overrides: lis
     import torch
 
     from llavakit.checkpoint.io import atomic_directory
-    from llavakit.evaluation.runner import evaluate
     from llavakit.quickstart.components import prepare_components
 
     started = time.perf_counter()
@@ -141,19 +122,15 @@ def run_recipe(recipe: Recipe, out: str | Path, source: str = "", overrides: lis
     for plan in plans:  # every mixture first, so each stage's config can be rerun at once
         if plan.mixture is not None:
             atomic_write_text(configs_dir / plan.mixture_file, yaml.safe_dump(plan.mixture, sort_keys=False))
-    stages = {plan.name: run_stage(plan, configs_dir) for plan in plans}
+    stages = [run_stage(plan, configs_dir) for plan in plans]
     with atomic_directory(out / "model") as staging:
         for item in (out / plans[-1].name / "model").iterdir():
             shutil.copy2(item, staging / item.name)
-    print("\n== evaluation on held-out tasks")
-    evaluation = evaluate(out / "model", eval_task_names(recipe), out / "eval", data_root=world,
-                          limit=recipe.evaluation.limit, batch_size=recipe.evaluation.batch_size)
-    table_rows = {name.removeprefix("synth_"): {"accuracy": row["accuracy"], "chance": row["chance"], "n": row["n"]}
-                  for name, row in evaluation.items()}
-    table = print_table(table_rows)
-    controls = run_controls(out, world, recipe)
+    scores = evaluate_splits(recipe, out / "model", world, out)
+    print("\n" + score_table(scores))
+    controls = run_controls(recipe, out / "model", world, out)
     results = {
-        "eval": table_rows,
+        **scores,
         "controls": controls,
         "stages": stages,
         "components": components.metrics,
@@ -164,7 +141,7 @@ def run_recipe(recipe: Recipe, out: str | Path, source: str = "", overrides: lis
         "recipe": recipe_data,
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    report = write_report(out, world, results, table)
+    report = write_report(out, world, results)
     print(f"\nresults: {out / 'results.json'}\nmodel:   {out / 'model'}\nreport:  {report}")
     print(f"total:   {results['seconds']:.0f} s")
     return results

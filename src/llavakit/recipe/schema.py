@@ -15,7 +15,12 @@
           - {dataset: listing, take: "first:50%"}
         train: {stage: stage1.5, epochs: 4, stop_at_loss: {below: 0.15, window: 20}, ...}
         scale: {epochs: {power: 0.5, min: 6.0}}  # value * scale ** power, never below min
-    evaluation: {tasks: [color, ...], controls: [color, ...], limit: null, batch_size: 32}
+    evaluation:                 # choices are made on dev; test (and test_paraphrase) is only reported
+      splits: [dev, test, test_paraphrase]
+      tasks: [color, ...]
+      controls: [color, ...]    # every image swapped for another sample's (test; dev if test is not scored)
+      limit: null               # at most this many samples per task and split
+      batch_size: 32
 
 Unknown keys are refused, as ``TrainConfig`` refuses them. ``check`` refuses, naming the key or
 dataset, what would only fail later: a stage whose rules freeze every module, a dataset the world
@@ -120,13 +125,24 @@ class StageSpec(StageBase):
     scale: dict[Literal["epochs", "max_steps"], ScaleRule | None] = {}
 
 
+EvalSplit = Literal["dev", "test", "test_paraphrase"]  # the world's held-out splits (synth.world.EVAL_SPLITS)
+
+
 class EvaluationSection(_Strict):
-    # The world's held-out split; the only one a world has for now.
-    split: Literal["eval"] = "eval"
+    # The world's held-out splits to score: dev (new scenes; what a recipe's choices are made on),
+    # test (reported, never chosen on), test_paraphrase (the test scenes asked in held-out wording).
+    splits: list[EvalSplit] = Field(["dev", "test", "test_paraphrase"], min_length=1)
     tasks: list[str] = Field(min_length=1)  # the world's eval task names (synth.EVAL_TASK_NAMES)
     controls: list[str] = []  # tasks asked again with every image swapped for another sample's
-    limit: int | None = Field(None, ge=1)  # at most this many samples per task
+    limit: int | None = Field(None, ge=1)  # at most this many samples per task and split
     batch_size: int = Field(32, ge=1)
+
+    @field_validator("splits")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"a split is listed twice: {', '.join(value)}")
+        return value
 
 
 class Recipe(_Strict):

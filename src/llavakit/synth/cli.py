@@ -22,7 +22,9 @@ FLAGS = {
     "video_fps": "frames per second written into the MP4",
     "stage1_captions": "stage-1 caption samples (before --scale)",
     "train_per_task": "stage-2 samples per task and sample kind (before --scale)",
-    "eval_per_task": "held-out eval samples per task (before --scale)",
+    "eval_per_task": "test samples per eval task (before --scale): the reported split",
+    "dev_per_task": "dev samples per eval task (before --scale): new scenes to make choices on",
+    "paraphrase_per_task": "test_paraphrase samples per eval task (before --scale): test scenes, held-out wording",
     "max_objects": "most objects in one scene",
     "follow_ups": "extra short-answer questions per single-image training sample",
     "motion_drill": "direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before --scale; 0: no file)",
@@ -61,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = generate_world(args.out, settings, progress=not args.quiet, force=True)
     world = load_world(out)
-    files = ", ".join(f"{name}: {n}" for name, n in world["files"].items() if not name.startswith("eval/"))
+    files = ", ".join(f"{name}: {n}" for name, n in world["files"].items() if "/" not in name)
+    sizes = ", ".join(f"{split} {next(iter(tasks.values()))['n']}" for split, tasks in world["splits"].items())
     print(
         f"wrote {out} in {time.perf_counter() - start:.1f}s: {world['media']['images']} images, "
-        f"{world['media']['videos']} videos, {len(world['tasks'])} eval tasks x {settings.n_eval}; {files}"
+        f"{world['media']['videos']} videos, {len(world['tasks'])} eval tasks x ({sizes}); {files}"
     )
     return 0

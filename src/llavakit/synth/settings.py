@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 # Bump when a change to the generator changes its output for the same settings, so an old
 # world on disk is regenerated instead of being taken as complete.
-WORLD_VERSION = 10
+WORLD_VERSION = 11  # 11: the held-out split is `test` (was `eval`), plus `dev` and `test_paraphrase`
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,12 @@ class WorldSettings:
     video_fps: int = 8
     stage1_captions: int = 2000  # stage-1 caption samples (before scale)
     train_per_task: int = 300  # stage-2 samples per task / sample kind (before scale)
-    eval_per_task: int = 100  # held-out samples per eval task (before scale)
+    eval_per_task: int = 100  # test samples per eval task (before scale): the reported split
+    # dev samples per eval task (before scale): new scenes, the split a recipe's choices are made on
+    dev_per_task: int = 50
+    # test_paraphrase samples per eval task (before scale): the first test scenes, asked in a held-out
+    # phrasing; at most eval_per_task
+    paraphrase_per_task: int = 50
     max_objects: int = 5  # most objects in one scene (count answers go 1..max_objects)
     follow_ups: int = 4  # extra short-answer questions per single-image training sample
     # Direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before scale); 0 writes
@@ -56,7 +61,7 @@ class WorldSettings:
             problems.append(f"motion_drill must be >= 0, got {self.motion_drill}")
         if self.scale <= 0:
             problems.append(f"scale must be > 0, got {self.scale}")
-        for name in ("stage1_captions", "train_per_task", "eval_per_task"):
+        for name in ("stage1_captions", "train_per_task", "eval_per_task", "dev_per_task", "paraphrase_per_task"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if problems:
@@ -76,7 +81,17 @@ class WorldSettings:
 
     @property
     def n_eval(self) -> int:
+        """Samples of the test split per task."""
         return self.scaled(self.eval_per_task)
+
+    @property
+    def n_dev(self) -> int:
+        return self.scaled(self.dev_per_task)
+
+    @property
+    def n_paraphrase(self) -> int:
+        """Samples of the test_paraphrase split per task: the first test scenes, never more than there are."""
+        return min(self.scaled(self.paraphrase_per_task), self.n_eval)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

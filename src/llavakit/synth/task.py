@@ -2,7 +2,9 @@
 
 A builder is a function Context -> Sample. It draws everything from `ctx.rng`, a random stream
 of its own keyed by (seed, split, task, index), so a sample never depends on the samples
-generated before it, and it asks `ctx.fresh` for scenes so eval scenes never reach training.
+generated before it, and it asks `ctx.fresh` for scenes so held-out scenes never reach training.
+It words its question as `ctx.variant` says (questions.phrase): 0, the trained phrasing, but for
+the `test_paraphrase` split.
 """
 
 from __future__ import annotations
@@ -21,44 +23,61 @@ from .scene import Scene, Spec, place
 from .settings import WorldSettings
 from .video import encode_mp4
 
-ONE_WORD = "Answer with one word."
-A_NUMBER = "Answer with a number."
-ONE_LETTER = "Answer with one letter."
-FIRST_OR_SECOND = "Answer first or second."
-
 IMAGE = "<image>"
 VIDEO = "<video>"
 
 S = TypeVar("S")
 
 
+TEST, DEV = "test", "dev"
+HELD_OUT_SPLITS = (TEST, DEV)
+# The random stream of each split is keyed by its name; the test split keeps the key it had when it
+# was called "eval", so its scenes did not change with the name.
+STREAM_KEYS = {TEST: "eval"}
+
+
 class HeldOut:
-    """Signatures of eval scenes; training may not draw any of them."""
+    """Scene signatures of the splits drawn so far, so no scene is shared between splits.
+
+    The test split is drawn first and always admitted; training may not draw a test scene (as
+    before the dev split existed, so the training files did not change with it). The dev split is
+    drawn last and may draw no scene of test or training (nor of dev itself).
+    """
 
     def __init__(self) -> None:
-        self._signatures: set[str] = set()
+        self._test: set[str] = set()
+        self._drawn: set[str] = set()
 
     def admit(self, split: str, signatures: Sequence[str]) -> bool:
-        """Eval scenes are recorded and always admitted; a training sample is admitted only when
-        none of its scenes (a spot-the-difference pair has two) is an eval scene."""
-        if split == "eval":
-            self._signatures.update(signatures)
-            return True
-        return not self._signatures.intersection(signatures)
+        drawn = set(signatures)
+        if split == TEST:
+            self._test |= drawn
+        elif drawn & (self._drawn if split == DEV else self._test):
+            return False
+        self._drawn |= drawn
+        return True
 
 
 @dataclass
 class Context:
     settings: WorldSettings
     out_dir: Path
-    split: str  # "stage1", "train" or "eval"
+    split: str  # "stage1", "train", "test" or "dev"
     task: str
     index: int
     held_out: HeldOut
+    variant: int = 0  # the question's phrasing (questions.phrase): 0 the trained one
+    write_media: bool = True  # False: the media exist already (a paraphrase of a test sample)
 
     def __post_init__(self) -> None:
-        key = [self.settings.seed, zlib.crc32(self.split.encode()), zlib.crc32(self.task.encode()), self.index]
+        stream = STREAM_KEYS.get(self.split, self.split)
+        key = [self.settings.seed, zlib.crc32(stream.encode()), zlib.crc32(self.task.encode()), self.index]
         self.rng = np.random.default_rng(key)
+
+    @property
+    def held_out_split(self) -> bool:
+        """A test or dev sample: one question, no annotation, no follow-ups."""
+        return self.split in HELD_OUT_SPLITS
 
     @property
     def stem(self) -> str:
@@ -90,12 +109,14 @@ class Context:
 
     def save_image(self, image: Image.Image, suffix: str = "") -> str:
         relative = f"images/{self.stem}{suffix}.png"
-        atomic_write_bytes(self.out_dir / relative, png_bytes(image), durable=False)  # world.py syncs once
+        if self.write_media:
+            atomic_write_bytes(self.out_dir / relative, png_bytes(image), durable=False)  # world.py syncs once
         return relative
 
     def save_video(self, frames: Sequence[Image.Image]) -> str:
         relative = f"videos/{self.stem}.mp4"
-        atomic_write_bytes(self.out_dir / relative, encode_mp4(frames, self.settings.video_fps), durable=False)
+        if self.write_media:
+            atomic_write_bytes(self.out_dir / relative, encode_mp4(frames, self.settings.video_fps), durable=False)
         return relative
 
 

@@ -13,10 +13,8 @@ from .render import draw_scene
 from .scene import Scene, Spec, distinct_specs, pick, random_spec
 from .settings import WorldSettings
 from .solids import render_view, sample_hidden_scene
+from .questions import phrase
 from .task import (
-    A_NUMBER,
-    FIRST_OR_SECOND,
-    ONE_WORD,
     Context,
     Sample,
     Task,
@@ -26,6 +24,7 @@ from .task import (
 )
 
 COLOR_NAMES = tuple(vocab.COLORS)
+IMAGE_FORMATS = ("interleaved", "front")
 WHICH = ("first", "second")
 
 
@@ -35,7 +34,7 @@ def _multi_image_sample(
     """`scenes` (flat scenes, one per image) are annotated for training splits, as single images are."""
     image_format = image_format_for(ctx)
     prompt = multi_image_prompt(labels, text[image_format], image_format)
-    annotations = [annotation_record(s, i) for s, i in zip(scenes, images)] if ctx.split != "eval" else []
+    annotations = [annotation_record(s, i) for s, i in zip(scenes, images)] if not ctx.held_out_split else []
     return Sample(
         turns((prompt, answer)), image=images, answer=answer, options=tuple(options), image_format=image_format,
         annotations=annotations,
@@ -59,10 +58,7 @@ def build_spot_difference(ctx: Context) -> Sample:
     # training pair can be pixel for pixel an eval scene.
     before, after = ctx.fresh(draw)
     images = [ctx.save_image(draw_scene(before), "_1"), ctx.save_image(draw_scene(after), "_2")]
-    text = {
-        "interleaved": f"Which shape changed or disappeared in image 2? {ONE_WORD}",
-        "front": f"Which shape changed or disappeared in the second image? {ONE_WORD}",
-    }
+    text = {image_format: phrase(f"spot_difference_{image_format}", ctx.variant) for image_format in IMAGE_FORMATS}
     return _multi_image_sample(ctx, images, ["Image 1", "Image 2"], text, target, vocab.SHAPES, (before, after))
 
 
@@ -75,9 +71,9 @@ def build_which_image(ctx: Context) -> Sample:
     without_target = ctx.fresh(lambda: _scene_without(ctx, target))
     pair = [with_target, without_target] if answer == "first" else [without_target, with_target]
     images = [ctx.save_image(draw_scene(scene), f"_{k + 1}") for k, scene in enumerate(pair)]
-    question = f"Which image has {with_article(target.name)}? {FIRST_OR_SECOND}"
+    question = phrase("which_image", ctx.variant, target=with_article(target.name))
     return _multi_image_sample(
-        ctx, images, ["Image 1", "Image 2"], {"interleaved": question, "front": question}, answer, WHICH, tuple(pair)
+        ctx, images, ["Image 1", "Image 2"], dict.fromkeys(IMAGE_FORMATS, question), answer, WHICH, tuple(pair)
     )
 
 
@@ -119,17 +115,15 @@ def build_multiview(ctx: Context) -> Sample:
     )
     images = [ctx.save_image(render_view(scene, view, side), f"_view{view + 1}") for view in range(n_views)]
     labels = [f"View {view + 1}" for view in range(n_views)]
-    preface = "The images show one scene from different views. "
+    # "front" prompts say first that the images are views of one scene; "interleaved" ones label each view
     if asks_count:
         answer, options = str(n), counts
-        question = f"How many objects are in the scene? {A_NUMBER}"
-        text = {"interleaved": question, "front": preface + question}
+        text = {image_format: phrase(f"multiview_count_{image_format}", ctx.variant) for image_format in IMAGE_FORMATS}
     else:
         answer, options = scene.solids[hidden].color, COLOR_NAMES
-        text = {
-            "interleaved": f"What color is the object hidden in view {hidden_view + 1}? {ONE_WORD}",
-            "front": f"{preface}What color is the object hidden in the {vocab.ORDINALS[hidden_view]} view? {ONE_WORD}",
-        }
+        text = {image_format: phrase(f"multiview_hidden_{image_format}", ctx.variant, view=str(hidden_view + 1),
+                                     ordinal=vocab.ORDINALS[hidden_view])
+                for image_format in IMAGE_FORMATS}
     return _multi_image_sample(ctx, images, labels, text, answer, options)
 
 

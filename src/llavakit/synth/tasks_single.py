@@ -11,6 +11,7 @@ from .questions import (
     SIDE_WORDS,
     color_question,
     list_question,
+    phrase,
     listing_answer,
     relation_turn,
     relation_word,
@@ -31,8 +32,6 @@ from .scene import (
 )
 from .settings import WorldSettings
 from .task import (
-    ONE_LETTER,
-    ONE_WORD,
     Context,
     Sample,
     Task,
@@ -50,7 +49,7 @@ def _save(ctx: Context, scene: Scene, question: str, answer: str, options: tuple
     annotation and ask a few follow-up questions about the same image (eval samples ask one)."""
     image = ctx.save_image(draw_scene(scene))
     sample = single_image_question(question, answer, image, options, reply)
-    if ctx.split != "eval":
+    if not ctx.held_out_split:
         sample.annotations.append(annotation_record(scene, image))
         if follow_ups and ctx.settings.follow_ups:
             sample.conversations += turns(*follow_up_pairs(scene, ctx.rng, ctx.settings.follow_ups, question))
@@ -62,7 +61,7 @@ def build_color(ctx: Context) -> Sample:
     n = int(ctx.rng.integers(1, 4))
     first = random_spec(ctx.rng, color=target)
     scene = ctx.fresh(lambda: ctx.place(distinct_specs(ctx.rng, n, ("shape",), [first])))
-    return _save(ctx, scene, color_question(None if n == 1 else first.shape), target, COLOR_NAMES)
+    return _save(ctx, scene, color_question(None if n == 1 else first.shape, ctx.variant), target, COLOR_NAMES)
 
 
 def _drill_scene(ctx: Context, unique: tuple[str, ...],
@@ -211,7 +210,7 @@ def build_shape(ctx: Context) -> Sample:
     n = int(ctx.rng.integers(1, 4))
     first = random_spec(ctx.rng, shape=target)
     scene = ctx.fresh(lambda: ctx.place(distinct_specs(ctx.rng, n, ("color",), [first])))
-    return _save(ctx, scene, shape_question(None if n == 1 else first.color), target, vocab.SHAPES)
+    return _save(ctx, scene, shape_question(None if n == 1 else first.color, ctx.variant), target, vocab.SHAPES)
 
 
 def count_choices(settings: WorldSettings) -> tuple[str, ...]:
@@ -223,7 +222,7 @@ def build_count(ctx: Context) -> Sample:
     target = ctx.cycle(choices)
     specs = distinct_specs(ctx.rng, int(target))
     scene = ctx.fresh(lambda: ctx.place(specs))
-    return _save(ctx, scene, COUNT_QUESTION, target, choices)
+    return _save(ctx, scene, phrase("count", ctx.variant), target, choices)
 
 
 def build_position(ctx: Context) -> Sample:
@@ -241,7 +240,7 @@ def build_position(ctx: Context) -> Sample:
     scene = ctx.fresh(draw)
     a, b = scene.objects[:2]
     options = SIDE_WORDS[axis]
-    question, reply = relation_turn(a, b, axis, side)
+    question, reply = relation_turn(a, b, axis, side, ctx.variant)
     return _save(ctx, scene, question, target, options, reply=reply)
 
 
@@ -265,17 +264,17 @@ def build_hires_detail(ctx: Context) -> Sample:
     if asks_letter:
         target = vocab.LETTERS[turn % len(vocab.LETTERS)]
         detail = Spec("letter", pick(ctx.rng, COLOR_NAMES), "tiny", letter=target)
-        question, options = f"What letter is written in the image? {ONE_LETTER}", vocab.LETTERS
+        question, options = phrase("hires_letter", ctx.variant), vocab.LETTERS
     else:
         target = COLOR_NAMES[turn % len(COLOR_NAMES)]
         detail = _tiny_object(ctx, target)
-        question, options = TINY_COLOR_QUESTION, COLOR_NAMES
+        question, options = phrase("hires_tiny_color", ctx.variant), COLOR_NAMES
     scene = _hires_scene(ctx, detail)
     # The tiny detail is what this task is about; the others are context, so no follow-ups.
     return _save(ctx, scene, question, target, options, follow_ups=False)
 
 
-TINY_COLOR_QUESTION = f"What color is the tiny object? {ONE_WORD}"
+TINY_COLOR_QUESTION = phrase("hires_tiny_color")
 
 
 def _tiny_object(ctx: Context, color: str) -> Spec:

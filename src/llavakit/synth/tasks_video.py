@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from . import vocab
 from .language import object_phrase, sentence, with_article
-from .task import ONE_WORD, VIDEO, Context, Sample, Task, turns
+from .questions import phrase
+from .task import VIDEO, Context, Sample, Task, turns
 from .video import MovingScene, render_frames, sample_moving_scene
 
 MOTION = {"left": "moves to the left", "right": "moves to the right", "up": "moves up", "down": "moves down"}
@@ -21,7 +22,7 @@ def build_video_direction(ctx: Context, by_color: bool = False) -> Sample:
     scene = _moving_scene(ctx, direction)
     video = ctx.save_video(render_frames(scene, ctx.settings.video_frames))
     mover = f"{scene.mover.color} object" if by_color else scene.mover.name
-    question = f"{VIDEO}\nWhich direction is the {mover} moving? {ONE_WORD}"
+    question = f"{VIDEO}\n{phrase('video_direction', ctx.variant, mover=mover)}"
     return Sample(turns((question, direction)), video=video, answer=direction, options=vocab.DIRECTIONS)
 
 

@@ -1,6 +1,9 @@
-"""Generate a whole world into a directory: eval splits first, then stage-2, stage-1 and the stage-1.5 drills.
+"""Generate a whole world into a directory: the test split first (and its paraphrases), then
+stage-2, stage-1 and the stage-1.5 drills, then the dev split.
 
-Eval goes first so its scene signatures are held out before any training scene is drawn.
+Test goes first so its scene signatures are held out before any training scene is drawn; dev goes
+last and draws no scene of test or training, from a random stream of its own, so adding it left
+every training file and test scene as it was.
 Every file is written atomically and world.json last, so world.json marks a complete world. The
 media files are not synced one by one: the whole filesystem is synced once before world.json.
 """
@@ -21,9 +24,10 @@ from llavakit.datagen.recaption import RECAP_PROMPT
 
 from . import tasks_chat, tasks_multi, tasks_single, tasks_video, vocab
 from .files import atomic_write_text, write_jsonl
+from .questions import held_out_variant
 from .records import eval_record, llava_record, with_chance
 from .settings import WORLD_VERSION, WorldSettings
-from .task import IMAGE, VIDEO, Context, HeldOut, Sample, Task, turns
+from .task import DEV, IMAGE, TEST, VIDEO, Context, HeldOut, Sample, Task, turns
 from .video import video_codec
 
 EVAL_TASKS: tuple[Task, ...] = tasks_single.TASKS + tasks_multi.TASKS + tasks_video.TASKS
@@ -44,15 +48,25 @@ TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video
     "text_corpus.txt",
     "world.json",
 )
+# The held-out splits, each a folder of one JSONL file per eval task: test (reported), dev (where a
+# recipe's choices are made), test_paraphrase (test scenes asked in a held-out phrasing).
+PARAPHRASE = "test_paraphrase"
+EVAL_SPLITS = (TEST, DEV, PARAPHRASE)
 # Every file drills() may hold.
 DRILL_FILES = (GROUNDING_FILE, TINY_FILE, LISTING_FILE, SIDE_LISTING_FILE, RELATION_FILE, SHAPE_FILE, MOTION_FILE)
 # Files this generator names; only these are pruned when a world is regenerated.
-GENERATED_MEDIA = re.compile(r"^(stage1|train|eval)_[a-z0-9_]+_\d{5}(_[a-z0-9]+)?\.(png|mp4)$")
+GENERATED_MEDIA = re.compile(r"^(stage1|train|eval|test|dev)_[a-z0-9_]+_\d{5}(_[a-z0-9]+)?\.(png|mp4)$")
+EVAL_FOLDERS = (*EVAL_SPLITS, "eval")  # "eval": the test split's folder before WORLD_VERSION 11, pruned
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # files.atomic_write_bytes: ".<name>.<random>.tmp"
 
 
-def eval_file(task: str) -> str:
-    return f"eval/{task}.jsonl"
+def eval_file(task: str, split: str = TEST) -> str:
+    return f"{split}/{task}.jsonl"
+
+
+def split_size(settings: WorldSettings, split: str) -> int:
+    """Samples per eval task in a held-out split."""
+    return {TEST: settings.n_eval, DEV: settings.n_dev, PARAPHRASE: settings.n_paraphrase}[split]
 
 
 def train_count(task: Task, settings: WorldSettings) -> int:
@@ -105,9 +119,11 @@ def generate_world(
 
 def _draw_samples(
     out: Path, settings: WorldSettings, progress: bool
-) -> tuple[dict[str, list[dict]], dict[str, list[Sample]], list[Sample], dict[str, list[Sample]]]:
-    """Build every sample (media files are written as they are drawn): eval, train, stage-1, drills."""
-    total = (len(EVAL_TASKS) * settings.n_eval + sum(train_count(t, settings) for t in TRAIN_KINDS)
+) -> tuple[dict[str, dict[str, list[dict]]], dict[str, list[Sample]], list[Sample], dict[str, list[Sample]]]:
+    """Build every sample (media files are written as they are drawn): test and its paraphrases,
+    train, stage-1, drills, dev. Returns the eval records by split and task, and the rest."""
+    total = (len(EVAL_TASKS) * (settings.n_eval + settings.n_paraphrase + settings.n_dev)
+             + sum(train_count(t, settings) for t in TRAIN_KINDS)
              + settings.n_stage1 + sum(count for _, count in drills(settings).values()))
     held_out = HeldOut()
     with tqdm(total=total, desc="synth", unit="sample", disable=not progress) as bar:
@@ -119,17 +135,29 @@ def _draw_samples(
                 bar.update(1)
             return samples
 
-        evals = {t.name: _eval_records(t, run(t, "eval", settings.n_eval), settings) for t in EVAL_TASKS}
+        def paraphrases(task: Task) -> list[Sample]:
+            """The first test samples again (same draws, same media) in a held-out phrasing each."""
+            samples = []
+            for index in range(settings.n_paraphrase):
+                ctx = Context(settings, out, TEST, task.name, index, held_out,
+                              variant=held_out_variant(task.name, index), write_media=False)
+                samples.append(task.build(ctx))
+                bar.update(1)
+            return samples
+
+        evals = {TEST: {t.name: _eval_records(t, TEST, run(t, TEST, settings.n_eval), settings) for t in EVAL_TASKS}}
+        evals[PARAPHRASE] = {t.name: _eval_records(t, PARAPHRASE, paraphrases(t), settings) for t in EVAL_TASKS}
         train = {t.name: run(t, "train", train_count(t, settings)) for t in TRAIN_KINDS}
         stage1 = run(tasks_chat.STAGE1, "stage1", settings.n_stage1)
         drill_samples = {file: run(task, "train", count) for file, (task, count) in drills(settings).items()}
-    return evals, train, stage1, drill_samples
+        evals[DEV] = {t.name: _eval_records(t, DEV, run(t, DEV, settings.n_dev), settings) for t in EVAL_TASKS}
+    return {split: evals[split] for split in EVAL_SPLITS}, train, stage1, drill_samples
 
 
 def _write_world(
     out: Path,
     settings: WorldSettings,
-    evals: dict[str, list[dict]],
+    evals: dict[str, dict[str, list[dict]]],
     train: dict[str, list[Sample]],
     stage1: list[Sample],
     drill_samples: dict[str, list[Sample]],
@@ -147,7 +175,8 @@ def _write_world(
     drill_all = [r for records in drill_records.values() for r in records]
     corpus = corpus_lines(stage1_records + stage15_records + drill_all + stage2_records, annotations)
 
-    counts = {eval_file(task): write_jsonl(out / eval_file(task), records) for task, records in evals.items()}
+    counts = {eval_file(task, split): write_jsonl(out / eval_file(task, split), records)
+              for split, tasks in evals.items() for task, records in tasks.items()}
     counts[STAGE2_FILE] = write_jsonl(out / STAGE2_FILE, stage2_records)
     counts[STAGE1_FILE] = write_jsonl(out / STAGE1_FILE, stage1_records)
     counts[STAGE15_FILE] = write_jsonl(out / STAGE15_FILE, stage15_records)
@@ -159,9 +188,9 @@ def _write_world(
     atomic_write_text(out / CORPUS_FILE, "".join(line + "\n" for line in corpus))
     counts[CORPUS_FILE] = len(corpus)
 
-    media = _media_paths([r for records in evals.values() for r in records] + stage1_records + stage2_records
-                         + drill_all)
-    _prune(out, media, set(map(eval_file, evals)))
+    media = _media_paths([r for tasks in evals.values() for records in tasks.values() for r in records]
+                         + stage1_records + stage2_records + drill_all)
+    _prune(out, media, {eval_file(task, split) for split, tasks in evals.items() for task in tasks})
     manifest = world_manifest(settings, counts, media, evals, {kind: len(samples) for kind, samples in train.items()})
     if hasattr(os, "sync"):  # POSIX: the media (written without a sync each) reach the disk before world.json
         os.sync()
@@ -175,9 +204,10 @@ def recap_record(sample_id: str, stage1: Sample) -> dict:
             "conversations": turns((f"{IMAGE}\n{RECAP_PROMPT}", stage1.description))}
 
 
-def _eval_records(task: Task, samples: Sequence[Sample], settings: WorldSettings) -> list[dict]:
+def _eval_records(task: Task, split: str, samples: Sequence[Sample], settings: WorldSettings) -> list[dict]:
     choices = task.choices(settings)
-    return with_chance([eval_record(f"eval-{task.name}-{i:05d}", task.name, s, choices) for i, s in enumerate(samples)])
+    return with_chance([eval_record(f"{split}-{task.name}-{i:05d}", task.name, s, choices)
+                        for i, s in enumerate(samples)])
 
 
 def _shuffled(records: list[dict], seed: int) -> list[dict]:
@@ -217,12 +247,18 @@ def _prune(out: Path, keep_media: set[str], keep_eval: set[str]) -> None:
             stale = GENERATED_MEDIA.match(path.name) and f"{folder}/{path.name}" not in keep_media
             if path.is_file() and (stale or _our_temp_file(path.name)):
                 path.unlink()
-    for path in sorted((out / "eval").glob("*.jsonl")):
-        if f"eval/{path.name}" not in keep_eval:
-            path.unlink()
-    for path in sorted(out.glob(".*.tmp")) + sorted((out / "eval").glob(".*.tmp")):
+    for folder in EVAL_FOLDERS:
+        for path in sorted((out / folder).glob("*.jsonl")):
+            if f"{folder}/{path.name}" not in keep_eval:
+                path.unlink()
+    temp_files = sorted(out.glob(".*.tmp"))
+    temp_files += [path for folder in EVAL_FOLDERS for path in sorted((out / folder).glob(".*.tmp"))]
+    for path in temp_files:
         if _our_temp_file(path.name):
             path.unlink()
+    old = out / "eval"  # the folder of the test split before WORLD_VERSION 11, once emptied
+    if old.is_dir() and not any(old.iterdir()):
+        old.rmdir()
 
 
 def _our_temp_file(name: str) -> bool:
@@ -234,7 +270,8 @@ def _our_temp_file(name: str) -> bool:
 
 
 def world_manifest(
-    settings: WorldSettings, counts: dict, media: set[str], evals: dict[str, list[dict]], stage2_kinds: dict[str, int]
+    settings: WorldSettings, counts: dict, media: set[str], evals: dict[str, dict[str, list[dict]]],
+    stage2_kinds: dict[str, int],
 ) -> dict:
     return {
         "generator": "llavakit.synth",
@@ -251,14 +288,19 @@ def world_manifest(
             "video_fps": settings.video_fps,
         },
         "stage2_kinds": stage2_kinds,
-        "tasks": {
+        "tasks": {  # the test split's
             task: {
                 "file": eval_file(task),
                 "n": len(records),
                 "choices": records[0]["choices"],
                 "chance": records[0]["chance"],
             }
-            for task, records in evals.items()
+            for task, records in evals[TEST].items()
+        },
+        "splits": {
+            split: {task: {"file": eval_file(task, split), "n": len(records), "chance": records[0]["chance"]}
+                    for task, records in tasks.items()}
+            for split, tasks in evals.items()
         },
     }
 
