@@ -8,7 +8,7 @@ a number of seeds, the tasks compared and the baseline arm. ``llavakit lab`` run
     seeds: 3                          # seed k = the recipe's `seed` set to k, k = 0..seeds-1
     baseline: anyres                  # the arm every other is compared with (default: the first)
     tasks: [hires_detail]             # the tasks the ablation is about: they lead the table
-    section: eval                     # the results.json section compared
+    section: eval_dev                 # the results.json section compared
     overrides: {evaluation.limit: 50} # for every arm, before the arm's own
     arms:
       anyres: {}
@@ -50,9 +50,9 @@ class Ablation(BaseModel):
     seeds: int = Field(1, ge=1)
     baseline: str | None = None  # default: the first arm
     tasks: list[str] = []  # the tasks the ablation is about (default: every task the recipe evaluates)
-    # The results.json section compared: "eval" (the held-out split); a run's other sections
-    # (a dev split, paraphrases) when the recipe's runs write them.
-    section: str = "eval"
+    # The results.json section compared: "eval_dev" by default, since the lab is where a recipe's
+    # choices are made and test is only reported; "eval" (test) or "eval_paraphrase" when asked.
+    section: str = "eval_dev"
     overrides: dict[str, Any] = {}  # --set overrides of the recipe for every arm, before the arm's own
     arms: dict[str, dict[str, Any]] = Field(min_length=1)
 
