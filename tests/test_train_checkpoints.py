@@ -173,8 +173,9 @@ def test_a_full_disk_is_named_and_earlier_checkpoints_stay(data, onevision_dir, 
     if done.returncode == 77 or "unshare failed" in done.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[-200:]}")
     output = done.stdout + done.stderr
-    assert "exit=0" not in output
-    assert (f"DiskFullError: disk full: no space left on the filesystem of {small}/run/checkpoints while writing "
+    assert "exit=2" in output  # a user error: one line, no traceback
+    assert "Traceback" not in output
+    assert (f"llavakit train: disk full: no space left on the filesystem of {small}/run/checkpoints while writing "
             "checkpoint step-00000002; earlier checkpoints are intact") in output, output[-3000:]
     assert "unexpected pos" not in output
     assert [p.name for p in (copy / "checkpoints").iterdir()] == ["step-00000001"]  # the partial one is gone

@@ -24,6 +24,7 @@ from llavakit.errors import LlavakitError
 OPTIONAL_PACKAGES: dict[str, str] = {
     "fastapi": "llavakit[serve]", "uvicorn": "llavakit[serve]", "starlette": "llavakit[serve]",
     "peft": "llavakit[train]", "tensorboard": "llavakit[train]", "wandb": "llavakit[train]",
+    "pyarrow": "llavakit[data]",
     "lmms_eval": "lmms-eval", "datasets": "datasets", "bitsandbytes": "bitsandbytes", "flash_attn": "flash-attn",
 }
 USER_ERROR = 2
