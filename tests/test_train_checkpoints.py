@@ -18,7 +18,7 @@ import yaml
 
 from llavakit.errors import CheckpointError
 from llavakit.train import checkpoints
-from llavakit.train.config import TrainConfigError, build_config
+from llavakit.train.config import build_config
 from llavakit.train.loop import Trainer
 from train_fixtures import base_config, write_caption_data
 

@@ -46,6 +46,22 @@ def _assert_complete(run: Path) -> None:
         assert (directory / "state").is_dir() and (directory / "model" / "model.safetensors").is_file(), directory
 
 
+def _kill_after_logged_steps(config: Path, run: Path, steps: int) -> None:
+    """Train ``config`` and SIGKILL it once ``steps`` steps are logged; every checkpoint it leaves
+    must be complete."""
+    victim = _train(config)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+        if len(lines) >= steps:
+            break
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    _assert_complete(run)
+
+
 @pytest.mark.slow
 def test_sigkill_and_resume_reproduces_the_uninterrupted_run(onevision_dir, tmp_path):
     data = write_caption_data(tmp_path / "data", count=16)
@@ -57,17 +73,7 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(onevision_dir, tmp_
 
     config = _write_config(tmp_path, data, onevision_dir, "killed")
     run = tmp_path / "killed"
-    victim = _train(config)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
-        if len(lines) >= 5:
-            break
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=60)
-    assert victim.returncode == -signal.SIGKILL
-    _assert_complete(run)
+    _kill_after_logged_steps(config, run, 5)
     survivors = sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith("."))
     assert survivors and len(survivors) <= 2  # keep_last
 

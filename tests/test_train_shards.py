@@ -4,8 +4,6 @@ JSONL, and a streamed run (no length pre-pass) killed mid-epoch resumes to the u
 from __future__ import annotations
 
 import json
-import signal
-import time
 
 import pytest
 import yaml
@@ -13,7 +11,7 @@ import yaml
 from llavakit.train.config import build_config
 from llavakit.train.loop import Trainer
 from shard_fixtures import parquet_shards, tar_shards
-from test_train_resume import _assert_complete, _losses, _train
+from test_train_resume import _kill_after_logged_steps, _losses, _train
 from train_fixtures import base_config, write_caption_data
 
 
@@ -73,17 +71,7 @@ def test_a_streamed_epoch_killed_and_resumed_gives_the_uninterrupted_losses(data
 
     config = _streamed_config(tmp_path, parquet, onevision_dir, "killed")
     run = tmp_path / "killed"
-    victim = _train(config)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
-        if len(lines) >= 5:
-            break
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=60)
-    assert victim.returncode == -signal.SIGKILL
-    _assert_complete(run)
+    _kill_after_logged_steps(config, run, 5)
 
     resumed = _train(config, "--resume")
     output, _ = resumed.communicate(timeout=600)

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from llavakit.recipe.ablation import LabPlan, Run
 from llavakit.recipe.schema import RecipeError

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from . import vocab
 from .followups import follow_up_pairs
 from .questions import (
-    COUNT_QUESTION,
     SIDE_WORDS,
     color_question,
     list_question,
