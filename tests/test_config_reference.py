@@ -1,14 +1,20 @@
 """docs/config-reference.md is generated from the pydantic schemas: it lists every field of the
-training and model configs, each with a description, and is regenerated when a field changes."""
+training and model configs, the recipe files and the lab's ablation file, each with a description,
+and is regenerated when a field changes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 from llavakit.config import LlavaConfig
+from llavakit.recipe.ablation import Ablation
+from llavakit.recipe.model_recipe import ModelRecipe
+from llavakit.recipe.schema import Recipe
+from llavakit.synth.settings import WorldSettings
 from llavakit.train.config import TrainConfig
 from llavakit.train.schema_doc import REGENERATE, fields, markdown, missing_descriptions
 
@@ -20,7 +26,8 @@ def test_the_reference_is_current():
     assert DOC.is_file(), f"docs/config-reference.md is missing; regenerate it: {REGENERATE}"
     written = DOC.read_text()
     documented = {line.split("`")[1] for line in written.splitlines() if line.startswith("| `")}
-    expected = {path for model in (TrainConfig, LlavaConfig) for path, _ in fields(model)}
+    expected = {path for model in (TrainConfig, LlavaConfig, Recipe, ModelRecipe, Ablation)
+                for path, _ in fields(model)}
     assert not expected - documented, (f"fields missing from docs/config-reference.md: "
                                        f"{', '.join(sorted(expected - documented))}; regenerate it: {REGENERATE}")
     assert not documented - expected, (f"docs/config-reference.md lists fields that no longer exist: "
@@ -39,6 +46,22 @@ def test_nested_fields_are_listed_with_their_defaults():
     assert "| `data.sources[].image_folder` |" in text
     assert "| `optim.warmup_ratio` | float | `0.03` |" in text
     assert "| `visual.max_grids` | int \\| null | `9` |" in text
+    assert "| `stages[].mixture[].take` | str | `\"all\"` |" in text
+    assert "| `evaluation.limit` | int \\| null | `null` |" in text
+    assert "| `stages[].data[].image_folder` |" in text
+    assert "| `arms` | dict[str, dict[str, any]] | `required` |" in text
+
+
+def test_settings_dataclass_sections_carry_their_descriptions():
+    """The recipe's world and components sections are built from settings dataclasses: each field's
+    description comes from the dataclass field, and every dataclass field the recipe sets is listed."""
+    world = dict(fields(Recipe))
+    motion = next(f for f in dataclasses.fields(WorldSettings) if f.name == "motion_drill")
+    assert world["world.motion_drill"].description == motion.metadata["description"]
+    assert "| `world.motion_drill` | int | `0` |" in markdown()
+    assert "| `components.vision.position_weight` | float | `0.0` |" in markdown()
+    listed = {path.removeprefix("world.") for path in world if path.startswith("world.")}
+    assert listed == {f.name for f in dataclasses.fields(WorldSettings)} - {"seed", "scale"} | {"dir"}
 
 
 def test_train_schema_command(tmp_path):

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llavakit.utils import described
+
 # Bump when a change to the training code changes the weights for the same settings, so cached
 # components trained by older code are not reused.
 COMPONENTS_VERSION = 3
@@ -29,37 +31,38 @@ def _raise(name: str, problems: list[str]) -> None:
 class VisionSettings:
     """The image tower (a transformers SiglipVisionModel) and its contrastive training."""
 
-    image_size: int = 64
-    patch_size: int = 16  # 64 / 16 -> 4x4 = 16 tokens per crop, one per cell of the world's grid
-    hidden_size: int = 64
+    image_size: int = described(64, "side in pixels of the tower's input crop (a multiple of patch_size)")
+    patch_size: int = described(16, "side in pixels of a patch; 64 / 16 gives 4x4 = 16 tokens per crop, one "
+                                    "per cell of the world's grid")
+    hidden_size: int = described(64, "width of the tower (divisible by num_heads)")
     # 4 layers, not 2: with the token-name term below, a single token carries more of its object's
     # shape (probe "shape_token"), and the quickstart's shape answers followed.
-    num_layers: int = 4
-    num_heads: int = 4
-    mlp_ratio: int = 4
-    text_hidden_size: int = 64  # the caption encoder, discarded after training
-    text_layers: int = 1
-    embed_dim: int = 64  # shared image-text embedding
-    loss: Literal["sigmoid", "softmax"] = "sigmoid"  # SigLIP or CLIP, image-caption level
-    region_weight: float = 1.0  # box-name contrastive term (0: whole captions only)
-    # Token-name term: each token under a box names the box's object on its own, weighted by its
-    # share of the box. LLaVA's LM reads tokens one by one, and without this term the pooled box
-    # told the shape far better than any one of its tokens (0: off).
-    token_weight: float = 1.0
-    # Token-position term: each token says which row and column of the grid it is in (two linear
-    # heads). Attention hands the LM a token's content, not its place, and the contrastive terms
-    # wash place out: without the term the object's own token told its position worse than an
-    # untrained tower's (probe "position_token"). Readable by a probe is not enough: at a weight
-    # of 1 place stayed a small share of a token's variance and the LM never learned to name an
-    # object's side; a larger weight gives place a larger share (probe "position_share") and it
-    # did. Off (0) by default; the quickstart recipe sets it (components.vision.position_weight).
-    position_weight: float = 0.0
-    steps: int = 400
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.05
-    probe_images: int = 500  # rendered per probe split (train and test)
+    num_layers: int = described(4, "transformer layers of the tower")
+    num_heads: int = described(4, "attention heads of the tower")
+    mlp_ratio: int = described(4, "MLP width as a multiple of hidden_size")
+    text_hidden_size: int = described(64, "width of the caption encoder (discarded after training)")
+    text_layers: int = described(1, "layers of the caption encoder")
+    embed_dim: int = described(64, "size of the shared image-text embedding")
+    loss: Literal["sigmoid", "softmax"] = described("sigmoid", "image-caption contrastive loss: sigmoid "
+                                                               "(SigLIP) or softmax (CLIP)")
+    region_weight: float = described(1.0, "weight of the box-name contrastive term (0: whole captions only)")
+    # LLaVA's LM reads tokens one by one, and without this term the pooled box told the shape far
+    # better than any one of its tokens.
+    token_weight: float = described(1.0, "weight of the token-name term: each token under a box names the "
+                                         "box's object on its own, weighted by its share of the box (0: off)")
+    # Attention hands the LM a token's content, not its place, and the contrastive terms wash place
+    # out: without the term the object's own token told its position worse than an untrained
+    # tower's (probe "position_token"). Readable by a probe is not enough: at a weight of 1 place
+    # stayed a small share of a token's variance and the LM never learned to name an object's side;
+    # a larger weight gives place a larger share (probe "position_share") and it did.
+    position_weight: float = described(0.0, "weight of the token-position term: each token says which row and "
+                                            "column of the grid it is in (two linear heads); 0: off")
+    steps: int = described(400, "training steps (before the components' scale)")
+    batch_size: int = described(64, "images per training step")
+    lr: float = described(3e-3, "peak learning rate")
+    weight_decay: float = described(0.05, "AdamW weight decay")
+    warmup_fraction: float = described(0.05, "share of the steps spent warming the learning rate up, in [0, 1)")
+    probe_images: int = described(500, "images rendered per probe split (train and test)")
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -83,23 +86,25 @@ class VisionSettings:
 class LanguageSettings:
     """The BPE tokenizer and the Qwen2 causal LM."""
 
-    vocab_size: int = 768  # upper bound; BPE stops early once the corpus has no merges left
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    # Positions up to seq_len are trained; LLaVA prompts with AnyRes images run to a few hundred tokens.
-    seq_len: int = 512
-    max_position_embeddings: int = 4096
+    vocab_size: int = described(768, "upper bound of the BPE vocabulary (at least 300); BPE stops early once "
+                                     "the corpus has no merges left")
+    hidden_size: int = described(128, "width of the LM (divisible by num_heads)")
+    intermediate_size: int = described(384, "width of the LM's MLP")
+    num_layers: int = described(4, "decoder layers of the LM")
+    num_heads: int = described(4, "attention heads of the LM")
+    num_kv_heads: int = described(2, "key/value heads (grouped-query attention; divides num_heads)")
+    # LLaVA prompts with AnyRes images run to a few hundred tokens.
+    seq_len: int = described(512, "tokens per training sequence: positions up to seq_len are trained")
+    max_position_embeddings: int = described(4096, "the LM's max_position_embeddings: the longest sequence it "
+                                                   "takes (at least seq_len)")
     # Far fewer steps left an LM whose answer ignored the question (the same colour, number and
     # direction words whatever was asked); at this count it answers each question with its own kind.
-    steps: int = 400
-    batch_size: int = 6
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    warmup_fraction: float = 0.05
-    val_fraction: float = 0.05  # documents held out for the reported perplexity
+    steps: int = described(400, "training steps (before the components' scale)")
+    batch_size: int = described(6, "sequences per training step")
+    lr: float = described(3e-3, "peak learning rate")
+    weight_decay: float = described(0.1, "AdamW weight decay")
+    warmup_fraction: float = described(0.05, "share of the steps spent warming the learning rate up, in [0, 1)")
+    val_fraction: float = described(0.05, "share of documents held out for the reported perplexity, in (0, 0.5)")
 
     def __post_init__(self) -> None:
         problems: list[str] = []

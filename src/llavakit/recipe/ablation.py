@@ -41,20 +41,23 @@ RESULTS_FILE = "results.json"  # a run is finished when its folder holds this
 class Ablation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str
-    claim: str = ""  # the seed paper's finding this ablation tests, with the seed it comes from
-    # Why the ablation cannot test its claim yet (a knob or data the project lacks); it still
-    # loads and plans, so it is checked like the others.
-    status: str | None = None
-    recipe: str
-    seeds: int = Field(1, ge=1)
-    baseline: str | None = None  # default: the first arm
-    tasks: list[str] = []  # the tasks the ablation is about (default: every task the recipe evaluates)
-    # The results.json section compared: "eval_dev" by default, since the lab is where a recipe's
-    # choices are made and test is only reported; "eval" (test) or "eval_paraphrase" when asked.
-    section: str = "eval_dev"
-    overrides: dict[str, Any] = {}  # --set overrides of the recipe for every arm, before the arm's own
-    arms: dict[str, dict[str, Any]] = Field(min_length=1)
+    title: str = Field(description="what the ablation compares (the report's title)")
+    claim: str = Field("", description="the seed paper's finding this ablation tests, with the seed it comes from")
+    # An ablation with a status still loads and plans, so it is checked like the others.
+    status: str | None = Field(None, description="why the ablation cannot test its claim yet (a knob or data "
+                                                 "the project lacks); null: it can")
+    recipe: str = Field(description="the base recipe: a path relative to this file, or a shipped recipe's name")
+    seeds: int = Field(1, ge=1, description="runs per arm: seed k sets the recipe's `seed` to k, k = 0..seeds-1")
+    baseline: str | None = Field(None, description="the arm every other is compared with (null: the first arm)")
+    tasks: list[str] = Field([], description="the tasks the ablation is about; they lead the table (empty: "
+                                             "every task the recipe evaluates)")
+    # dev by default: the lab is where a recipe's choices are made, and test is only reported.
+    section: str = Field("eval_dev", description="the results.json section compared: eval_dev (dev), eval "
+                                                 "(test) or eval_paraphrase (test_paraphrase)")
+    overrides: dict[str, Any] = Field({}, description="--set overrides of the recipe for every arm, before the "
+                                                      "arm's own")
+    arms: dict[str, dict[str, Any]] = Field(min_length=1, description="the arms by name (each names a folder), "
+                                                                      "each a mapping of --set overrides")
 
     @model_validator(mode="after")
     def _baseline(self) -> Ablation:

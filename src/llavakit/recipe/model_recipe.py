@@ -41,7 +41,9 @@ MODEL_KEY = "vision"  # a recipe whose `model` names its parts (the synthetic-wo
 class DataStage(StageBase):
     """A stage over the user's data files (None until given)."""
 
-    data: list[DataSource] | None = None
+    data: list[DataSource] | None = Field(None, description="the stage's data: a path, a DataSource mapping or a "
+                                                        "list of them (null until given, e.g. with --set "
+                                                        "stages.NAME.data=PATH)")
 
     @field_validator("data", mode="before")
     @classmethod
@@ -70,13 +72,15 @@ class MediaSection(_Strict):
 
 
 class ModelRecipe(_Strict):
-    name: str
-    description: str = ""
-    seed: int = 0
-    model: dict[str, Any]
-    media: MediaSection = MediaSection()
-    stage_defaults: dict[str, Any] = {}
-    stages: list[DataStage] = Field(min_length=1)
+    name: str = Field(description="the recipe's name")
+    description: str = Field("", description="what the recipe builds, in a sentence or two")
+    seed: int = Field(0, description="the seed of every stage")
+    model: dict[str, Any] = Field(description="LlavaConfig data (see the model config above); vision and llm "
+                                              "each carry `pretrained` (the hub id) and `hf_config` (its "
+                                              "architecture, so planning needs no download)")
+    media: MediaSection = Field(MediaSection(), description="the samples `llavakit plan` counts visual tokens of")
+    stage_defaults: dict[str, Any] = Field({}, description="a TrainConfig fragment under every stage's own `train`")
+    stages: list[DataStage] = Field(min_length=1, description="the training stages, run in order")
 
     def enabled_stages(self) -> list[DataStage]:
         return [stage for stage in self.stages if stage.enabled]

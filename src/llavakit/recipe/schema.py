@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from llavakit.errors import LlavakitError
 from llavakit.quickstart.settings import ComponentSettings, LanguageSettings, VisionSettings
 from llavakit.synth.settings import WorldSettings
+from llavakit.utils import DESCRIPTION
 
 
 class RecipeError(LlavakitError):
@@ -52,33 +53,41 @@ class _Strict(BaseModel):
 def _section(cls: type, name: str, skip: tuple[str, ...] = (), **extra: Any) -> type[BaseModel]:
     """A strict pydantic model of a settings dataclass's fields (less ``skip``, plus ``extra``)."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls)
-              if f.name not in skip and f.default is not dataclasses.MISSING}
+    fields = {f.name: (hints[f.name], Field(f.default, description=f.metadata.get(DESCRIPTION)))
+              for f in dataclasses.fields(cls) if f.name not in skip and f.default is not dataclasses.MISSING}
     return create_model(name, __base__=_Strict, **fields, **extra)
 
 
 # seed and scale are the recipe's own, the same for the world, the components and the stages
-WorldSection = _section(WorldSettings, "WorldSection", skip=("seed", "scale"), dir=(str | None, None))
+WorldSection = _section(WorldSettings, "WorldSection", skip=("seed", "scale"),
+                        dir=(str | None, Field(None, description="the world's folder (null: OUT/world); a world "
+                                                                 "already there with the same settings is reused")))
 VisionSection = _section(VisionSettings, "VisionSection")
 LanguageSection = _section(LanguageSettings, "LanguageSection")
 
 
 class ComponentsSection(_Strict):
-    cache: str | None = None  # None: OUT/cache
-    vision: VisionSection = VisionSection()  # type: ignore[valid-type]
-    language: LanguageSection = LanguageSection()  # type: ignore[valid-type]
-    device: str | None = None
-    threads: int | None = None
+    cache: str | None = Field(None, description="the trained components' cache folder (null: OUT/cache), keyed "
+                                                "by their settings and world")
+    vision: VisionSection = Field(  # type: ignore[valid-type]
+        VisionSection(), description="the SigLIP-style vision tower and its contrastive training (quickstart.settings)")
+    language: LanguageSection = Field(  # type: ignore[valid-type]
+        LanguageSection(), description="the BPE tokenizer and the Qwen2 LM (quickstart.settings)")
+    device: str | None = Field(None, description="where the components train (null: CUDA when available); not "
+                                                 "part of the cache key")
+    threads: int | None = Field(None, description="torch threads while the components train (null: torch's "
+                                                  "default); not part of the cache key")
 
 
 class ModelSection(_Strict):
-    # config.VisualConfig data (checked by `check`), passed as written to the first stage's build
-    visual: dict[str, Any] = {}
+    visual: dict[str, Any] = Field({}, description="config.VisualConfig data (checked by `check`), passed as "
+                                                   "written to the first stage's build")
 
 
 class MixtureItem(_Strict):
-    dataset: str  # a name of synth.datasets.DATASETS
-    take: str = "all"  # a mixture sampling strategy: all, first:N, end:N, random:N (N a count or K%)
+    dataset: str = Field(description="a dataset of the world by name (synth.datasets.DATASETS)")
+    take: str = Field("all", description="a mixture sampling strategy: all, first:N, end:N, random:N (N a "
+                                         "count or K%)")
 
     @field_validator("take")
     @classmethod
@@ -92,8 +101,8 @@ class MixtureItem(_Strict):
 class ScaleRule(_Strict):
     """The stage's value times ``scale ** power``, never below ``min``."""
 
-    power: float = 1.0
-    min: float | None = None
+    power: float = Field(1.0, description="the exponent of the recipe's scale")
+    min: float | None = Field(None, description="the least value after scaling (null: no floor)")
 
 
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -106,10 +115,15 @@ class StageBase(_Strict):
     """What every recipe's stage has, whatever its data: a name, a start and a TrainConfig fragment
     (the synthetic-world stages here, the hub-parts stages of ``model_recipe``)."""
 
-    name: str
-    enabled: bool = True
-    start: str = START_PREVIOUS  # parts (stage-1: pretrained parts, new projector), previous, or a stage name
-    train: dict[str, Any] = {}  # a TrainConfig fragment (train.config), over stage_defaults
+    name: str = Field(description="the stage's name: letters, digits, '_', '.', '-' (it names the stage's "
+                                  "folder and its `--set stages.NAME...` path)")
+    enabled: bool = Field(True, description="false: the stage does not run (a later stage's `previous` is then "
+                                                "the last stage before it that runs)")
+    start: str = Field(START_PREVIOUS, description="what the stage starts from: parts (pretrained parts, a new "
+                                                   "projector), previous (the stage before it that runs), or an "
+                                                   "earlier stage's name")
+    train: dict[str, Any] = Field({}, description="a TrainConfig fragment (see the training config above), "
+                                                  "over stage_defaults")
 
     @field_validator("name")
     @classmethod
@@ -121,21 +135,27 @@ class StageBase(_Strict):
 
 
 class StageSpec(StageBase):
-    mixture: list[MixtureItem]
-    scale: dict[Literal["epochs", "max_steps"], ScaleRule | None] = {}
+    mixture: list[MixtureItem] = Field(description="the world's datasets the stage trains on, each with its "
+                                                   "share (`take`)")
+    scale: dict[Literal["epochs", "max_steps"], ScaleRule | None] = Field(
+        {}, description="how the recipe's scale changes the stage's epochs or max_steps: {power, min} gives "
+                        "value * scale ** power, never below min (power 1.0, min null by default)")
 
 
 EvalSplit = Literal["dev", "test", "test_paraphrase"]  # the world's held-out splits (synth.world.EVAL_SPLITS)
 
 
 class EvaluationSection(_Strict):
-    # The world's held-out splits to score: dev (new scenes; what a recipe's choices are made on),
-    # test (reported, never chosen on), test_paraphrase (the test scenes asked in held-out wording).
-    splits: list[EvalSplit] = Field(["dev", "test", "test_paraphrase"], min_length=1)
-    tasks: list[str] = Field(min_length=1)  # the world's eval task names (synth.EVAL_TASK_NAMES)
-    controls: list[str] = []  # tasks asked again with every image swapped for another sample's
-    limit: int | None = Field(None, ge=1)  # at most this many samples per task and split
-    batch_size: int = Field(32, ge=1)
+    splits: list[EvalSplit] = Field(["dev", "test", "test_paraphrase"], min_length=1,
+                                    description="the world's held-out splits to score, each once: dev (new "
+                                                "scenes; what a recipe's choices are made on), test (reported, "
+                                                "never chosen on), test_paraphrase (the test scenes asked in "
+                                                "held-out wording)")
+    tasks: list[str] = Field(min_length=1, description="the world's eval task names (synth.EVAL_TASK_NAMES)")
+    controls: list[str] = Field([], description="tasks asked again with every image swapped for another "
+                                                "sample's (on test; on dev if test is not scored)")
+    limit: int | None = Field(None, ge=1, description="at most this many samples per task and split (null: all)")
+    batch_size: int = Field(32, ge=1, description="samples per generation batch")
 
     @field_validator("splits")
     @classmethod
@@ -146,16 +166,20 @@ class EvaluationSection(_Strict):
 
 
 class Recipe(_Strict):
-    name: str
-    description: str = ""
-    seed: int = 0
-    scale: float = Field(1.0, gt=0)
-    world: WorldSection = WorldSection()  # type: ignore[valid-type]
-    components: ComponentsSection = ComponentsSection()
-    model: ModelSection = ModelSection()
-    stage_defaults: dict[str, Any] = {}
-    stages: list[StageSpec] = Field(min_length=1)
-    evaluation: EvaluationSection
+    name: str = Field(description="the recipe's name (reports show it)")
+    description: str = Field("", description="what the recipe is for, in a sentence or two")
+    seed: int = Field(0, description="the seed of the world, the components and every stage")
+    scale: float = Field(1.0, gt=0, description="multiplies the world's sample counts, the components' steps and "
+                                                "each stage's epochs or max_steps under its `scale` rules")
+    world: WorldSection = Field(  # type: ignore[valid-type]
+        WorldSection(), description="the synthetic world's settings (synth.WorldSettings; seed and scale are the "
+                                    "recipe's)")
+    components: ComponentsSection = Field(ComponentsSection(), description="the tiny vision tower and LM trained "
+                                                                           "before the stages")
+    model: ModelSection = Field(ModelSection(), description="the LLaVA model's settings beyond its components")
+    stage_defaults: dict[str, Any] = Field({}, description="a TrainConfig fragment under every stage's own `train`")
+    stages: list[StageSpec] = Field(min_length=1, description="the training stages, run in order")
+    evaluation: EvaluationSection = Field(description="what is scored once the last stage has trained")
 
     def enabled_stages(self) -> list[StageSpec]:
         return [stage for stage in self.stages if stage.enabled]

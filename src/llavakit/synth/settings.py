@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from llavakit.utils import described
+
 # Bump when a change to the generator changes its output for the same settings, so an old
 # world on disk is regenerated instead of being taken as complete.
 WORLD_VERSION = 11  # 11: the held-out split is `test` (was `eval`), plus `dev` and `test_paraphrase`
@@ -12,29 +14,28 @@ WORLD_VERSION = 11  # 11: the held-out split is `test` (was `eval`), plus `dev` 
 
 @dataclass(frozen=True)
 class WorldSettings:
-    seed: int = 0
-    image_side: int = 64  # side of normal single-image, multi-image and multi-view scenes
-    hires_side: int = 256  # side of hires_detail images (>= 2x image_side)
-    # Objects sit in the cells of a grid this many pixels wide (0: anywhere). 16 matches the
-    # quickstart tower's patches, so each object is one whole token (see scene.place).
-    grid: int = 16
-    video_frames: int = 8
-    video_side: int = 64
-    video_fps: int = 8
-    stage1_captions: int = 2000  # stage-1 caption samples (before scale)
-    train_per_task: int = 300  # stage-2 samples per task / sample kind (before scale)
-    eval_per_task: int = 100  # test samples per eval task (before scale): the reported split
-    # dev samples per eval task (before scale): new scenes, the split a recipe's choices are made on
-    dev_per_task: int = 50
-    # test_paraphrase samples per eval task (before scale): the first test scenes, asked in a held-out
-    # phrasing; at most eval_per_task
-    paraphrase_per_task: int = 50
-    max_objects: int = 5  # most objects in one scene (count answers go 1..max_objects)
-    follow_ups: int = 4  # extra short-answer questions per single-image training sample
-    # Direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before scale); 0 writes
-    # no such file. Off by default: only a recipe that trains a motion phase needs the clips.
-    motion_drill: int = 0
-    scale: float = 1.0  # multiplier on every sample count
+    seed: int = described(0, "seed of every random choice in the world (a recipe sets it from its own `seed`)")
+    image_side: int = described(64, "side in pixels of single-image, multi-image and multi-view scenes")
+    hires_side: int = described(256, "side in pixels of hires_detail images (at least 2 x image_side)")
+    # 16 matches the quickstart tower's patches, so each object is one whole token (see scene.place).
+    grid: int = described(16, "objects sit in the cells of a grid this many pixels wide (0: anywhere); "
+                              "divides image_side")
+    video_frames: int = described(8, "frames per video clip (at least 2, to show motion)")
+    video_side: int = described(64, "side in pixels of video frames (even, at least 32)")
+    video_fps: int = described(8, "frames per second of the written videos")
+    stage1_captions: int = described(2000, "stage-1 caption samples (before scale)")
+    train_per_task: int = described(300, "stage-2 training samples per task / sample kind (before scale)")
+    eval_per_task: int = described(100, "test samples per eval task (before scale): the reported split")
+    dev_per_task: int = described(50, "dev samples per eval task (before scale): new scenes, the split a "
+                                      "recipe's choices are made on")
+    paraphrase_per_task: int = described(50, "test_paraphrase samples per eval task (before scale): the first "
+                                             "test scenes asked in a held-out phrasing; at most eval_per_task")
+    max_objects: int = described(5, "most objects in one scene, 3..6 (count answers go 1..max_objects)")
+    follow_ups: int = described(4, "extra short-answer questions per single-image training sample")
+    # Off by default: only a recipe that trains a motion phase needs the clips.
+    motion_drill: int = described(0, "direction clips of the stage-1.5 motion drill, stage15_motion.jsonl "
+                                      "(before scale); 0 writes no such file")
+    scale: float = described(1.0, "multiplier on every sample count (a recipe sets it from its own `scale`)")
 
     def __post_init__(self) -> None:
         problems = []

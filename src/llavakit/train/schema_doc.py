@@ -4,8 +4,11 @@
     llavakit train --schema --json                                   # TrainConfig's JSON schema
 
 Every field of `TrainConfig` (nested sections as dotted paths, list items as ``[]``), the stage
-presets, and the model config (`LlavaConfig`, what ``model.build`` holds): type, default and the
-field's ``description``.
+presets, the model config (`LlavaConfig`, what ``model.build`` holds), the recipe files (`Recipe`,
+`ModelRecipe`) and the lab's ablation file (`Ablation`): type, default and the field's
+``description``. The recipe's sections built from settings dataclasses (``world``,
+``components.vision``, ``components.language``) take theirs from the dataclass fields' metadata
+(``llavakit.utils.described``).
 """
 
 from __future__ import annotations
@@ -83,8 +86,22 @@ def table(model: type[BaseModel]) -> str:
     return "\n".join(rows)
 
 
+def documented() -> list[type[BaseModel]]:
+    """The schemas the reference lists, in its order."""
+    from llavakit.config import LlavaConfig
+    from llavakit.recipe.ablation import Ablation
+    from llavakit.recipe.model_recipe import ModelRecipe
+    from llavakit.recipe.schema import Recipe
+    from llavakit.train.config import TrainConfig
+
+    return [TrainConfig, LlavaConfig, Recipe, ModelRecipe, Ablation]
+
+
 def markdown() -> str:
     from llavakit.config import LlavaConfig
+    from llavakit.recipe.ablation import Ablation
+    from llavakit.recipe.model_recipe import ModelRecipe
+    from llavakit.recipe.schema import Recipe
     from llavakit.train.config import PRESETS, TrainConfig
 
     presets = "\n".join(f"- `{stage}`: `{json.dumps(values)}`" for stage, values in PRESETS.items())
@@ -93,9 +110,10 @@ def markdown() -> str:
 <!-- Generated from the pydantic schemas by `{REGENERATE}`
      (the same text as `llavakit train --schema`); do not edit by hand. -->
 
-Every field of a training config (`llavakit train CONFIG.yaml`, `--set key.path=value`) and of the
-model config. Nested sections are dotted paths; `[]` marks the items of a list. `required` fields
-have no default. How the fields work together: [training.md](training.md), [model.md](model.md).
+Every field of a training config (`llavakit train CONFIG.yaml`, `--set key.path=value`), of the
+model config, of the recipe files and of the lab's ablation file. Nested sections are dotted paths;
+`[]` marks the items of a list. `required` fields have no default. How the fields work together:
+[training.md](training.md), [model.md](model.md), [recipes.md](recipes.md), [lab.md](lab.md).
 
 ## Training config (`TrainConfig`)
 
@@ -114,6 +132,27 @@ What `model.build` holds (with `pretrained` paths for `vision` and `llm`), and w
 `llavakit_config.json` stores.
 
 {table(LlavaConfig)}
+
+## Recipe (`llavakit recipe run`, `llavakit quickstart`)
+
+A synthetic-world recipe: the world, the tiny components, the stages and the evaluation. A stage's
+`train` and the recipe's `stage_defaults` are training-config fragments (above); `--set
+stages.NAME.train.key=value` names a stage by its name.
+
+{table(Recipe)}
+
+## Real-model recipe (`llavakit plan`)
+
+A recipe whose `model` names its parts by hub id, with their architectures written out; the stages'
+`data` are the user's.
+
+{table(ModelRecipe)}
+
+## Ablation file (`llavakit lab`)
+
+A base recipe, named arms of `--set` overrides, the seeds and the compared tasks.
+
+{table(Ablation)}
 """
 
 
@@ -125,10 +164,8 @@ def json_schema() -> str:
 
 def missing_descriptions() -> list[str]:
     """Fields of the documented schemas without a description (the reference would be silent)."""
-    from llavakit.config import LlavaConfig
-    from llavakit.train.config import TrainConfig
-
-    return [path for model in (TrainConfig, LlavaConfig) for path, info in fields(model) if not info.description]
+    return [f"{model.__name__}: {path}" for model in documented() for path, info in fields(model)
+            if not info.description]
 
 
 def main() -> None:
