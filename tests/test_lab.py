@@ -108,12 +108,15 @@ def test_an_unknown_baseline_or_a_bad_arm_override_is_refused_naming_it(tmp_path
 
 
 def _fake_results(plan, scores):
-    """Each run's results.json as the runner writes it, with ``scores[arm][seed]`` for color."""
+    """Each run's results.json as the runner writes it, with ``scores[arm][seed]`` for color on dev;
+    the test split scores 0 everywhere, so a report that read it would show it."""
     for run in plan.runs:
         run.dir.mkdir(parents=True)
-        evaluation = {"color": {"accuracy": scores[run.arm][run.seed], "chance": 0.125, "n": 2},
-                      "count": {"accuracy": 0.5, "chance": 0.2, "n": 2}}
-        (run.dir / "results.json").write_text(json.dumps({"eval": evaluation, "seconds": 60.0 * (1 + run.seed)}))
+        dev = {"color": {"accuracy": scores[run.arm][run.seed], "chance": 0.125, "n": 2},
+               "count": {"accuracy": 0.5, "chance": 0.2, "n": 2}}
+        test = {task: {**row, "accuracy": 0.0} for task, row in dev.items()}
+        (run.dir / "results.json").write_text(json.dumps({"eval_dev": dev, "eval": test,
+                                                          "seconds": 60.0 * (1 + run.seed)}))
 
 
 def test_report_tables_and_chart_from_finished_runs(tmp_path):
