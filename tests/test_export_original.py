@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import llavakit
-from conftest import random_image
+from test_checkpoint import _logits
 from llavakit.checkpoint import layouts
 from llavakit.cli import main
 from llavakit.errors import CheckpointError
@@ -33,15 +33,6 @@ SGLANG_TOWER_WORDS = ("clip", "siglip")
 LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 
 
-def _conversation():
-    return [{"role": "user", "content": [{"type": "image", "image": random_image(80, 130, seed=7)},
-                                         {"type": "text", "text": "What is it?"}]}]
-
-
-def _logits(model):
-    inputs = model.prepare([_conversation()])
-    with torch.no_grad():
-        return model.model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.visual_items).logits
 
 
 def _pad_square(llava15_dir, directory):  # LLaVA-1.5 as the research code runs it (image_aspect_ratio "pad")

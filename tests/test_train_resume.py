@@ -46,6 +46,16 @@ def _assert_complete(run: Path) -> None:
         assert (directory / "state").is_dir() and (directory / "model" / "model.safetensors").is_file(), directory
 
 
+def _losses_of_a_whole_run(config: Path, run: Path) -> list[float]:
+    """Train ``config`` to its end in a subprocess; its STEPS losses."""
+    done = _train(config)
+    output, _ = done.communicate(timeout=600)
+    assert done.returncode == 0, output
+    losses = _losses(run)
+    assert len(losses) == STEPS
+    return losses
+
+
 def _kill_after_logged_steps(config: Path, run: Path, steps: int) -> None:
     """Train ``config`` and SIGKILL it once ``steps`` steps are logged; every checkpoint it leaves
     must be complete."""
@@ -65,11 +75,7 @@ def _kill_after_logged_steps(config: Path, run: Path, steps: int) -> None:
 @pytest.mark.slow
 def test_sigkill_and_resume_reproduces_the_uninterrupted_run(onevision_dir, tmp_path):
     data = write_caption_data(tmp_path / "data", count=16)
-    reference = _train(_write_config(tmp_path, data, onevision_dir, "straight"))
-    output, _ = reference.communicate(timeout=600)
-    assert reference.returncode == 0, output
-    expected = _losses(tmp_path / "straight")
-    assert len(expected) == STEPS
+    expected = _losses_of_a_whole_run(_write_config(tmp_path, data, onevision_dir, "straight"), tmp_path / "straight")
 
     config = _write_config(tmp_path, data, onevision_dir, "killed")
     run = tmp_path / "killed"

@@ -25,7 +25,7 @@ OPTIONAL_PACKAGES: dict[str, str] = {
     "fastapi": "llavakit[serve]", "uvicorn": "llavakit[serve]", "starlette": "llavakit[serve]",
     "peft": "llavakit[train]", "tensorboard": "llavakit[train]", "wandb": "llavakit[train]",
     "pyarrow": "llavakit[data]",
-    "lmms_eval": "lmms-eval", "datasets": "datasets", "bitsandbytes": "bitsandbytes", "flash_attn": "flash-attn",
+    "lmms_eval": "lmms-eval", "datasets": "llavakit[eval]", "bitsandbytes": "bitsandbytes", "flash_attn": "flash-attn",
 }
 USER_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it

@@ -57,9 +57,6 @@ def build_model(config: TrainConfig) -> tuple[LlavaForCausalLM, Any]:
 
 
 def apply_lora(model: LlavaForCausalLM, settings) -> None:
-    if settings.quantize != "none":
-        if not torch.cuda.is_available():
-            raise TrainConfigError(f"lora.quantize={settings.quantize!r} (QLoRA) needs CUDA and bitsandbytes")
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
