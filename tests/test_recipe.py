@@ -15,7 +15,14 @@ from llavakit.recipe import RECIPES_DIR, RecipeError, load_recipe
 from llavakit.recipe.schema import validate_recipe
 from llavakit.synth import WorldSettings, generate_world
 from llavakit.synth.datasets import DATASETS, dataset_sizes
-from llavakit.synth.world import DRILL_FILES, STAGE1_FILE, STAGE2_FILE, STAGE15_FILE
+from llavakit.synth.world import (
+    DRILL_FILES,
+    STAGE1_FILE,
+    STAGE2_FILE,
+    STAGE2_ONEVISION_FILE,
+    STAGE2_SINGLE_FILE,
+    STAGE15_FILE,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,7 +179,7 @@ def test_top_level_recipes_folder_is_the_packaged_one():
 
 def test_every_world_file_is_a_named_dataset():
     files = {dataset.file for dataset in DATASETS.values()}
-    assert set(DRILL_FILES) | {STAGE1_FILE, STAGE15_FILE, STAGE2_FILE} == files
+    assert set(DRILL_FILES) | {STAGE1_FILE, STAGE15_FILE, STAGE2_FILE, STAGE2_SINGLE_FILE, STAGE2_ONEVISION_FILE} == files
     assert DATASETS["motion"].videos and not DATASETS["motion"].images
     assert DATASETS["instruct"].videos and DATASETS["instruct"].images
 
@@ -184,6 +191,12 @@ def test_dataset_sizes_from_settings_are_what_the_world_writes(tmp_path):
     files = json.loads((world / "world.json").read_text())["files"]
     assert dataset_sizes(settings) == {name: files[d.file] for name, d in DATASETS.items()}
     assert "motion" not in dataset_sizes(WorldSettings(motion_drill=0))
+    # The single-image and OneVision files split the instructions: same records, same order.
+    read = lambda file: [json.loads(line) for line in (world / file).read_text().splitlines()]  # noqa: E731
+    single, onevision = read(STAGE2_SINGLE_FILE), read(STAGE2_ONEVISION_FILE)
+    assert sorted(r["id"] for r in single + onevision) == sorted(r["id"] for r in read(STAGE2_FILE))
+    assert all("video" not in r and isinstance(r.get("image", ""), str) for r in single)
+    assert all("video" in r or isinstance(r.get("image"), list) for r in onevision)
 
 
 def test_every_stage_name_the_quickstart_runs_and_a_disabled_stage_is_skipped():

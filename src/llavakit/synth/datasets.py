@@ -16,7 +16,11 @@ from .world import (
     DRILL_FILES,
     MOTION_FILE,
     STAGE1_FILE,
+    ONEVISION_KINDS,
+    SINGLE_IMAGE_KINDS,
     STAGE2_FILE,
+    STAGE2_ONEVISION_FILE,
+    STAGE2_SINGLE_FILE,
     STAGE15_FILE,
     TRAIN_KINDS,
     drills,
@@ -47,6 +51,10 @@ DATASETS: dict[str, WorldDataset] = {d.name: d for d in (
     *(WorldDataset(_drill_name(file), file, file != MOTION_FILE, file == MOTION_FILE, f"stage-1.5 drill ({file})")
       for file in DRILL_FILES),
     WorldDataset("instruct", STAGE2_FILE, True, True, "stage-2 instructions: every task of the world"),
+    WorldDataset("instruct_single", STAGE2_SINGLE_FILE, True, False,
+                 "stage-2 single-image (and text-only) instructions: the part of `instruct` a single-image stage trains on"),
+    WorldDataset("instruct_onevision", STAGE2_ONEVISION_FILE, True, True,
+                 "stage-2 multi-image, multi-view and video instructions: the rest of `instruct`, for the OneVision stage"),
 )}
 
 
@@ -57,6 +65,8 @@ def dataset_sizes(settings: WorldSettings) -> dict[str, int]:
         STAGE1_FILE: settings.n_stage1,
         STAGE15_FILE: settings.n_stage1,  # one re-caption per stage-1 image
         STAGE2_FILE: sum(train_count(task, settings) for task in TRAIN_KINDS),
+        STAGE2_SINGLE_FILE: sum(train_count(task, settings) for task in SINGLE_IMAGE_KINDS),
+        STAGE2_ONEVISION_FILE: sum(train_count(task, settings) for task in ONEVISION_KINDS),
         **{file: count for file, (_, count) in drills(settings).items()},
     }
     return {name: by_file[d.file] for name, d in DATASETS.items() if d.file in by_file}

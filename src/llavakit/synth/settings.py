@@ -9,7 +9,8 @@ from llavakit.utils import described
 
 # Bump when a change to the generator changes its output for the same settings, so an old
 # world on disk is regenerated instead of being taken as complete.
-WORLD_VERSION = 11  # 11: the held-out split is `test` (was `eval`), plus `dev` and `test_paraphrase`
+WORLD_VERSION = 12  # 11: the held-out split is `test` (was `eval`), plus `dev` and `test_paraphrase`;
+# 12: the stage-2 instructions also split into single-image and OneVision files
 
 
 @dataclass(frozen=True)

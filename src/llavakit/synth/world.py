@@ -32,6 +32,12 @@ from .video import video_codec
 
 EVAL_TASKS: tuple[Task, ...] = tasks_single.TASKS + tasks_multi.TASKS + tasks_video.TASKS
 TRAIN_KINDS: tuple[Task, ...] = EVAL_TASKS + tasks_chat.TRAIN_ONLY + tasks_video.TRAIN_ONLY
+# The stage-2 instructions split as LLaVA-OneVision trains them: single-image (and text-only) data
+# first, then the OneVision stage's multi-image, multi-view and video data.
+SINGLE_IMAGE_KINDS: tuple[Task, ...] = tasks_single.TASKS + tasks_chat.TRAIN_ONLY
+ONEVISION_KINDS: tuple[Task, ...] = tasks_multi.TASKS + tasks_video.TASKS + tasks_video.TRAIN_ONLY
+assert {t.name for t in SINGLE_IMAGE_KINDS + ONEVISION_KINDS} == {t.name for t in TRAIN_KINDS}
+STAGE2_SINGLE_FILE, STAGE2_ONEVISION_FILE = "stage2_single.jsonl", "stage2_onevision.jsonl"
 (STAGE1_FILE, STAGE15_FILE, GROUNDING_FILE, TINY_FILE, LISTING_FILE, SIDE_LISTING_FILE, RELATION_FILE, SHAPE_FILE,
  MOTION_FILE, STAGE2_FILE, ANNOTATIONS_FILE, CORPUS_FILE, WORLD_FILE) = (
     "stage1_captions.jsonl",
@@ -178,6 +184,10 @@ def _write_world(
     counts = {eval_file(task, split): write_jsonl(out / eval_file(task, split), records)
               for split, tasks in evals.items() for task, records in tasks.items()}
     counts[STAGE2_FILE] = write_jsonl(out / STAGE2_FILE, stage2_records)
+    # The same records, in the same order, split by the kind of media they show.
+    for file, kinds in ((STAGE2_SINGLE_FILE, SINGLE_IMAGE_KINDS), (STAGE2_ONEVISION_FILE, ONEVISION_KINDS)):
+        prefixes = tuple(f"train-{kind.name}-" for kind in kinds)
+        counts[file] = write_jsonl(out / file, [r for r in stage2_records if r["id"].startswith(prefixes)])
     counts[STAGE1_FILE] = write_jsonl(out / STAGE1_FILE, stage1_records)
     counts[STAGE15_FILE] = write_jsonl(out / STAGE15_FILE, stage15_records)
     for file, records in drill_records.items():
