@@ -1,4 +1,4 @@
-"""The quickstart recipe's plan (recipes/quickstart.yaml through the recipe runner's planner): which
+"""The eight-phase recipe's plan (recipes/quickstart-phases.yaml through the recipe runner's planner): which
 stage starts from which, and the drill phases whose mixtures must load against a real generated
 world. No training here (test_quickstart runs it)."""
 
@@ -22,7 +22,7 @@ NO_MOTION = ["world.motion_drill=0", "stages.motion.enabled=false"]
 
 
 def plans(tmp_path: Path, world: Path | None = None, motion_drill: bool = True) -> dict[str, StagePlan]:
-    recipe = load_recipe("quickstart", [] if motion_drill else NO_MOTION)
+    recipe = load_recipe("quickstart-phases", [] if motion_drill else NO_MOTION)
     parts = Parts(tmp_path / "vision", tmp_path / "llm", -1)
     return {p.name: p for p in plan_stages(recipe, tmp_path / "out", world or tmp_path / "world", parts)}
 
