@@ -118,3 +118,30 @@ def test_motion_mixture_loads_every_clip_a_third_of_the_grounding_listing_and_re
         ("stage15_shape", shapes, shapes)]
     videos = [Path(e.video_folder) / e.record["video"] for e in mixture.entries if "video" in e.record]
     assert len(videos) == clips and all(path.is_file() for path in videos)
+
+
+def test_the_default_recipe_is_the_seeds_four_stages_with_the_drills_inside_their_mixtures(world, tmp_path):
+    recipe = load_recipe("quickstart", [f"world.motion_drill={SMALL.motion_drill}"])
+    parts = Parts(tmp_path / "vision", tmp_path / "llm", -1)
+    stages = {p.name: p for p in plan_stages(recipe, tmp_path / "out", world, parts)}
+    order = ["stage1", "stage1_5", "stage2_single", "stage2_onevision"]
+    assert list(stages) == order
+    assert starts({name: plan.config for name, plan in stages.items()}) == {
+        "stage1": None, **{later: earlier for earlier, later in zip(order, order[1:])}}
+    datasets = {name: [part.dataset for part in stage.mixture] for name, stage in
+                ((s.name, s) for s in recipe.enabled_stages())}
+    assert datasets["stage1_5"][0] == "recaptions" and datasets["stage2_single"][0] == "instruct_single"
+    assert datasets["stage2_onevision"][:2] == ["instruct_onevision", "motion"]
+    for name in ("stage2_single", "stage2_onevision"):
+        assert {"pattern": r"^vision_tower\.", "frozen": True} in stages[name].config["trainable"]
+    # Each stage's mixture loads against a real world: the single-image stage shows one image a
+    # sample (or none: text-only), the OneVision stage's instructions show several or a video.
+    loaded = {}
+    for name in ("stage1_5", "stage2_single", "stage2_onevision"):
+        path = tmp_path / stages[name].mixture_file
+        path.write_text(yaml.safe_dump(stages[name].mixture))
+        loaded[name] = load_mixture(path)
+    single = [e.record for e in loaded["stage2_single"].entries]
+    assert single and not any("video" in r or isinstance(r.get("image"), list) for r in single)
+    onevision = [e.record for e in loaded["stage2_onevision"].entries if e.record["id"].startswith("train-")]
+    assert any("video" in r for r in onevision) and any(isinstance(r.get("image"), list) for r in onevision)
