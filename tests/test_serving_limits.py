@@ -25,7 +25,7 @@ from test_serving_support import (
     user,
 )
 
-from llavakit.serving.engine import EngineLimits
+from llavakit.engine import EngineConfig
 from llavakit.serving.media import MediaPolicy
 
 
@@ -49,7 +49,7 @@ def assert_error(response, status, code):
 
 
 def test_a_full_queue_answers_429_and_later_requests_succeed():
-    with in_thread_server(engine=EngineLimits(max_batch_rows=1, max_queued=1), max_n=1) as server:
+    with in_thread_server(engine=EngineConfig(max_rows=1, max_queued=1), max_n=1) as server:
         results = {}
         long = threading.Thread(
             target=lambda: results.setdefault("long", post(server, user("Long story"), max_tokens=400)))

@@ -16,7 +16,7 @@ from typing import TextIO
 import torch
 
 from llavakit.errors import LlavakitError
-from llavakit.model.generation import SamplingSettings
+from llavakit.engine import SamplingSettings
 from llavakit.processing.image import open_image
 from llavakit.serving.streaming import stream
 
