@@ -1,10 +1,14 @@
 """The language model's forward passes over the slot cache: prefill chunks and decode steps.
 
 Masks are built here, per row, from each query token's position: a row attends to its own slot's
-positions up to the query's (positions count the row's tokens, there is no padding), so a row's
-logits never depend on the other rows of the batch. The decode step can run compiled: then every
-call has one of a few fixed shapes (the batch padded to a bucket of rows, the mask and the cache
-view as wide as a slot) and reads its inputs from buffers that keep their address.
+positions up to the query's (positions count the row's tokens, there is no padding inside a row),
+so a row's logits never depend on the other rows of the batch. Query tokens that only pad a batch
+(prefill chunks of different lengths, free slots among the decoding rows, the rows a compiled
+bucket adds) write to the cache's scratch position, which no row reads.
+
+The decode step can run compiled: then every call has one of a few fixed shapes (the batch padded
+to a bucket of rows, the mask and the cache view as wide as a slot) and reads its inputs from
+buffers that keep their address.
 """
 
 from __future__ import annotations
@@ -33,18 +37,18 @@ def row_buckets(max_rows: int) -> list[int]:
 class _DecodeInputs:
     """Fixed-address inputs of one compiled bucket, refilled in place before each call."""
 
-    def __init__(self, rows: int, length: int, device: torch.device, plan_rows: slice):
+    def __init__(self, rows: int, length: int, device: torch.device):
         self.ids = torch.zeros(rows, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(rows, 1, dtype=torch.long, device=device)
         self.slots = torch.zeros(rows, 1, dtype=torch.long, device=device)
         self.write = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.plan = Plan(plan_rows, length, self.slots, self.write)
+        self.plan = Plan(slice(0, rows), length, self.slots, self.write)
 
 
 class Forward:
-    """Runs the language model of ``model`` with ``cache``; ``scratch`` is a slot no row decodes in."""
+    """Runs the language model of ``model`` over ``cache`` (whose last slot and position are scratch)."""
 
-    def __init__(self, model, cache: SlotCache, scratch_slot: int, compile_step: bool):
+    def __init__(self, model, cache: SlotCache, compile_step: bool):
         self.lm = model.language_model
         self.config = self.lm.config
         self.attention = getattr(self.config, "_attn_implementation", "sdpa") or "sdpa"
@@ -53,13 +57,18 @@ class Forward:
                              f"this model uses {self.attention!r}")
         layer_types = getattr(self.config, "layer_types", None) or []
         self.sliding_window = getattr(self.config, "sliding_window", None) if "sliding_attention" in layer_types else None
-        self.cache, self.scratch_slot = cache, scratch_slot
+        self.cache = cache
+        self.scratch_slot, self.scratch_position = cache.slots - 1, cache.length - 1
         self.device, self.dtype = cache.layers[0].keys.device, cache.layers[0].keys.dtype
         self.compiled = compile_step
         self._buckets: dict[int, _DecodeInputs] = {}
         mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on a GPU
+        if compile_step:
+            # one graph per row bucket, and again after an on-demand cache grows: more than dynamo's default
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            torch._dynamo.config.accumulated_recompile_limit = max(
+                torch._dynamo.config.accumulated_recompile_limit, 1024)
         self._step = torch.compile(self._logits, dynamic=False, mode=mode) if compile_step else self._logits
-        self.compile_seconds = 0.0
 
     # ---- masks ---------------------------------------------------------------------------------
     def _mask(self, positions: torch.Tensor, length: int):
@@ -81,52 +90,79 @@ class Forward:
 
     # ---- prefill -------------------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, embeds: torch.Tensor, slot: int, start: int) -> torch.Tensor:
-        """Write a chunk of one prompt's embeddings (1, C, H) at positions ``start..`` of ``slot``;
-        the logits (1, V) after its last token."""
-        chunk = embeds.shape[1]
-        positions = torch.arange(start, start + chunk, device=self.device)[None]
-        plan = Plan(slice(slot, slot + 1), start + chunk, torch.full_like(positions, slot), positions)
-        out = self.lm(inputs_embeds=embeds, attention_mask=self._mask(positions, start + chunk),
-                      position_ids=positions, cache=self.cache.plan(plan), use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1]
+    def prefill(self, chunks: list[torch.Tensor], slots: list[int], starts: list[int]) -> torch.Tensor:
+        """Write prompt chunks (each (C_i, H) embeddings) at positions ``starts[i]..`` of ``slots[i]``;
+        the logits (K, V) after each chunk's last token."""
+        sizes = [chunk.shape[0] for chunk in chunks]
+        width = max(sizes)
+        embeds = torch.zeros(len(chunks), width, chunks[0].shape[-1], dtype=chunks[0].dtype, device=self.device)
+        for i, chunk in enumerate(chunks):
+            embeds[i, :sizes[i]] = chunk
+        offsets = torch.arange(width, device=self.device)[None]
+        positions = torch.tensor(starts, device=self.device)[:, None] + offsets
+        real = offsets < torch.tensor(sizes, device=self.device)[:, None]
+        rows = torch.tensor(slots, device=self.device)
+        plan = Plan(rows if len(slots) > 1 else slice(slots[0], slots[0] + 1),
+                    max(start + size for start, size in zip(starts, sizes)),
+                    torch.where(real, rows[:, None], self.scratch_slot),
+                    torch.where(real, positions, self.scratch_position))
+        decoder = self.lm.get_decoder()
+        hidden = decoder(inputs_embeds=embeds, attention_mask=self._mask(positions, plan.length),
+                         position_ids=positions, cache=self.cache.plan(plan), use_cache=True).last_hidden_state
+        last = hidden[torch.arange(len(chunks), device=self.device), torch.tensor(sizes, device=self.device) - 1]
+        return self.lm.get_output_embeddings()(last)
 
     # ---- decode --------------------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """One token for each of rows 0..n-1 (row i lives in slot i) -> logits (n, V)."""
+    def decode(self, tokens: list[int | None], positions: list[int]) -> torch.Tensor:
+        """One token for the row in each slot 0..B-1 (None: no row decodes in that slot) -> logits (B, V)."""
         rows = len(tokens)
+        live = [token is not None for token in tokens]
+        ids = [token if token is not None else 0 for token in tokens]
+        where = [position if ok else 0 for position, ok in zip(positions, live)]
+        slots = [slot if ok else self.scratch_slot for slot, ok in enumerate(live)]
+        writes = [position if ok else self.scratch_position for position, ok in zip(where, live)]
         if self.compiled:
-            return self._decode_compiled(tokens, positions)
-        ids = torch.tensor(tokens, device=self.device)[:, None]
-        where = torch.tensor(positions, device=self.device)[:, None]
-        length = max(positions) + 1  # eager: attend over the filled part of the slots only
-        plan = Plan(slice(0, rows), length, torch.arange(rows, device=self.device)[:, None], where)
+            return self._decode_compiled(ids, where, slots, writes)[:rows]
+        ids_t = torch.tensor(ids, device=self.device)[:, None]
+        where_t = torch.tensor(where, device=self.device)[:, None]
+        length = max(where) + 1  # eager: attend over the filled part of the slots only
+        plan = Plan(slice(0, rows), length, torch.tensor(slots, device=self.device)[:, None],
+                    torch.tensor(writes, device=self.device)[:, None])
         self.cache.plan(plan)
-        return self._logits(ids, where, self._mask(where, length))
+        return self._logits(ids_t, where_t, self._mask(where_t, length))
 
-    def _decode_compiled(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        rows = len(tokens)
+    def warm_up(self) -> None:
+        """Compile every row bucket now (a server, before its first request), not at the first batch of
+        each size. Only while no row uses the cache: the warm-up writes position 0 of the slots."""
+        if not self.compiled:
+            return
+        started = time.perf_counter()
+        for bucket in row_buckets(self.cache.slots - 1):
+            if bucket not in self._buckets:
+                self.decode([0] * bucket, [0] * bucket)
+        log.info("decode step compiled for %s rows in %.1f s", ", ".join(map(str, self._buckets)),
+                 time.perf_counter() - started)
+
+    def _decode_compiled(self, ids: list[int], positions: list[int], slots: list[int],
+                         writes: list[int]) -> torch.Tensor:
+        rows = len(ids)
         bucket = next(size for size in row_buckets(self.cache.slots - 1) if size >= rows)
         inputs = self._buckets.get(bucket)
         first = inputs is None
         if first:
-            inputs = self._buckets[bucket] = _DecodeInputs(bucket, self.cache.length, self.device, slice(0, bucket))
+            inputs = self._buckets[bucket] = _DecodeInputs(bucket, self.cache.length, self.device)
         padding = bucket - rows
-        # rows beyond n are padding: they write to the scratch slot's last position, never read by a row
-        inputs.ids.copy_(torch.tensor(tokens + [0] * padding, device=self.device)[:, None])
-        inputs.positions.copy_(torch.tensor(positions + [0] * padding, device=self.device)[:, None])
-        inputs.slots.copy_(torch.tensor(list(range(rows)) + [self.scratch_slot] * padding, device=self.device)[:, None])
-        inputs.write.copy_(inputs.positions)
-        inputs.write[rows:] = self.cache.length - 1
+        for buffer, values, pad in ((inputs.ids, ids, 0), (inputs.positions, positions, 0),
+                                    (inputs.slots, slots, self.scratch_slot),
+                                    (inputs.write, writes, self.scratch_position)):
+            buffer.copy_(torch.tensor(values + [pad] * padding, device=self.device)[:, None])
         self.cache.plan(inputs.plan)
         started = time.perf_counter()
         logits = self._step(inputs.ids, inputs.positions, self._mask(inputs.positions, self.cache.length))
         if first:
-            seconds = time.perf_counter() - started
-            self.compile_seconds += seconds
-            log.info("compiled the decode step for %d rows in %.1f s", bucket, seconds)
-        return logits[:rows]
+            log.info("compiled the decode step for %d rows in %.1f s", bucket, time.perf_counter() - started)
+        return logits
 
     def _logits(self, ids: torch.Tensor, positions: torch.Tensor, mask) -> torch.Tensor:
         out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True)

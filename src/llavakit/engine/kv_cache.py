@@ -109,18 +109,12 @@ class SlotCache(Cache):
             for buffer in (layer.keys, layer.values):
                 buffer[targets, :, :length] = buffer[source, :, :length]
 
-    def move_slot(self, source: int, target: int, length: int) -> None:
-        self.copy_slot(source, [target], length)
-
-    def copy_from(self, other: SlotCache, spare: tuple[int, int] | None = None) -> None:
-        """Carry another cache's contents over (a larger cache replacing a smaller one); ``spare``:
-        (other's slot, this cache's slot) for a slot whose index changes."""
+    def copy_from(self, other: SlotCache) -> None:
+        """Carry another cache's contents over (a larger cache replacing a smaller one)."""
         slots, length = min(self.slots, other.slots), min(self.length, other.length)
         for mine, theirs in zip(self.layers, other.layers):
-            for new, old in ((mine.keys, theirs.keys), (mine.values, theirs.values)):
-                new[:slots, :, :length] = old[:slots, :, :length]
-                if spare is not None:
-                    new[spare[1], :, :length] = old[spare[0], :, :length]
+            mine.keys[:slots, :, :length] = theirs.keys[:slots, :, :length]
+            mine.values[:slots, :, :length] = theirs.values[:slots, :, :length]
 
     def data_ptrs(self) -> list[int]:
         return [buffer.data_ptr() for layer in self.layers for buffer in (layer.keys, layer.values)]

@@ -11,7 +11,7 @@ from llavakit.engine.sampling import SamplingSettings
 from llavakit.engine.text import TextStream
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class Row:
     request: Request
     choice: int
@@ -19,6 +19,7 @@ class Row:
     stream: TextStream
     generator: torch.Generator | None
     filled: int = 0  # cache positions holding this row's keys (prompt + fed answer tokens)
+    slot: int = 0  # its cache slot
     last_token: int = 0  # the token to feed at the next decode step
     finish_reason: str | None = None  # "stop", "length" or "cancelled"
 

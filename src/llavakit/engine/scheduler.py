@@ -2,15 +2,16 @@
 
 Every step (:meth:`Engine.step`): rows of cancelled requests leave; waiting requests join while
 rows and cache are free (first come, first served; one that does not fit waits, it is never cut);
-up to ``max_prefill_tokens`` prompt tokens are prefilled, long prompts in chunks over several
-steps; then one decode step gives every running row its next token. So finished rows leave and new
-requests join at every step, and running rows keep streaming while new prompts are read
-(``schedule="continuous"``). ``schedule="static"`` admits a batch only when the previous one has
-ended: it runs to its end while new requests wait.
+up to ``max_prefill_tokens`` prompt tokens are prefilled, several prompts in one forward pass, long
+prompts in chunks over several steps; then one decode step gives every running row its next token.
+So finished rows leave and new requests join at every step, and running rows keep streaming while
+new prompts are read (``schedule="continuous"``). ``schedule="static"`` admits a batch only when
+the previous one has ended: it runs to its end while new requests wait.
 
-A request's prompt is prefilled once, in the cache's spare slot, and copied into one slot per
-choice. Running rows occupy slots ``0..n-1`` in order, so a decode step attends over a contiguous
-view of the cache; when a row leaves, the last row moves into its slot.
+Each row owns a cache slot from admission to its end. A request's prompt is prefilled once, into
+its first choice's slot, and copied into the slots of its other choices. A decode step covers slots
+``0..h-1``, ``h`` past the highest slot in use; free slots among them are padding rows. New
+requests take the lowest free slots, so the batch stays dense.
 
 The engine runs in its own thread (:meth:`start`, for the server) or in the caller's thread
 (:meth:`run`, for ``Llava.generate``); either way one step runs at a time.
@@ -18,6 +19,7 @@ The engine runs in its own thread (:meth:`start`, for the server) or in the call
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -30,6 +32,7 @@ import torch
 
 from llavakit.engine.config import EngineConfig
 from llavakit.engine.forward import Forward
+from llavakit.processing.processor import ModelInputs
 from llavakit.engine.kv_cache import SlotCache
 from llavakit.engine.requests import EngineClosed, QueueFull, Request, RequestTooLarge
 from llavakit.engine.rows import Row
@@ -44,13 +47,18 @@ log = logging.getLogger("llavakit.engine")
 GROWTH_ROUNDING = 256  # a cache sized on demand grows its slots' length in steps of this many tokens
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Prefill:
-    """An admitted request whose prompt is being read into the spare slot."""
+    """An admitted request whose prompt is being read into its first slot."""
 
     request: Request
-    embeds: torch.Tensor | None = None
+    slots: list[int]  # one per choice
+    embeds: torch.Tensor | None = None  # (prompt, H)
     done: int = 0  # prompt tokens prefilled so far
+
+    @property
+    def left(self) -> int:
+        return self.request.prompt_length - self.done
 
 
 class Engine:
@@ -68,8 +76,9 @@ class Engine:
         self._drive = threading.Lock()  # one step at a time, whichever thread runs it
         self._closed = False
         self._thread: threading.Thread | None = None
-        self.rows: list[Row] = []  # running rows; rows[i] lives in slot i
+        self.rows: dict[int, Row] = {}  # running rows by slot
         self.prefilling: deque[_Prefill] = deque()
+        self._free: list[int] = []  # free slots, a heap: the lowest is taken first
         self.cache: SlotCache | None = None
         self.forward: Forward | None = None
         self._seen: torch.Tensor | None = None  # (slots, V) tokens of each row, for repetition penalties
@@ -82,8 +91,12 @@ class Engine:
 
     # ---- the callers' side -----------------------------------------------------------------------
     def start(self) -> Engine:
-        """Run the steps in a background thread (a server); without it, :meth:`run` drives them."""
+        """Run the steps in a background thread (a server); without it, :meth:`run` drives them.
+
+        With a compiled step and a fixed-size cache, every row bucket is compiled first."""
         if self._thread is None:
+            if self.forward is not None and not self.rows:
+                self.forward.warm_up()
             self._thread = threading.Thread(target=self._loop, name="llavakit-engine", daemon=True)
             self._thread.start()
         return self
@@ -118,10 +131,10 @@ class Engine:
                             self.step()
 
     def check_fits(self, request: Request) -> None:
-        if request.n > self.config.max_rows:
-            raise RequestTooLarge(f"the request asks for {request.n} choices; the engine decodes at most "
-                                  f"{self.config.max_rows} rows (max_rows)")
         length = self.config.slot_length
+        if request.n > self.config.max_rows and length is not None:
+            raise RequestTooLarge(f"the request asks for {request.n} choices; the engine's cache holds "
+                                  f"{self.config.max_rows} rows (max_rows)")
         if length is not None and request.cache_tokens > length:
             raise RequestTooLarge(
                 f"the request needs {request.cache_tokens} tokens of KV cache (prompt {request.prompt_length} + "
@@ -135,7 +148,7 @@ class Engine:
     @property
     def running(self) -> int:
         """Requests admitted and not finished (being prefilled or decoded)."""
-        return len({id(row.request) for row in self.rows} | {id(p.request) for p in self.prefilling})
+        return len({id(row.request) for row in self.rows.values()} | {id(p.request) for p in self.prefilling})
 
     @property
     def closed(self) -> bool:
@@ -146,7 +159,8 @@ class Engine:
         with self._wake:
             self._closed = True
             if not drain:
-                for request in [*self._queue, *(p.request for p in self.prefilling), *(r.request for r in self.rows)]:
+                for request in [*self._queue, *(p.request for p in self.prefilling),
+                                *(r.request for r in self.rows.values())]:
                     request.cancel()
             self._wake.notify()
         if self._thread is not None and self._thread.is_alive():
@@ -170,8 +184,11 @@ class Engine:
             self._admit()
             self._prefill()
             self._decode()
-        except Exception:  # a bug in the loop itself: fail what is running rather than hang its callers
+        except Exception as error:  # a fault of the loop itself: fail what is running rather than hang it
             log.exception("engine step failed")
+            for request in {id(r): r for r in [*(p.request for p in self.prefilling),
+                                                *(row.request for row in self.rows.values())]}.values():
+                self._fail(request, error)
             raise
 
     # admission -----------------------------------------------------------------------------------
@@ -190,21 +207,19 @@ class Engine:
                     if left <= 0:
                         break
                     self._wake.wait(left)
-            prompt_tokens = 0
             while self._queue:
                 request = self._queue[0]
                 if request.cancelled.is_set() or request.settings.max_new_tokens == 0:
                     self._queue.popleft()
                     self._end_unstarted(request)
                     continue
-                if self._reserved() + request.n > self.config.max_rows:
-                    break
-                if static and self.prefilling and prompt_tokens + request.prompt_length > self.config.max_prefill_tokens:
-                    break
+                reserved = self._reserved()
+                if reserved and reserved + request.n > self.config.max_rows:
+                    break  # it waits; a request with more choices than max_rows runs alone
                 self._queue.popleft()
-                self._ensure_capacity(self._reserved() + request.n, request.cache_tokens)
-                self.prefilling.append(_Prefill(request))
-                prompt_tokens += request.prompt_length
+                self._ensure_capacity(reserved + request.n, request.cache_tokens)
+                slots = [heapq.heappop(self._free) for _ in range(request.n)]
+                self.prefilling.append(_Prefill(request, slots))
 
     def _end_unstarted(self, request: Request) -> None:
         reason = "cancelled" if request.cancelled.is_set() else "length"
@@ -216,17 +231,19 @@ class Engine:
 
     # cache ---------------------------------------------------------------------------------------
     def _allocate(self, slots: int, length: int) -> None:
-        """A cache of ``slots`` rows of ``length`` tokens, plus one spare slot (prefills) and one spare
-        position per slot (where padding rows of a compiled step write)."""
+        """A cache of ``slots`` rows of ``length`` tokens, plus a scratch slot and position (where
+        padding tokens write)."""
         old = self.cache
         cache = SlotCache(self.model.language_model.config, slots + 1, length + 1, self.model.dtype, self.device)
         if old is not None:
-            cache.copy_from(old, spare=(old.slots - 1, cache.slots - 1))
+            cache.copy_from(old)
+        used = 0 if old is None else old.slots - 1
+        self._free = sorted([*self._free, *range(used, slots)])
         self.cache = cache
-        self.forward = Forward(self.model, cache, scratch_slot=cache.slots - 1, compile_step=self.compile)
+        self.forward = Forward(self.model, cache, compile_step=self.compile)
         if self._seen is not None:
             seen = torch.zeros(cache.slots, self._seen.shape[1], dtype=torch.bool, device=self.device)
-            seen[:self._seen.shape[0] - 1] = self._seen[:-1]
+            seen[:self._seen.shape[0]] = self._seen
             self._seen = seen
         log.info("KV cache %s: %s", "grown to" if old is not None else "allocated", cache.describe())
 
@@ -247,81 +264,133 @@ class Engine:
 
     # prefill -------------------------------------------------------------------------------------
     def _prefill(self) -> None:
-        budget = self.config.max_prefill_tokens
-        while self.prefilling and (budget > 0 or self.config.schedule == "static"):
-            item = self.prefilling[0]
-            request = item.request
-            if request.cancelled.is_set():
-                self.prefilling.popleft()
-                self._end_unstarted(request)
-                continue
-            try:
-                if item.embeds is None:
-                    item.embeds = self._embed(request)
-                length = request.prompt_length
-                chunk = min(length - item.done, budget if self.config.schedule == "continuous"
-                            else self.config.max_prefill_tokens)
-                logits = self.forward.prefill(item.embeds[:, item.done:item.done + chunk], self.cache.slots - 1,
-                                              item.done)
-            except Exception as error:
-                self.prefilling.popleft()
-                log.exception("prefill failed")
-                self._fail(request, error)
-                continue
-            item.done += chunk
-            budget -= chunk
-            if item.done == length:
-                self.prefilling.popleft()
-                self._start_rows(request, logits)
+        """Prefill chunks of waiting prompts, several prompts per forward pass. Continuous: one pass of
+        at most ``max_prefill_tokens`` tokens; static: passes until every admitted prompt is read."""
+        while self.prefilling:
+            budget = self.config.max_prefill_tokens
+            batch: list[tuple[_Prefill, int]] = []
+            for item in self.prefilling:
+                if budget == 0:
+                    break
+                if not item.request.cancelled.is_set():
+                    batch.append((item, min(item.left, budget)))
+                    budget -= batch[-1][1]
+            self._drop_cancelled_prefills()
+            if not batch:
+                return
+            self._embed([item for item, _ in batch if item.embeds is None])
+            batch = [(item, size) for item, size in batch if item.embeds is not None]  # failed ones left
+            if batch:
+                self._prefill_chunks(batch)
+            if self.config.schedule == "continuous":
+                return
+
+    def _drop_cancelled_prefills(self) -> None:
+        for item in [p for p in self.prefilling if p.request.cancelled.is_set()]:
+            self.prefilling.remove(item)
+            self._free_slots(item.slots)
+            self._end_unstarted(item.request)
+
+    def _prefill_chunks(self, batch: list[tuple[_Prefill, int]]) -> None:
+        try:
+            logits = self.forward.prefill([item.embeds[item.done:item.done + size] for item, size in batch],
+                                          [item.slots[0] for item, _ in batch], [item.done for item, _ in batch])
+        except Exception as error:
+            log.exception("prefill failed")
+            for item, _ in batch:
+                self._abandon(item, error)
+            return
+        for (item, size), row_logits in zip(batch, logits):
+            item.done += size
+            if item.left == 0:
+                self.prefilling.remove(item)
+                self._start_rows(item, row_logits[None])
 
     @torch.no_grad()
-    def _embed(self, request: Request) -> torch.Tensor:
-        inputs = request.inputs.to(self.device)
+    def _embed(self, items: list[_Prefill]) -> None:
+        """Token and visual embeddings of new prompts: one pass for all of them (the vision tower sees
+        their images together), or one by one when that fails, so only a faulty prompt fails."""
+        if not items:
+            return
         extra = {} if self.config.feature_cache is None else {"feature_cache": self.config.feature_cache}
-        return self.model.embed(inputs.input_ids, inputs.pixel_values, inputs.visual_items, **extra)
+        if len(items) > 1:
+            try:
+                inputs = collate([item.request.inputs for item in items], self.pad_token_id).to(self.device)
+                embeds = self.model.embed(inputs.input_ids, inputs.pixel_values, inputs.visual_items, **extra)
+                for row, item in enumerate(items):  # left-padded: a prompt is the end of its row
+                    item.embeds = embeds[row, embeds.shape[1] - item.request.prompt_length:]
+                return
+            except Exception:  # noqa: BLE001 - retried one by one below, where the faulty prompt fails
+                log.warning("embedding %d prompts together failed; embedding them one by one", len(items))
+        for item in items:
+            try:
+                inputs = item.request.inputs.to(self.device)
+                item.embeds = self.model.embed(inputs.input_ids, inputs.pixel_values, inputs.visual_items, **extra)[0]
+            except Exception as error:
+                log.exception("embedding a prompt failed")
+                self._abandon(item, error)
 
-    def _start_rows(self, request: Request, logits: torch.Tensor) -> None:
-        """A prefilled request: one row per choice, each with its first token, copied into its slot."""
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.llava.tokenizer.pad_token_id
+        return pad if pad is not None else self.eos_token_ids[0]
+
+    def _abandon(self, item: _Prefill, error: Exception) -> None:
+        if item in self.prefilling:
+            self.prefilling.remove(item)
+            self._free_slots(item.slots)
+        item.embeds = None
+        item.request.listener.on_error(error)
+        item.request.fail()
+
+    def _start_rows(self, item: _Prefill, logits: torch.Tensor) -> None:
+        """A prefilled request: one row per choice, each with its first token, in its own slot."""
+        request = item.request
         tokenizer = self.llava.tokenizer
         end_ids = () if request.ignore_eos else self.eos_token_ids
         rows = []
-        for choice in range(request.n):
+        for choice, slot in enumerate(item.slots):
             settings = request.choice_settings(choice)
             rows.append(Row(request, choice, settings, TextStream(tokenizer, request.stop, end_ids),
-                            make_generator(settings.seed, self.device), filled=request.prompt_length))
+                            make_generator(settings.seed, self.device), filled=request.prompt_length, slot=slot))
         sampler = BatchSampler([r.settings for r in rows], [r.generator for r in rows], self.device)
         prompt_seen = None
         if sampler.any_penalty or self._seen is not None:
             prompt_seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=self.device)
             prompt_seen[0, request.inputs.input_ids[0].to(self.device)] = True
-        tokens = sampler(logits.expand(len(rows), -1), prompt_seen.expand(len(rows), -1) if sampler.any_penalty
-                         else None).tolist()
+        tokens = sampler(logits.expand(len(rows), -1),
+                         prompt_seen.expand(len(rows), -1) if sampler.any_penalty else None).tolist()
+        if len(rows) > 1:  # the other choices continue from the same prompt
+            self.cache.copy_slot(item.slots[0], item.slots[1:], request.prompt_length)
         self.rows_generated += len(rows)
+        if sampler.any_penalty and self._seen is None:
+            self._seen = torch.zeros(self.cache.slots, logits.shape[-1], dtype=torch.bool, device=self.device)
         for row, token in zip(rows, tokens):
             if row.accept(token):
-                row.request.finish_choice()
+                self._free_slots([row.slot])
+                request.finish_choice()
                 continue
-            slot = len(self.rows)
-            self.cache.copy_slot(self.cache.slots - 1, [slot], request.prompt_length)
-            if sampler.any_penalty and self._seen is None:
-                self._seen = torch.zeros(self.cache.slots, logits.shape[-1], dtype=torch.bool, device=self.device)
             if self._seen is not None:
-                self._seen[slot] = prompt_seen[0]
-                self._seen[slot, token] = True
-            self.rows.append(row)
+                self._seen[row.slot] = prompt_seen[0]
+                self._seen[row.slot, token] = True
+            self.rows[row.slot] = row
             self._sampler = None
 
     # decode --------------------------------------------------------------------------------------
     def _decode(self) -> None:
         if not self.rows:
             return
-        rows = self.rows
+        width = max(self.rows) + 1
+        slots = sorted(self.rows)
+        rows = [self.rows[slot] for slot in slots]
         try:
-            logits = self.forward.decode([r.last_token for r in rows], [r.filled for r in rows])
+            tokens = [self.rows[s].last_token if s in self.rows else None for s in range(width)]
+            logits = self.forward.decode(tokens, [self.rows[s].filled if s in self.rows else 0 for s in range(width)])
+            index = torch.tensor(slots, device=self.device)
             if self._sampler is None:
                 self._sampler = BatchSampler([r.settings for r in rows], [r.generator for r in rows], self.device)
-            seen = self._seen[:len(rows)] if self._sampler.any_penalty else None
-            tokens = self._sampler(logits, seen)
+            seen = self._seen[index] if self._sampler.any_penalty else None
+            chosen = self._sampler(logits[index] if len(slots) < width else logits, seen)
         except Exception as error:
             log.exception("decode step failed")
             for request in {id(r.request): r.request for r in rows}.values():
@@ -329,43 +398,59 @@ class Engine:
             return
         self.steps += 1
         if self._seen is not None:
-            self._seen[torch.arange(len(rows), device=self.device), tokens] = True
+            self._seen[index, chosen] = True
         ended = []
-        for index, (row, token) in enumerate(zip(rows, tokens.tolist())):
+        for row, token in zip(rows, chosen.tolist()):
             row.filled += 1
             if row.accept(token):
-                ended.append(index)
+                ended.append(row)
         self._remove(ended)
 
     def _leave_cancelled(self) -> None:
         ended = []
-        for index, row in enumerate(self.rows):
+        for row in self.rows.values():
             if row.request.cancelled.is_set():
                 row.finish("cancelled")
                 self.rows_cancelled += 1
-                ended.append(index)
+                ended.append(row)
         self._remove(ended)
 
-    def _remove(self, indices: list[int]) -> None:
-        """Rows at ``indices`` have ended: free their slots, moving the last rows down into them."""
-        for index in sorted(indices, reverse=True):
-            row = self.rows[index]
+    def _remove(self, rows: list[Row]) -> None:
+        """Rows that have ended leave their slots."""
+        for row in rows:
+            del self.rows[row.slot]
+            self._free_slots([row.slot])
             row.request.finish_choice()
-            last = len(self.rows) - 1
-            if index != last:
-                moved = self.rows[last]
-                self.cache.move_slot(last, index, moved.filled)
-                if self._seen is not None:
-                    self._seen[index] = self._seen[last]
-                self.rows[index] = moved
-            self.rows.pop()
             self._sampler = None
+
+    def _free_slots(self, slots: list[int]) -> None:
+        for slot in slots:
+            heapq.heappush(self._free, slot)
 
     def _fail(self, request: Request, error: Exception) -> None:
         """A request that cannot go on: its rows leave and its listener gets the error."""
-        self._remove([i for i, row in enumerate(self.rows) if row.request is request and row.finish_reason is None])
+        for row in [row for row in self.rows.values() if row.request is request]:
+            del self.rows[row.slot]
+            self._free_slots([row.slot])
+            self._sampler = None
+        for item in [p for p in self.prefilling if p.request is request]:
+            self.prefilling.remove(item)
+            self._free_slots(item.slots)
         request.listener.on_error(error)
         request.fail()
+
+
+def collate(parts: list[ModelInputs], pad_token_id: int) -> ModelInputs:
+    """Several prepared prompts -> one left-padded batch (what the processor gives for them together)."""
+    import torch.nn.functional as F
+
+    width = max(p.input_ids.shape[1] for p in parts)
+    ids = torch.cat([F.pad(p.input_ids, (width - p.input_ids.shape[1], 0), value=pad_token_id) for p in parts])
+    mask = torch.cat([F.pad(p.attention_mask, (width - p.attention_mask.shape[1], 0), value=0) for p in parts])
+    pixels = [p.pixel_values for p in parts if p.pixel_values is not None]
+    items = [item for p in parts for item in p.visual_items]
+    prompt_tokens = [count for p in parts for count in p.prompt_tokens]
+    return ModelInputs(ids, mask, torch.cat(pixels) if pixels else None, items, prompt_tokens)
 
 
 def decide_compile(option: bool | str, device: torch.device) -> bool:
