@@ -195,3 +195,49 @@ def test_engine_config_refuses_bad_limits():
         EngineConfig(schedule="dynamic")
     with pytest.raises(ValueError, match="max_cache_tokens"):
         EngineConfig(max_rows=8, max_cache_tokens=8)
+
+
+def test_a_chat_turn_reuses_the_cache_of_the_previous_turn():
+    from llavakit.serving.chat_cli import ChatSession
+
+    llava = tiny_model()
+    plain = Engine(llava, EngineConfig(max_rows=1))
+    reusing = Engine(llava, EngineConfig(max_rows=1, reuse_prefixes=True))
+    answers = {}
+    for name, engine in (("plain", plain), ("reusing", reusing)):
+        llava._engine = engine  # the session's engine (llavakit chat sets reuse_prefixes)
+        try:
+            session = ChatSession(llava, SamplingSettings(12, temperature=0.8, seed=3))
+            session.attach("image", str(_saved_picture(5)))
+            answers[name] = [session.ask(question, lambda delta: None)
+                             for question in ("What is shown?", "And the colours?", "Anything else?")]
+        finally:
+            llava._engine = None
+    assert answers["reusing"] == answers["plain"]
+    first_turn = [{"role": "user", "content": [{"type": "image", "image": str(_saved_picture(5))},
+                                                {"type": "text", "text": "What is shown?"}]}]
+    # the second and third turns each continue at least the first turn's prompt (image included)
+    assert reusing.prefix_tokens_reused >= 2 * (llava.prepare([first_turn]).input_ids.shape[1] - 1)
+    assert plain.prefix_tokens_reused == 0
+
+
+def test_a_reused_prefix_stops_where_the_image_differs():
+    llava = tiny_model()
+    engine = Engine(llava, EngineConfig(max_rows=1, reuse_prefixes=True))
+    first, second = conversation(image(6, 64, 48), "What is shown?"), conversation(image(7, 64, 48), "What is shown?")
+    engine.run([Request(llava.prepare([first]), SamplingSettings(5), Collected())])
+    reference = alone(llava, second, SamplingSettings(8))
+    listener = Collected()
+    engine.run([Request(llava.prepare([second]), SamplingSettings(8), listener)])  # same token ids, other image
+    inputs = llava.prepare([second])
+    first_placeholder = int((inputs.input_ids[0] == llava.config.image_token_id).nonzero()[0, 0])
+    assert engine.prefix_tokens_reused == first_placeholder
+    assert listener.generation(0, 0).token_ids == reference.token_ids
+
+
+def _saved_picture(seed):
+    from test_serving_support import workdir
+
+    path = workdir() / f"engine-picture-{seed}.png"
+    picture(seed, 80, 60).save(path)
+    return path

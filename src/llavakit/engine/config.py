@@ -18,6 +18,9 @@ class EngineConfig:
     schedule: Literal["continuous", "static"] = "continuous"
     compile: bool | Literal["auto"] = "auto"  # torch.compile the decode step ("auto": on a GPU only)
     feature_cache: object | None = None  # passed to model.embed(..., feature_cache=...) when set
+    # keep each finished answer's keys (prompt and answer) in its freed slot until the slot is needed; a
+    # later prompt that starts with the same tokens and media reuses them (a chat's next turn)
+    reuse_prefixes: bool = False
     max_queued: int = 256  # requests waiting; more are refused (QueueFull)
     batch_window_s: float = 0.0  # static schedule: how long the first request of a batch waits for company
 

@@ -20,6 +20,7 @@ class Row:
     generator: torch.Generator | None
     filled: int = 0  # cache positions holding this row's keys (prompt + fed answer tokens)
     slot: int = 0  # its cache slot
+    prompt_embeds: torch.Tensor | None = None  # kept when the engine reuses prefixes
     last_token: int = 0  # the token to feed at the next decode step
     finish_reason: str | None = None  # "stop", "length" or "cancelled"
 

@@ -55,10 +55,28 @@ class _Prefill:
     slots: list[int]  # one per choice
     embeds: torch.Tensor | None = None  # (prompt, H)
     done: int = 0  # prompt tokens prefilled so far
+    parked: _Parked | None = None  # a finished sequence in its first slot that this prompt may continue
 
     @property
     def left(self) -> int:
         return self.request.prompt_length - self.done
+
+
+@dataclass(eq=False)
+class _Parked:
+    """What a freed slot still holds: the keys of ``ids`` (a prompt and its answer), from ``embeds``."""
+
+    ids: torch.Tensor  # (L,) the tokens whose keys the slot holds
+    embeds: torch.Tensor  # (P, H) the prompt's input embeddings (visual features included)
+
+    def common_prefix(self, ids: torch.Tensor) -> int:
+        """Leading tokens of ``ids`` that equal the slot's (never the whole prompt: its last token's
+        logits are needed)."""
+        size = min(self.ids.shape[0], ids.shape[0] - 1)
+        if size <= 0:
+            return 0
+        differ = (self.ids[:size] != ids[:size]).nonzero()
+        return int(differ[0, 0]) if differ.numel() else size
 
 
 class Engine:
@@ -79,6 +97,8 @@ class Engine:
         self.rows: dict[int, Row] = {}  # running rows by slot
         self.prefilling: deque[_Prefill] = deque()
         self._free: list[int] = []  # free slots, a heap: the lowest is taken first
+        self._parked: dict[int, _Parked] = {}  # free slots whose keys a prompt may continue (reuse_prefixes)
+        self.prefix_tokens_reused = 0
         self.cache: SlotCache | None = None
         self.forward: Forward | None = None
         self._seen: torch.Tensor | None = None  # (slots, V) tokens of each row, for repetition penalties
@@ -218,8 +238,40 @@ class Engine:
                     break  # it waits; a request with more choices than max_rows runs alone
                 self._queue.popleft()
                 self._ensure_capacity(reserved + request.n, request.cache_tokens)
-                slots = [heapq.heappop(self._free) for _ in range(request.n)]
-                self.prefilling.append(_Prefill(request, slots))
+                self.prefilling.append(self._take_slots(request))
+
+    def _take_slots(self, request: Request) -> _Prefill:
+        """The lowest free slots; with prefix reuse, first the slot holding the longest start of the prompt."""
+        parked, first = None, None
+        if self._parked:
+            ids = request.inputs.input_ids[0].to(self.device)
+            best = max(self._parked, key=lambda slot: self._parked[slot].common_prefix(ids))
+            if self._parked[best].common_prefix(ids) > 0:
+                first, parked = best, self._parked.pop(best)
+                self._free.remove(best)
+                heapq.heapify(self._free)
+        slots = [heapq.heappop(self._free) for _ in range(request.n - (first is not None))]
+        for slot in slots:
+            self._parked.pop(slot, None)  # overwritten from now on
+        return _Prefill(request, [first, *slots] if first is not None else slots, parked=parked)
+
+    def _reuse_prefix(self, item: _Prefill) -> None:
+        """Start the prefill after the part of the prompt its slot already holds: the same tokens, and
+        the same visual features where they are placeholders."""
+        parked, item.parked = item.parked, None
+        ids = item.request.inputs.input_ids[0].to(self.device)
+        size = min(parked.common_prefix(ids), parked.embeds.shape[0])
+        differ = (item.embeds[:size] != parked.embeds[:size]).any(-1).nonzero()
+        size = int(differ[0, 0]) if differ.numel() else size
+        item.done = size
+        self.prefix_tokens_reused += size
+
+    def _park(self, row: Row) -> None:
+        if not self.config.reuse_prefixes or row.choice != 0 or row.prompt_embeds is None:
+            return
+        prompt = row.request.inputs.input_ids[0].to(self.device)
+        answer = torch.tensor(row.token_ids[:row.filled - prompt.shape[0]], dtype=prompt.dtype, device=self.device)
+        self._parked[row.slot] = _Parked(torch.cat([prompt, answer]), row.prompt_embeds)
 
     def _end_unstarted(self, request: Request) -> None:
         reason = "cancelled" if request.cancelled.is_set() else "length"
@@ -268,22 +320,30 @@ class Engine:
         at most ``max_prefill_tokens`` tokens; static: passes until every admitted prompt is read."""
         while self.prefilling:
             budget = self.config.max_prefill_tokens
-            batch: list[tuple[_Prefill, int]] = []
-            for item in self.prefilling:
-                if budget == 0:
-                    break
-                if not item.request.cancelled.is_set():
-                    batch.append((item, min(item.left, budget)))
-                    budget -= batch[-1][1]
             self._drop_cancelled_prefills()
+            batch = self._prefill_batch(budget)
             if not batch:
                 return
             self._embed([item for item, _ in batch if item.embeds is None])
-            batch = [(item, size) for item, size in batch if item.embeds is not None]  # failed ones left
+            for item, _ in batch:
+                if item.parked is not None and item.embeds is not None:
+                    self._reuse_prefix(item)
+            # sizes after the reused prefixes; prompts that failed to embed have left
+            batch = [(item, size) for item, size in self._prefill_batch(budget) if item.embeds is not None]
             if batch:
                 self._prefill_chunks(batch)
             if self.config.schedule == "continuous":
                 return
+
+    def _prefill_batch(self, budget: int) -> list[tuple[_Prefill, int]]:
+        """The prompts prefilled in one pass (first come first), and how many tokens of each."""
+        batch = []
+        for item in self.prefilling:
+            if budget == 0:
+                break
+            batch.append((item, min(item.left, budget)))
+            budget -= batch[-1][1]
+        return batch
 
     def _drop_cancelled_prefills(self) -> None:
         for item in [p for p in self.prefilling if p.request.cancelled.is_set()]:
@@ -352,7 +412,8 @@ class Engine:
         for choice, slot in enumerate(item.slots):
             settings = request.choice_settings(choice)
             rows.append(Row(request, choice, settings, TextStream(tokenizer, request.stop, end_ids),
-                            make_generator(settings.seed, self.device), filled=request.prompt_length, slot=slot))
+                            make_generator(settings.seed, self.device), filled=request.prompt_length, slot=slot,
+                            prompt_embeds=item.embeds if self.config.reuse_prefixes else None))
         sampler = BatchSampler([r.settings for r in rows], [r.generator for r in rows], self.device)
         prompt_seen = None
         if sampler.any_penalty or self._seen is not None:
@@ -367,6 +428,7 @@ class Engine:
             self._seen = torch.zeros(self.cache.slots, logits.shape[-1], dtype=torch.bool, device=self.device)
         for row, token in zip(rows, tokens):
             if row.accept(token):
+                self._park(row)
                 self._free_slots([row.slot])
                 request.finish_choice()
                 continue
@@ -419,6 +481,7 @@ class Engine:
         """Rows that have ended leave their slots."""
         for row in rows:
             del self.rows[row.slot]
+            self._park(row)
             self._free_slots([row.slot])
             row.request.finish_choice()
             self._sampler = None
