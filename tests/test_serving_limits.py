@@ -209,3 +209,21 @@ def test_ignore_eos_generates_to_the_token_limit_past_the_end_token():
         assert full["usage"]["completion_tokens"] == 8 * 300
         for short, long in zip(stopped["choices"], full["choices"]):
             assert long["message"]["content"].startswith(short["message"]["content"])
+
+
+def test_serve_flags_configure_the_engine():
+    import argparse
+
+    from llavakit.serving.server_cli import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--schedule", "static", "--max-batch-size", "4", "--max-batch-tokens",
+                              "512", "--max-cache-tokens", "4096", "--compile", "off", "--max-model-len", "2048"])
+    settings = settings_from_args(args, 32768)
+    assert settings.engine == EngineConfig(max_rows=4, max_prefill_tokens=512, max_cache_tokens=4096,
+                                           schedule="static", compile=False, batch_window_s=0.005, max_queued=256)
+    assert settings.max_model_len == 1024  # what one sequence's share of the cache holds
+    defaults = settings_from_args(parser.parse_args(["--model", "m"]), 32768)
+    assert defaults.engine.schedule == "continuous" and defaults.engine.max_cache_tokens is None
+    assert defaults.max_model_len == 32768

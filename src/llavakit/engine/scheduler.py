@@ -103,11 +103,15 @@ class Engine:
         self.forward: Forward | None = None
         self._seen: torch.Tensor | None = None  # (slots, V) tokens of each row, for repetition penalties
         self._sampler: BatchSampler | None = None
+        self._running = 0
         self.steps = 0  # statistics, read by /health
         self.rows_generated = 0
         self.rows_cancelled = 0  # rows stopped early: their client left, timed out or was cut
         if self.config.slot_length is not None:
             self._allocate(self.config.max_rows, self.config.slot_length)
+        else:
+            log.info("KV cache: sized on demand, up to %d rows (set max_cache_tokens to allocate it once)",
+                     self.config.max_rows)
 
     # ---- the callers' side -----------------------------------------------------------------------
     def start(self) -> Engine:
@@ -167,8 +171,8 @@ class Engine:
 
     @property
     def running(self) -> int:
-        """Requests admitted and not finished (being prefilled or decoded)."""
-        return len({id(row.request) for row in self.rows.values()} | {id(p.request) for p in self.prefilling})
+        """Requests admitted and not finished (being prefilled or decoded), as of the last step."""
+        return self._running
 
     @property
     def closed(self) -> bool:
@@ -202,14 +206,19 @@ class Engine:
         try:
             self._leave_cancelled()
             self._admit()
+            self._running = self._count_running()
             self._prefill()
             self._decode()
+            self._running = self._count_running()
         except Exception as error:  # a fault of the loop itself: fail what is running rather than hang it
             log.exception("engine step failed")
             for request in {id(r): r for r in [*(p.request for p in self.prefilling),
                                                 *(row.request for row in self.rows.values())]}.values():
                 self._fail(request, error)
             raise
+
+    def _count_running(self) -> int:
+        return len({id(row.request) for row in self.rows.values()} | {id(p.request) for p in self.prefilling})
 
     # admission -----------------------------------------------------------------------------------
     def _reserved(self) -> int:
@@ -336,13 +345,16 @@ class Engine:
                 return
 
     def _prefill_batch(self, budget: int) -> list[tuple[_Prefill, int]]:
-        """The prompts prefilled in one pass (first come first), and how many tokens of each."""
-        batch = []
+        """The prompts prefilled in one pass (first come first), and how many tokens of each: chunks
+        padded to the longest stay within ``budget`` tokens together."""
+        batch: list[tuple[_Prefill, int]] = []
+        width = 0
         for item in self.prefilling:
-            if budget == 0:
+            size = min(item.left, budget)
+            if batch and max(width, size) * (len(batch) + 1) > budget:
                 break
-            batch.append((item, min(item.left, budget)))
-            budget -= batch[-1][1]
+            batch.append((item, size))
+            width = max(width, size)
         return batch
 
     def _drop_cancelled_prefills(self) -> None:
@@ -483,8 +495,10 @@ class Engine:
             del self.rows[row.slot]
             self._park(row)
             self._free_slots([row.slot])
-            row.request.finish_choice()
             self._sampler = None
+        self._running = self._count_running()  # before the callers waiting for these rows wake up
+        for row in rows:
+            row.request.finish_choice()
 
     def _free_slots(self, slots: list[int]) -> None:
         for slot in slots:
@@ -499,6 +513,7 @@ class Engine:
         for item in [p for p in self.prefilling if p.request is request]:
             self.prefilling.remove(item)
             self._free_slots(item.slots)
+        self._running = self._count_running()
         request.listener.on_error(error)
         request.fail()
 
