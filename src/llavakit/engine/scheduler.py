@@ -183,8 +183,9 @@ class Engine:
         with self._wake:
             self._closed = True
             if not drain:
-                for request in [*self._queue, *(p.request for p in self.prefilling),
-                                *(r.request for r in self.rows.values())]:
+                # copied first (one C call each): the engine thread may change them meanwhile
+                prefilling, rows = list(self.prefilling), list(self.rows.values())
+                for request in [*self._queue, *(p.request for p in prefilling), *(r.request for r in rows)]:
                     request.cancel()
             self._wake.notify()
         if self._thread is not None and self._thread.is_alive():
@@ -199,7 +200,10 @@ class Engine:
                         return
                     self._wake.wait()
             with self._drive:
-                self.step()
+                try:
+                    self.step()
+                except Exception:  # noqa: BLE001 - logged, its requests failed; the engine serves on
+                    pass
 
     def step(self) -> None:
         """Cancelled rows leave, waiting requests join, prompts are prefilled, every row decodes one token."""
