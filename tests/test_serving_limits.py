@@ -227,3 +227,26 @@ def test_serve_flags_configure_the_engine():
     defaults = settings_from_args(parser.parse_args(["--model", "m"]), 32768)
     assert defaults.engine.schedule == "continuous" and defaults.engine.max_cache_tokens is None
     assert defaults.max_model_len == 32768
+
+
+@pytest.mark.parametrize("schedule", ["continuous", "static"])
+def test_a_short_request_overtakes_a_long_answer_only_with_continuous_batching(schedule):
+    with in_thread_server(engine=EngineConfig(max_rows=4, schedule=schedule)) as server:
+        finished = {}
+
+        def ask(name, max_tokens):
+            response = post(server, user("Tell me a story."), max_tokens=max_tokens, ignore_eos=True, timeout=120)
+            finished[name] = (time.monotonic(), response)
+
+        long = threading.Thread(target=ask, args=("long", 400))
+        long.start()
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "/health", timeout=10).json()["steps"] < 10:  # the long answer is decoding
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        ask("short", 4)
+        long.join(120)
+        assert finished["long"][1].json()["usage"]["completion_tokens"] == 400
+        assert finished["short"][1].json()["usage"]["completion_tokens"] == 4
+        overtook = finished["short"][0] < finished["long"][0]
+        assert overtook == (schedule == "continuous")
