@@ -241,3 +241,25 @@ def _saved_picture(seed):
     path = workdir() / f"engine-picture-{seed}.png"
     picture(seed, 80, 60).save(path)
     return path
+
+
+def test_a_prompt_continuing_a_finished_answer_reuses_prompt_and_answer():
+    import torch
+
+    from llavakit.processing.processor import ModelInputs
+
+    llava = tiny_model()
+    engine = Engine(llava, EngineConfig(max_rows=2, reuse_prefixes=True))
+    first = llava.prepare([CONVERSATIONS[0]])
+    listener = Collected()
+    engine.run([Request(first, SamplingSettings(10), listener, ignore_eos=True)])
+    answer = listener.generation(0, 0).token_ids
+    follow_up = llava.tokenizer("And then?", add_special_tokens=False)["input_ids"]
+    ids = torch.cat([first.input_ids[0], torch.tensor(answer + follow_up)])[None]
+    continued = ModelInputs(ids, torch.ones_like(ids), first.pixel_values, first.visual_items, [ids.shape[1]])
+    reused, fresh = Collected(), Collected()
+    engine.run([Request(continued, SamplingSettings(8), reused)])
+    # the slot holds the prompt and every answer token but the last (never fed back)
+    assert engine.prefix_tokens_reused == first.input_ids.shape[1] + len(answer) - 1
+    Engine(llava, EngineConfig(max_rows=1)).run([Request(continued, SamplingSettings(8), fresh)])
+    assert reused.generation(0, 0).token_ids == fresh.generation(0, 0).token_ids

@@ -269,13 +269,19 @@ class Engine:
         return _Prefill(request, [first, *slots] if first is not None else slots, parked=parked)
 
     def _reuse_prefix(self, item: _Prefill) -> None:
-        """Start the prefill after the part of the prompt its slot already holds: the same tokens, and
-        the same visual features where they are placeholders."""
+        """Start the prefill after the part of the prompt its slot already holds: the same tokens, the
+        same input embeddings over the old prompt (visual features included), and no visual
+        placeholder over the old answer (whose tokens were embedded as text)."""
         parked, item.parked = item.parked, None
         ids = item.request.inputs.input_ids[0].to(self.device)
-        size = min(parked.common_prefix(ids), parked.embeds.shape[0])
-        differ = (item.embeds[:size] != parked.embeds[:size]).any(-1).nonzero()
-        size = int(differ[0, 0]) if differ.numel() else size
+        size = parked.common_prefix(ids)
+        prompt = min(size, parked.embeds.shape[0])
+        differ = (item.embeds[:prompt] != parked.embeds[:prompt]).any(-1).nonzero()
+        if differ.numel():
+            size = int(differ[0, 0])
+        else:
+            placeholders = self.model.placeholder_mask(ids[None])[0, prompt:size].nonzero()
+            size = prompt + int(placeholders[0, 0]) if placeholders.numel() else size
         item.done = size
         self.prefix_tokens_reused += size
 
