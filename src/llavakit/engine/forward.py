@@ -35,13 +35,11 @@ def row_buckets(max_rows: int) -> list[int]:
 
 
 class _DecodeInputs:
-    """Fixed-address inputs of one compiled bucket, refilled in place before each call."""
+    """Fixed-address inputs of one compiled bucket, refilled in place (one copy) before each call."""
 
     def __init__(self, rows: int, length: int, device: torch.device):
-        self.ids = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.positions = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.slots = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.write = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.all = torch.zeros(4, rows, 1, dtype=torch.long, device=device)
+        self.ids, self.positions, self.slots, self.write = self.all.unbind(0)
         self.plan = Plan(slice(0, rows), length, self.slots, self.write)
 
 
@@ -68,7 +66,7 @@ class Forward:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             torch._dynamo.config.accumulated_recompile_limit = max(
                 torch._dynamo.config.accumulated_recompile_limit, 1024)
-        self._step = torch.compile(self._logits, dynamic=False, mode=mode) if compile_step else self._logits
+        self._step = torch.compile(self._masked_logits, dynamic=False, mode=mode) if compile_step else None
 
     # ---- masks ---------------------------------------------------------------------------------
     def _mask(self, positions: torch.Tensor, length: int):
@@ -153,16 +151,19 @@ class Forward:
         if first:
             inputs = self._buckets[bucket] = _DecodeInputs(bucket, self.cache.length, self.device)
         padding = bucket - rows
-        for buffer, values, pad in ((inputs.ids, ids, 0), (inputs.positions, positions, 0),
-                                    (inputs.slots, slots, self.scratch_slot),
-                                    (inputs.write, writes, self.scratch_position)):
-            buffer.copy_(torch.tensor(values + [pad] * padding, device=self.device)[:, None])
+        values = [ids + [0] * padding, positions + [0] * padding, slots + [self.scratch_slot] * padding,
+                  writes + [self.scratch_position] * padding]
+        inputs.all.copy_(torch.tensor(values, device=self.device)[:, :, None])
         self.cache.plan(inputs.plan)
         started = time.perf_counter()
-        logits = self._step(inputs.ids, inputs.positions, self._mask(inputs.positions, self.cache.length))
+        logits = self._step(inputs.ids, inputs.positions)
         if first:
             log.info("compiled the decode step for %d rows in %.1f s", bucket, time.perf_counter() - started)
         return logits
+
+    def _masked_logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The compiled step: the mask is built inside the graph, over the whole slot."""
+        return self._logits(ids, positions, self._mask(positions, self.cache.length))
 
     def _logits(self, ids: torch.Tensor, positions: torch.Tensor, mask) -> torch.Tensor:
         out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True)
