@@ -263,3 +263,22 @@ def test_a_prompt_continuing_a_finished_answer_reuses_prompt_and_answer():
     assert engine.prefix_tokens_reused == first.input_ids.shape[1] + len(answer) - 1
     Engine(llava, EngineConfig(max_rows=1)).run([Request(continued, SamplingSettings(8), fresh)])
     assert reused.generation(0, 0).token_ids == fresh.generation(0, 0).token_ids
+
+
+@pytest.mark.slow
+def test_a_compiled_engine_compiles_its_row_buckets_at_start_and_answers_as_the_eager_one():
+    llava = tiny_model()
+    compiled = Engine(llava, EngineConfig(max_rows=3, max_cache_tokens=3 * 400, compile=True)).start()
+    assert sorted(compiled.forward._buckets) == [1, 2, 3]
+    pointers = compiled.cache_data_ptrs()
+    specs = [(CONVERSATIONS[i], SamplingSettings(20 + i, temperature=0.9 * (i % 2), seed=i)) for i in range(4)]
+    listeners = [Collected() for _ in specs]
+    requests = [Request(llava.prepare([c]), s, listener) for (c, s), listener in zip(specs, listeners)]
+    for request in requests:
+        compiled.submit(request)
+    for request in requests:
+        assert request.finished.wait(120)
+    compiled.close()
+    assert compiled.cache_data_ptrs() == pointers
+    for (conv, settings), listener in zip(specs, listeners):
+        assert listener.generation(0, 0).token_ids == alone(llava, conv, settings).token_ids
