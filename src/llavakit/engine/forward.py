@@ -156,6 +156,8 @@ class Forward:
         inputs.all.copy_(torch.tensor(values, device=self.device)[:, :, None])
         self.cache.plan(inputs.plan)
         started = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed: replay over them
         logits = self._step(inputs.ids, inputs.positions)
         if first:
             log.info("compiled the decode step for %d rows in %.1f s", bucket, time.perf_counter() - started)
