@@ -197,6 +197,18 @@ def test_engine_config_refuses_bad_limits():
         EngineConfig(max_rows=8, max_cache_tokens=8)
 
 
+def test_compile_auto_compiles_a_server_on_a_gpu_only():
+    import torch
+
+    from llavakit.engine.scheduler import decide_compile
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert decide_compile("auto", gpu, serving=True)
+    assert not decide_compile("auto", gpu, serving=False)  # Llava.generate: the compile time would not pay back
+    assert not decide_compile("auto", cpu, serving=True)
+    assert decide_compile(True, cpu, serving=False) and not decide_compile(False, gpu, serving=True)
+
+
 def test_a_chat_turn_reuses_the_cache_of_the_previous_turn():
     from llavakit.serving.chat_cli import ChatSession
 

@@ -16,7 +16,7 @@ class EngineConfig:
     # "continuous": rows leave and requests join at every decode step; "static": a batch runs to its end
     # while new requests wait (the baseline the benchmarks compare against).
     schedule: Literal["continuous", "static"] = "continuous"
-    compile: bool | Literal["auto"] = "auto"  # torch.compile the decode step ("auto": on a GPU only)
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the decode step ("auto": a server on a GPU)
     feature_cache: object | None = None  # passed to model.embed(..., feature_cache=...) when set
     # keep each finished answer's keys (prompt and answer) in its freed slot until the slot is needed; a
     # later prompt that starts with the same tokens and media reuses them (a chat's next turn)

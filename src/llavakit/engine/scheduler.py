@@ -88,7 +88,7 @@ class Engine:
         self.model = llava.model
         self.device = self.model.device
         self.eos_token_ids = llava.eos_token_ids
-        self.compile = decide_compile(self.config.compile, self.device)
+        self.compile = decide_compile(self.config.compile, self.device, serving=False)
         self._queue: deque[Request] = deque()
         self._wake = threading.Condition()
         self._drive = threading.Lock()  # one step at a time, whichever thread runs it
@@ -119,6 +119,11 @@ class Engine:
 
         With a compiled step and a fixed-size cache, every row bucket is compiled first."""
         if self._thread is None:
+            compile_step = decide_compile(self.config.compile, self.device, serving=True)
+            if compile_step != self.compile:
+                self.compile = compile_step
+                if self.cache is not None:
+                    self.forward = Forward(self.model, self.cache, compile_step=compile_step)
             if self.forward is not None and not self.rows:
                 self.forward.warm_up()
             self._thread = threading.Thread(target=self._loop, name="llavakit-engine", daemon=True)
@@ -541,11 +546,12 @@ def collate(parts: list[ModelInputs], pad_token_id: int) -> ModelInputs:
     return ModelInputs(ids, mask, torch.cat(pixels) if pixels else None, items, prompt_tokens)
 
 
-def decide_compile(option: bool | str, device: torch.device) -> bool:
-    """``"auto"``: compile on a GPU only. On a CPU the compiled step is faster at small batches too,
-    but compiling each row bucket takes long enough that it pays only for long runs: ask for it."""
+def decide_compile(option: bool | str, device: torch.device, serving: bool) -> bool:
+    """``"auto"``: compile for a server on a GPU. Compiling takes a while for each row bucket, which
+    pays back over a server's life, not over a ``Llava.generate`` call; and on a CPU the compiled
+    step is no faster for models of real size (ask for it with ``compile=True``)."""
     if option == "auto":
-        return device.type == "cuda"
+        return serving and device.type == "cuda"
     return bool(option)
 
 

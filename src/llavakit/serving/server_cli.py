@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "--max-batch-size sequences holds this / --max-batch-size, which also caps "
                                "--max-model-len (default: sized on demand to the longest request so far)")
     batching.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                          help="torch.compile the decode step (auto: on a GPU)")
+                          help="torch.compile the decode step, for a few batch sizes at start-up (auto: on a GPU)")
     batching.add_argument("--batch-window-ms", type=float, default=5.0,
                           help="static schedule: how long a request waits for company")
     batching.add_argument("--max-queue", type=int, default=256, help="waiting requests; more get HTTP 429")
