@@ -5,12 +5,10 @@ are left-padded), with the end token disabled so every row decodes exactly ``--n
 
 - ``transformers generate``: ``LlavaOnevisionForConditionalGeneration.generate`` on inputs from
   transformers' processor (the baseline);
-- ``ours generate``: ``llavakit.model.generation.generate_ids``, the loop under ``Llava.generate``;
-- ``ours serving``: ``llavakit.serving.decode.generate_rows``, the server's and chat's decoder
-  (text streaming included);
-- levers (``--levers static,compile``, prototypes in this file, not in the library):
-  ``ours static cache`` preallocates the KV cache; ``ours static+compile`` also compiles the decode
-  step with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs on a GPU);
+- ``ours engine``: ``llavakit.engine.Engine``, the loop under ``Llava.generate``, the chat CLI and the
+  server (preallocated KV cache, text streaming included), its decode step not compiled;
+- levers (``--levers compile``): ``ours engine, compiled`` compiles the engine's decode step
+  (``EngineConfig(compile=True)``; CUDA graphs on a GPU);
 - ``--hf-static``: transformers' own fast path, ``generate(cache_implementation="static")``.
   With torchvision importable, the time-to-first-token rows add transformers with its
   torchvision-backed processor (on the model's device).
@@ -22,7 +20,7 @@ decode step is the median time between consecutive tokens of a run (each loop's 
 callback stamps it), so a load spike on a shared machine moves one gap, not the figure.
 
     python bench/inference.py                                   # CPU: quickstart shape, batch 1/16/64
-    python bench/inference.py --shape 0.5b --levers static,compile --hf-static   # GPU: batch 1/16/64, bf16
+    python bench/inference.py --shape 0.5b --levers compile --hf-static   # GPU: batch 1/16/64, bf16
 """
 
 from __future__ import annotations
@@ -69,6 +67,10 @@ class Prompts:
     def prepare_ours(self):
         return self.pair.ours.prepare(self.convs).to(self.pair.device, self.pair.dtype)
 
+    def prepare_each(self):
+        """One prepared prompt per conversation: what the engine takes."""
+        return [self.pair.ours.prepare([conv]).to(self.pair.device, self.pair.dtype) for conv in self.convs]
+
     def prepare_hf(self, processor=None, **kwargs):
         texts, images = [], []
         for conv in self.convs:
@@ -105,85 +107,29 @@ def hf_generate(pair: models.Pair, hf_inputs, new_tokens: int, clock: list[float
     return out[:, hf_inputs["input_ids"].shape[1]:].tolist()
 
 
-def ours_generate(pair: models.Pair, inputs, new_tokens: int, clock: list[float] | None = None) -> list[list[int]]:
-    from llavakit.model.generation import SamplingSettings, generate_ids
-
-    return generate_ids(pair.ours.model, inputs, SamplingSettings(new_tokens), [], pair.tokenizer.pad_token_id,
-                        on_step=lambda tokens: stamp(clock))
-
-
-def ours_serving(pair: models.Pair, inputs, new_tokens: int, clock: list[float] | None = None) -> list[list[int]]:
-    from llavakit.model.generation import SamplingSettings
-    from llavakit.serving.decode import Row, generate_rows
-    from llavakit.serving.text import TextStream
-
-    class ClockedStream(TextStream):
-        def push(self, token: int) -> str:
-            stamp(clock)
-            return super().push(token)
-
-    rows = [Row(i, SamplingSettings(new_tokens), (ClockedStream if i == 0 else TextStream)(pair.tokenizer))
-            for i in range(inputs.input_ids.shape[0])]
-    generate_rows(pair.ours.model, inputs, rows)
-    return [row.token_ids for row in rows]
-
-
-class StaticDecoder:
-    """Prototype lever: a preallocated (static) KV cache, and optionally a compiled decode step.
-
-    The attention mask is a fixed (B, prompt + new) buffer whose future columns are 0, so every
-    decode step has the same shapes (what CUDA graphs need). Positions count real tokens only, as
-    in ``generate_ids``. One cache (reset between calls) and one compiled step per batch shape, so
-    repeated runs reuse the compiled graph.
-    """
+class EngineRunner:
+    """Our engine, driven step by step so that each step can be stamped (one token per row per step)."""
 
     def __init__(self, pair: models.Pair, compile_step: bool):
-        self.pair, self.compile_step = pair, compile_step
-        self.shapes: dict[tuple[int, int], tuple[Any, Callable]] = {}
+        from llavakit.engine import Engine, EngineConfig
 
-    def __call__(self, inputs, new_tokens: int, clock: list[float] | None = None) -> list[list[int]]:
-        model = self.pair.ours.model
-        lm = model.language_model
-        mask = inputs.attention_mask
-        batch, length = mask.shape
-        cache, step = self._cache_and_step(lm, batch, length + new_tokens)
-        full_mask = torch.zeros(batch, length + new_tokens, dtype=mask.dtype, device=mask.device)
-        full_mask[:, :length] = mask
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():  # not inference_mode: the cache is reset in place between calls
-            embeds = model.embed(inputs.input_ids, inputs.pixel_values, inputs.visual_items)
-            out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                     use_cache=True, logits_to_keep=1)
-            token = out.logits[:, -1].argmax(-1)
-            produced, position = [token], positions[:, -1:]
-            common.cuda_sync()  # as the other loops: one sync per step (where an end-token test would be)
+        self.pair = pair
+        self.engine = Engine(pair.ours, EngineConfig(max_rows=64, max_prefill_tokens=1 << 20, compile=compile_step))
+
+    def __call__(self, prompts: list, new_tokens: int, clock: list[float] | None = None) -> list[list[int]]:
+        from llavakit.api import Collected
+        from llavakit.engine import Request, SamplingSettings
+
+        listeners = [Collected() for _ in prompts]
+        requests = [Request(inputs, SamplingSettings(new_tokens), listener, ignore_eos=True)
+                    for inputs, listener in zip(prompts, listeners)]
+        for request in requests:
+            self.engine.submit(request)
+        while not all(request.finished.is_set() for request in requests):
+            self.engine.step()  # prefill then one decode step; later steps: one decode step
+            common.cuda_sync()
             stamp(clock)
-            for index in range(new_tokens - 1):
-                full_mask[:, length + index] = 1
-                position = position + 1
-                token = step(token[:, None], full_mask, position).argmax(-1).clone()
-                produced.append(token)
-                common.cuda_sync()
-                stamp(clock)
-        return torch.stack(produced, dim=1).tolist()
-
-    def _cache_and_step(self, lm, batch: int, total: int) -> tuple[Any, Callable]:
-        from transformers import StaticCache
-
-        if (batch, total) in self.shapes:
-            cache, step = self.shapes[batch, total]
-            cache.reset()
-            return cache, step
-        cache = StaticCache(config=lm.config, max_cache_len=total)
-
-        def step(ids, mask, position):
-            return lm(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                      use_cache=True).logits[:, -1]
-
-        if self.compile_step:
-            step = torch.compile(step, mode="reduce-overhead" if torch.cuda.is_available() else "default")
-        self.shapes[batch, total] = (cache, step)
-        return cache, step
+        return [listener.generation(0, 0).token_ids for listener in listeners]
 
 
 def hf_static_generate(pair: models.Pair, hf_inputs, new_tokens: int, clock: list[float] | None = None):
@@ -233,17 +179,18 @@ def timed(fn: Callable, new_tokens: int) -> tuple[Run, list[list[int]]]:
     return Run(clock[0] - start, statistics.median(gaps) if gaps else float("nan"), end - start), tokens
 
 
-def decode_rows(pair: models.Pair, batch: int, args, levers: dict[str, Callable]) -> list[dict[str, Any]]:
+def decode_rows(pair: models.Pair, batch: int, args, engine: EngineRunner,
+                levers: dict[str, Callable]) -> list[dict[str, Any]]:
     prompts = Prompts(pair, conversations(batch, args.image_size, seed=batch))
+    each = prompts.prepare_each()
     contenders: dict[str, Callable] = {
         "transformers generate": lambda n, clock: hf_generate(pair, prompts.hf, n, clock),
-        "ours generate": lambda n, clock: ours_generate(pair, prompts.ours, n, clock),
-        "ours serving": lambda n, clock: ours_serving(pair, prompts.ours, n, clock),
+        "ours engine": lambda n, clock: engine(each, n, clock),
     }
     if args.hf_static:
         contenders["transformers generate, static cache"] = lambda n, clock: hf_static_generate(pair, prompts.hf, n,
                                                                                                 clock)
-    contenders |= {name: (lambda n, clock, fn=fn: fn(prompts.ours, n, clock)) for name, fn in levers.items()}
+    contenders |= {name: (lambda n, clock, fn=fn: fn(each, n, clock)) for name, fn in levers.items()}
     expected = contenders["transformers generate"](args.new_tokens, None)
     differing, memory, failed = {}, {}, {}
     for name, fn in list(contenders.items()):  # also the warm-up (and compilation) of every contender
@@ -252,7 +199,7 @@ def decode_rows(pair: models.Pair, batch: int, args, levers: dict[str, Callable]
         try:
             tokens = fn(args.new_tokens, None)
         except Exception as err:
-            if name in ("transformers generate", "ours generate", "ours serving"):
+            if name in ("transformers generate", "ours engine"):
                 raise
             failed[name] = f"{type(err).__name__}: {err}"[:300]
             del contenders[name]
@@ -287,12 +234,15 @@ def decode_rows(pair: models.Pair, batch: int, args, levers: dict[str, Callable]
 
 def ttft_rows(pair: models.Pair, args) -> list[dict[str, Any]]:
     """One image at ``--ttft-image``: prompt to first token, with and without preprocessing."""
+    from llavakit.engine import SamplingSettings
+
     prompts = Prompts(pair, conversations(1, args.ttft_image, seed=100))
+    ready = prompts.prepare_each()
     contenders = {
         "transformers generate": lambda: hf_generate(pair, prompts.prepare_hf(), 1),
-        "ours generate": lambda: ours_generate(pair, prompts.prepare_ours(), 1),
+        "ours generate": lambda: [g.token_ids for g in pair.ours.generate(prompts.convs, max_new_tokens=1)],
         "transformers generate, inputs ready": lambda: hf_generate(pair, prompts.hf, 1),
-        "ours generate, inputs ready": lambda: ours_generate(pair, prompts.ours, 1),
+        "ours generate, inputs ready": lambda: [g.token_ids for g in pair.ours.generate_many(ready, SamplingSettings(1))],
     }
     got, expected = contenders["ours generate"](), contenders["transformers generate"]()
     if got != expected and args.check == "strict":
@@ -335,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=size, default=None, help="HxW of the decode prompts' images "
                         "(default: 96x128 on CPU, 480x640 on a GPU)")
     parser.add_argument("--ttft-image", type=size, default=(1080, 1920))
-    parser.add_argument("--levers", default="", help="comma list: static, compile")
+    parser.add_argument("--levers", default="", help="comma list: compile (static: accepted, the engine always preallocates its cache)")
     parser.add_argument("--hf-static", action="store_true",
                         help="also time transformers' generate(cache_implementation='static'), its own fast path")
     parser.add_argument("--repeats", type=int, default=3)
@@ -358,15 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     pair = models.build_pair(args.shape, args.device, getattr(torch, args.dtype), attn=args.attn)
     pair.hf.generation_config.eos_token_id = None  # every row decodes exactly --new-tokens
     wanted = {lever.strip() for lever in args.levers.split(",") if lever.strip()}
+    # "static" named the preallocated-cache prototype; the engine always preallocates now (kept so that
+    # recorded commands still run)
+    unknown = wanted - {"compile", "static"}
+    if unknown:
+        parser.error(f"unknown levers: {', '.join(sorted(unknown))} (known: compile)")
+    engine = EngineRunner(pair, compile_step=False)
     levers: dict[str, Callable] = {}
-    if "static" in wanted:
-        levers["ours static cache"] = StaticDecoder(pair, compile_step=False)
     if "compile" in wanted:
-        levers["ours static+compile"] = StaticDecoder(pair, compile_step=True)
+        levers["ours engine, compiled"] = EngineRunner(pair, compile_step=True)
 
     rows = ttft_rows(pair, args)
     for batch in [int(b) for b in args.batches.split(",")]:
-        rows += decode_rows(pair, batch, args, levers)
+        rows += decode_rows(pair, batch, args, engine, levers)
     env = common.environment()
     columns = ["batch", "contender", "prompt tokens", "first token s", "first vs generate", "decode ms/step",
                "decode tok/s", "decode vs generate", "end-to-end tok/s", "rows differing", "peak GiB", "note"]

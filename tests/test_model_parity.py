@@ -192,3 +192,24 @@ def test_next_and_llava15_logits_and_tokens_equal_transformers(family, next_dir,
         generated = ours.generate(conversation, max_new_tokens=8)
         hf_tokens = hf.generate(**expected, max_new_tokens=8, do_sample=False)[0, expected["input_ids"].shape[1]:]
         assert generated.token_ids == hf_tokens.tolist()
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("family", ["onevision", "next", "llava15"])
+def test_engine_batched_greedy_tokens_equal_transformers(family, compiled, onevision_dir, next_dir, llava15_dir):
+    from llavakit.engine import EngineConfig
+
+    directory = {"onevision": onevision_dir, "next": next_dir, "llava15": llava15_dir}[family]
+    hf, processor = {"onevision": _hf_onevision, "next": _hf_next, "llava15": _hf_llava15}[family](directory)
+    ours = llavakit.load(directory)
+    ours.set_engine(EngineConfig(max_rows=2, max_cache_tokens=2 * 1024, compile=compiled))
+    images = [random_image(70, 150, seed=40), random_image(99, 41, seed=41)]
+    conversations = [_user(images[0], "What is it?"), _user(images[1], "Describe this picture in a few words.")]
+    generated = ours.generate(conversations, max_new_tokens=8)
+    for conversation, image, result in zip(conversations, images, generated):
+        text, _ = ours.processor.render(conversation)
+        extra = {} if family == "onevision" else {"add_special_tokens": False}
+        expected = processor(text=[text], images=[image], return_tensors="pt", **extra)
+        reference = hf.generate(**expected, max_new_tokens=8, do_sample=False)[0, expected["input_ids"].shape[1]:]
+        assert result.token_ids == reference.tolist()
+    assert ours.engine.forward.compiled == compiled

@@ -1,4 +1,4 @@
-"""Batched generation under the server: per-row sampling, streaming text, rows of one prompt."""
+"""Generation through the engine: per-row sampling, streaming text, choices of one prompt."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from test_serving_support import (
     tiny_model,
 )
 
-from llavakit.model.generation import SamplingSettings, next_tokens
-from llavakit.serving.decode import Row, collate, generate_rows
-from llavakit.serving.sampling import BatchSampler, make_generator
-from llavakit.serving.text import TextStream, stop_prefix_length
+from llavakit.api import Collected
+from llavakit.engine import Request, SamplingSettings
+from llavakit.engine.sampling import BatchSampler, make_generator
+from llavakit.engine.text import TextStream, stop_prefix_length
 
 
 def conversation(*parts):
@@ -38,9 +38,14 @@ SETTINGS = [
 ]
 
 
-def rows_for(llava, settings, stop=()):
-    return [Row(i, s, TextStream(llava.tokenizer, stop, llava.eos_token_ids), make_generator(s.seed, "cpu"))
-            for i, s in enumerate(settings)]
+def answer(llava, requests):
+    """Run requests on the model's engine; each request's Collected listener holds its answers."""
+    llava.engine.run(requests)
+    return [r.listener for r in requests]
+
+
+def request(llava, conv, settings, stop=(), n=1, **listener):
+    return Request(llava.prepare([conv]), settings, Collected(n, **listener), n=n, stop=list(stop))
 
 
 def alone(llava, conv, s, stop=None):
@@ -48,76 +53,67 @@ def alone(llava, conv, s, stop=None):
                           top_k=s.top_k, repetition_penalty=s.repetition_penalty, seed=s.seed, stop=stop)
 
 
-def test_single_row_sampler_is_the_core_sampler():
+def test_a_row_samples_in_a_batch_what_it_samples_alone():
     torch.manual_seed(0)
-    logits, history = torch.randn(1, 50) * 3, torch.randint(0, 50, (1, 12))
-    seen = torch.zeros(1, 50, dtype=torch.bool).scatter_(1, history, True)
-    for s in [SamplingSettings(temperature=0), SamplingSettings(temperature=0, repetition_penalty=1.7),
-              SamplingSettings(temperature=0.7, top_p=0.8, seed=1), SamplingSettings(temperature=1.3, top_k=4, seed=2),
-              SamplingSettings(temperature=1.0, top_k=7, top_p=0.5, repetition_penalty=1.2, seed=3)]:
-        ours = [BatchSampler([s], [make_generator(s.seed, "cpu")])(logits, seen).item() for _ in range(1)]
-        core = next_tokens(logits, history, s, make_generator(s.seed, "cpu"))
-        assert ours == core.tolist(), s
+    logits = torch.randn(5, 50) * 3
+    seen = torch.zeros(5, 50, dtype=torch.bool).scatter_(1, torch.randint(0, 50, (5, 12)), True)
+    settings = [SamplingSettings(temperature=0), SamplingSettings(temperature=0, repetition_penalty=1.7),
+                SamplingSettings(temperature=0.7, top_p=0.8, seed=1), SamplingSettings(temperature=1.3, top_k=4, seed=2),
+                SamplingSettings(temperature=1.0, top_k=7, top_p=0.5, repetition_penalty=1.2, seed=3)]
+    together = BatchSampler(settings, [make_generator(s.seed, "cpu") for s in settings])(logits, seen).tolist()
+    for i, s in enumerate(settings):
+        alone_ = BatchSampler([s], [make_generator(s.seed, "cpu")])(logits[i:i + 1], seen[i:i + 1]).item()
+        assert together[i] == alone_, s
 
 
 def test_a_batch_of_mixed_requests_gives_each_the_answer_it_gets_alone():
     llava = tiny_model()
     references = [alone(llava, c, s) for c, s in zip(CONVERSATIONS, SETTINGS)]
-    inputs = collate([llava.prepare([c]) for c in CONVERSATIONS], llava.tokenizer.pad_token_id)
-    rows = rows_for(llava, SETTINGS)
-    generate_rows(llava.model, inputs, rows)
-    for row, reference in zip(rows, references):
-        assert row.token_ids == reference.token_ids
-        assert row.text == reference.text
-        assert row.finish_reason == reference.finish_reason
+    results = answer(llava, [request(llava, c, s) for c, s in zip(CONVERSATIONS, SETTINGS)])
+    for result, reference in zip(results, references):
+        got = result.generation(0, reference.prompt_tokens)
+        assert got.token_ids == reference.token_ids
+        assert got.text == reference.text
+        assert got.finish_reason == reference.finish_reason
 
 
-def test_collate_equals_the_processor_on_the_whole_batch():
-    llava = tiny_model()
-    together = llava.prepare(CONVERSATIONS)
-    merged = collate([llava.prepare([c]) for c in CONVERSATIONS], llava.tokenizer.pad_token_id)
-    assert torch.equal(together.input_ids, merged.input_ids)
-    assert torch.equal(together.attention_mask, merged.attention_mask)
-    assert torch.equal(together.pixel_values, merged.pixel_values)
-    assert together.visual_items == merged.visual_items and together.prompt_tokens == merged.prompt_tokens
-
-
-def test_rows_of_one_prompt_share_its_prefill_and_keep_their_own_seeds():
+def test_choices_of_one_prompt_share_its_prefill_and_keep_their_own_seeds():
     llava = tiny_model()
     conv = CONVERSATIONS[0]
-    settings = [SamplingSettings(12, temperature=1.0, seed=10 + i) for i in range(3)]
-    rows = [Row(0, s, TextStream(llava.tokenizer, (), llava.eos_token_ids), make_generator(s.seed, "cpu"))
-            for s in settings]
-    generate_rows(llava.model, llava.prepare([conv]), rows)
-    for row, s in zip(rows, settings):
-        assert row.token_ids == alone(llava, conv, s).token_ids
-    assert len({tuple(r.token_ids) for r in rows}) > 1
+    settings = SamplingSettings(12, temperature=1.0, seed=10)
+    (result,) = answer(llava, [request(llava, conv, settings, n=3)])
+    tokens = [result.generation(i, 0).token_ids for i in range(3)]
+    for i in range(3):
+        assert tokens[i] == alone(llava, conv, settings.with_seed(10 + i)).token_ids
+    assert len({tuple(t) for t in tokens}) > 1
 
 
-def test_stop_strings_end_a_row_as_the_core_does():
+def test_stop_strings_end_a_row():
     llava = tiny_model()
     conv, s = CONVERSATIONS[0], SamplingSettings(24)
-    full = alone(llava, conv, s).text
-    stop = full[5:8]
-    rows = rows_for(llava, [s], [stop])
-    generate_rows(llava.model, llava.prepare([conv]), rows)
+    full = alone(llava, conv, s)
+    stop = full.text[5:8]
     reference = alone(llava, conv, s, [stop])
-    assert rows[0].text == reference.text == full[: full.index(stop)]
-    assert rows[0].token_ids == reference.token_ids and rows[0].finish_reason == "stop"
+    assert reference.text == full.text[: full.text.index(stop)] and reference.finish_reason == "stop"
+    # the row ends at the token that completed the stop string
+    assert full.token_ids[:len(reference.token_ids)] == reference.token_ids
+    assert stop in llava.tokenizer.decode(reference.token_ids, skip_special_tokens=True)
+    assert stop not in llava.tokenizer.decode(reference.token_ids[:-1], skip_special_tokens=True)
 
 
 def test_streamed_deltas_concatenate_to_the_text_and_cancel_stops_a_row():
     llava = tiny_model()
     deltas: list[str] = []
-    row = Row(0, SamplingSettings(40), TextStream(llava.tokenizer, (), llava.eos_token_ids),
-              on_text=lambda r, d: deltas.append(d))
-    generate_rows(llava.model, llava.prepare([CONVERSATIONS[3]]), [row])
+    (result,) = answer(llava, [request(llava, CONVERSATIONS[3], SamplingSettings(40), on_text=deltas.append)])
+    row = result.generation(0, 0)
     assert "".join(deltas) == row.text == llava.tokenizer.decode(row.token_ids, skip_special_tokens=True)
     steps = []
-    cancelled = Row(0, SamplingSettings(40), TextStream(llava.tokenizer), cancelled=lambda: len(steps) >= 3,
-                    on_text=lambda r, d: steps.append(d))
-    generate_rows(llava.model, llava.prepare([CONVERSATIONS[3]]), [cancelled])
-    assert cancelled.finish_reason == "cancelled" and len(cancelled.token_ids) < 40
+    cancelled = request(llava, CONVERSATIONS[3], SamplingSettings(40),
+                        on_text=lambda d: (steps.append(d), len(steps) >= 3 and cancelled.cancel()))
+    cancelled.ignore_eos = True
+    (result,) = answer(llava, [cancelled])
+    got = result.generation(0, 0)
+    assert got.finish_reason == "cancelled" and len(got.token_ids) < 40
 
 
 class ByteTokenizer:
@@ -142,9 +138,9 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
 @pytest.mark.parametrize("max_new_tokens", [0, 1])
 def test_rows_with_no_or_one_token(max_new_tokens):
     llava = tiny_model()
-    row = rows_for(llava, [SamplingSettings(max_new_tokens)])[0]
-    generate_rows(llava.model, llava.prepare([CONVERSATIONS[1]]), [row])
-    assert len(row.token_ids) <= max_new_tokens and row.finish_reason in ("length", "stop")
+    (result,) = answer(llava, [request(llava, CONVERSATIONS[1], SamplingSettings(max_new_tokens))])
+    got = result.generation(0, 0)
+    assert len(got.token_ids) <= max_new_tokens and got.finish_reason in ("length", "stop")
 
 
 def test_generate_batch_takes_settings_per_conversation():
@@ -191,15 +187,15 @@ class Collect:
 def test_a_broken_job_fails_alone_and_its_batch_neighbours_are_answered():
     from dataclasses import replace
 
-    from llavakit.serving.engine import Engine, EngineLimits, Job
+    from llavakit.engine import Engine, EngineConfig
 
     llava = tiny_model()
     good_inputs = llava.prepare([CONVERSATIONS[0]])
     broken_inputs = replace(llava.prepare([CONVERSATIONS[3]]), visual_items=[])  # placeholders without features
-    engine = Engine(llava, EngineLimits(batch_window_s=0.2))
+    engine = Engine(llava, EngineConfig())
     good, broken = Collect(), Collect()
-    engine.submit(Job(good_inputs, SamplingSettings(24), good))
-    engine.submit(Job(broken_inputs, SamplingSettings(24), broken))
+    engine.submit(Request(good_inputs, SamplingSettings(24), good))
+    engine.submit(Request(broken_inputs, SamplingSettings(24), broken))
     engine.start()
     assert good.done.wait(60) and broken.done.wait(60)
     engine.close()

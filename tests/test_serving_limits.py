@@ -25,7 +25,7 @@ from test_serving_support import (
     user,
 )
 
-from llavakit.serving.engine import EngineLimits
+from llavakit.engine import EngineConfig
 from llavakit.serving.media import MediaPolicy
 
 
@@ -49,7 +49,7 @@ def assert_error(response, status, code):
 
 
 def test_a_full_queue_answers_429_and_later_requests_succeed():
-    with in_thread_server(engine=EngineLimits(max_batch_rows=1, max_queued=1), max_n=1) as server:
+    with in_thread_server(engine=EngineConfig(max_rows=1, max_queued=1), max_n=1) as server:
         results = {}
         long = threading.Thread(
             target=lambda: results.setdefault("long", post(server, user("Long story"), max_tokens=400)))
@@ -209,3 +209,47 @@ def test_ignore_eos_generates_to_the_token_limit_past_the_end_token():
         assert full["usage"]["completion_tokens"] == 8 * 300
         for short, long in zip(stopped["choices"], full["choices"]):
             assert long["message"]["content"].startswith(short["message"]["content"])
+
+
+def test_serve_flags_configure_the_engine():
+    import argparse
+
+    from llavakit.serving.server_cli import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--schedule", "static", "--max-batch-size", "4", "--max-batch-tokens",
+                              "512", "--max-cache-tokens", "4096", "--compile", "off", "--max-model-len", "2048"])
+    settings = settings_from_args(args, 32768)
+    assert settings.engine == EngineConfig(max_rows=4, max_prefill_tokens=512, max_cache_tokens=4096,
+                                           schedule="static", compile=False, batch_window_s=0.005, max_queued=256)
+    assert settings.max_model_len == 1024  # what one sequence's share of the cache holds
+    defaults = settings_from_args(parser.parse_args(["--model", "m"]), 32768)
+    assert defaults.engine.schedule == "continuous" and defaults.engine.max_cache_tokens is None
+    assert defaults.max_model_len == 32768
+
+
+@pytest.mark.parametrize("schedule", ["continuous", "static"])
+def test_a_short_request_overtakes_a_long_answer_only_with_continuous_batching(schedule):
+    with in_thread_server(engine=EngineConfig(max_rows=4, schedule=schedule)) as server:
+        finished = {}
+
+        def ask(name, max_tokens):
+            response = post(server, user("Tell me a story."), max_tokens=max_tokens, ignore_eos=True, timeout=120)
+            # decode steps the engine had run when this answer arrived (one per token of the long answer)
+            finished[name] = (httpx.get(server.url + "/health", timeout=10).json()["steps"], response)
+
+        long = threading.Thread(target=ask, args=("long", 400))
+        long.start()
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "/health", timeout=10).json()["steps"] < 10:  # the long answer is decoding
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        ask("short", 4)
+        long.join(120)
+        assert finished["long"][1].json()["usage"]["completion_tokens"] == 400
+        assert finished["short"][1].json()["usage"]["completion_tokens"] == 4
+        if schedule == "continuous":  # answered while the long answer was still being generated
+            assert finished["short"][0] < 300
+        else:  # answered after the long answer's 399 decode steps, then its own
+            assert finished["short"][0] >= 399 + 3

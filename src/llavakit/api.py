@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,7 @@ import torch
 
 from llavakit.checkpoint import io
 from llavakit.config import LlavaConfig
-from llavakit.model.generation import SamplingSettings, generate_ids
+from llavakit.engine import Engine, EngineConfig, Request, SamplingSettings
 from llavakit.model.llava import LlavaForCausalLM
 from llavakit.processing.processor import LlavaProcessor, ModelInputs
 
@@ -26,6 +26,33 @@ class Generation:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
 
 
+class Collected:
+    """A request listener that keeps each choice's text, tokens and finish (for synchronous callers)."""
+
+    def __init__(self, choices: int = 1, on_text: Callable[[str], None] | None = None):
+        self.stream = on_text
+        self.texts = [""] * choices
+        self.finished: list[tuple[str, list[int]] | None] = [None] * choices
+        self.error: Exception | None = None
+
+    def on_text(self, choice: int, delta: str) -> None:
+        self.texts[choice] += delta
+        if self.stream is not None:
+            self.stream(delta)
+
+    def on_finish(self, choice: int, reason: str, token_ids: list[int]) -> None:
+        self.finished[choice] = (reason, token_ids)
+
+    def on_error(self, error: Exception) -> None:
+        self.error = error
+
+    def generation(self, choice: int, prompt_tokens: int) -> Generation:
+        if self.error is not None:
+            raise self.error
+        reason, token_ids = self.finished[choice]
+        return Generation(self.texts[choice], token_ids, prompt_tokens, reason)
+
+
 def is_single_conversation(conversations: Any) -> bool:
     return bool(conversations) and isinstance(conversations[0], dict)
 
@@ -38,6 +65,22 @@ class Llava:
         self.tokenizer = tokenizer
         self.config: LlavaConfig = model.config
         self.processor = LlavaProcessor(self.config, tokenizer)
+        self._engine_config = EngineConfig()
+        self._engine: Engine | None = None
+
+    # ---- the engine -----------------------------------------------------------------------
+    def set_engine(self, config: EngineConfig) -> None:
+        """Generate with this engine configuration from now on (its cache is allocated anew)."""
+        if self._engine is not None:
+            self._engine.close()
+        self._engine_config, self._engine = config, None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine under ``generate`` (created on first use, with the configuration of ``set_engine``)."""
+        if self._engine is None:
+            self._engine = Engine(self, self._engine_config)
+        return self._engine
 
     @classmethod
     def from_config(cls, config: LlavaConfig, tokenizer: Any) -> Llava:
@@ -76,41 +119,24 @@ class Llava:
         single = is_single_conversation(conversations)
         batch = [conversations] if single else list(conversations)
         settings = SamplingSettings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed)
-        inputs = self.prepare(batch)
-        results = self.generate_from_inputs(inputs, settings, stop)
+        results = self.generate_many([self.prepare([c]) for c in batch], settings, stop)
         return results[0] if single else results
 
-    def generate_from_inputs(
-        self, inputs: ModelInputs, settings: SamplingSettings, stop: Sequence[str] | None = None
+    def generate_many(
+        self, prompts: Sequence[ModelInputs], settings: SamplingSettings | Sequence[SamplingSettings],
+        stop: Sequence[str] | None = None, on_text: Callable[[int, str], None] | None = None,
     ) -> list[Generation]:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_ids[0]
-        on_step = self._stop_watcher(inputs.input_ids.shape[0], stop) if stop else None
-        sequences = generate_ids(self.model, inputs, settings, self.eos_token_ids, pad, on_step)
-        return [self._finish(ids, prompt, settings, stop) for ids, prompt in zip(sequences, inputs.prompt_tokens)]
-
-    def _stop_watcher(self, batch: int, stop: Sequence[str]):
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        done = [False] * batch
-
-        def on_step(step: torch.Tensor) -> bool:
-            for row, token in enumerate(step.tolist()):
-                if not done[row]:
-                    tokens[row].append(token)
-                    text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
-                    done[row] = any(s in text for s in stop) or token in self.eos_token_ids
-            return all(done)
-
-        return on_step
-
-    def _finish(self, ids: list[int], prompt: int, settings: SamplingSettings, stop: Sequence[str] | None) -> Generation:
-        eos = set(self.eos_token_ids)
-        ended = bool(ids) and ids[-1] in eos
-        text = self.tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True)
-        if stop:
-            cut = min((text.index(s) for s in stop if s in text), default=None)
-            if cut is not None:
-                text, ended = text[:cut], True
-        return Generation(text, ids, prompt, "stop" if ended else "length")
+        """Answer prepared prompts (one each) together, each with its settings (one for all, or one each);
+        ``on_text(index, delta)`` streams the text."""
+        per_prompt = [settings] * len(prompts) if isinstance(settings, SamplingSettings) else list(settings)
+        if len(per_prompt) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} sampling settings")
+        listeners = [Collected(on_text=None if on_text is None else (lambda delta, i=i: on_text(i, delta)))
+                     for i in range(len(prompts))]
+        requests = [Request(inputs, s, listener, stop=list(stop or ()))
+                    for inputs, s, listener in zip(prompts, per_prompt, listeners)]
+        self.engine.run(requests)
+        return [listener.generation(0, inputs.prompt_tokens[0]) for listener, inputs in zip(listeners, prompts)]
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

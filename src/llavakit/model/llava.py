@@ -31,7 +31,7 @@ class LlavaOutput:
     logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     num_label_tokens: int = 0  # tokens the loss averages over (for exact gradient accumulation)
-    past_key_values: object | None = None
+    cache: object | None = None  # transformers' Cache, when use_cache
 
 
 def build_vision_tower(config: LlavaConfig) -> nn.Module:
@@ -180,7 +180,7 @@ class LlavaForCausalLM(nn.Module):
         visual_items: list[VisualItem] = (),
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: object | None = None,
+        cache: object | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
         label_weights: torch.Tensor | None = None,
@@ -192,7 +192,7 @@ class LlavaForCausalLM(nn.Module):
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
         )
@@ -200,7 +200,7 @@ class LlavaForCausalLM(nn.Module):
         if labels is not None:
             labels = labels.masked_fill(self.placeholder_mask(input_ids), IGNORE_INDEX)
             loss, count = causal_lm_loss(outputs.logits, labels, label_weights)
-        return LlavaOutput(outputs.logits, loss, count, outputs.past_key_values if use_cache else None)
+        return LlavaOutput(outputs.logits, loss, count, outputs.cache if use_cache else None)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,

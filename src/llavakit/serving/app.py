@@ -15,9 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llavakit.api import Llava
+from llavakit.engine import Engine, EngineClosed, QueueFull, RequestTooLarge
+from llavakit.engine import Request as EngineRequest
 from llavakit.serving.completions import Answer, complete, stream
 from llavakit.serving.drain import Drain, shutting_down
-from llavakit.serving.engine import Engine, EngineClosed, Job, QueueFull
 from llavakit.serving.errors import APIError, validation_error
 from llavakit.serving.middleware import ApiKey, BodyLimit, HostCheck
 from llavakit.serving.prepare import RequestPreparer
@@ -35,7 +36,7 @@ def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = N
 
     ``app.state.drain`` runs the drain on shutdown (``llavakit serve`` starts it on SIGTERM).
     """
-    engine = engine or Engine(llava, settings.engine)
+    engine = engine or Engine(llava, settings.engine)  # allocates the KV cache when its size is fixed
     preparer = RequestPreparer(llava, settings)
     drain = Drain()
     started = int(time.time())
@@ -67,7 +68,7 @@ def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = N
         if engine.closed or drain.draining:
             raise APIError(503, "the server is shutting down", "shutting_down")
         return JSONResponse({"status": "ok", "model": settings.model_name, "queued": engine.queued,
-                             "running": engine.running, "batches": engine.batches,
+                             "running": engine.running, "steps": engine.steps,
                              "cancelled": engine.rows_cancelled})
 
     @app.get("/v1/models")
@@ -106,13 +107,16 @@ def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = N
             raise APIError(504, "preparing the request's media did not finish within the server's time limit "
                                 "(--request-timeout)", "request_timeout") from None
         results = ResultQueue(loop, prepared.n)
-        job = Job(prepared.inputs, prepared.settings, results, prepared.n, prepared.stop, prepared.ignore_eos)
+        job = EngineRequest(prepared.inputs, prepared.settings, results, prepared.n, prepared.stop, prepared.ignore_eos)
         try:
             engine.submit(job)
         except QueueFull as err:
             raise queue_full(str(err)) from None
         except EngineClosed:
             raise shutting_down() from None
+        except RequestTooLarge as err:
+            raise APIError(400, f"{err}; lower max_tokens or n, or shorten the messages", "request_too_large",
+                           "messages") from None
         answer = Answer(job, results, settings.model_name, prepared.prompt_tokens, deadline)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -16,7 +16,7 @@ from typing import TextIO
 import torch
 
 from llavakit.errors import LlavakitError
-from llavakit.model.generation import SamplingSettings
+from llavakit.engine import EngineConfig, SamplingSettings
 from llavakit.processing.image import open_image
 from llavakit.serving.streaming import stream
 
@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     import llavakit
 
     llava = llavakit.load(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    # one conversation at a time: each turn continues the cache of the previous prompt and answer
+    llava.set_engine(EngineConfig(max_rows=1, reuse_prefixes=True))
     settings = SamplingSettings(args.max_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty,
                                 args.seed)
     session = ChatSession(llava, settings, args.stop, args.system)

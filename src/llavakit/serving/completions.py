@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from llavakit.serving.engine import Job
+from llavakit.engine import Request
 from llavakit.serving.errors import APIError
 from llavakit.serving.protocol import (
     AssistantMessage,
@@ -26,7 +26,7 @@ from llavakit.serving.results import FinishEvent, ResultQueue, TextEvent
 class Answer:
     """What one request needs to write its response."""
 
-    job: Job
+    job: Request
     results: ResultQueue
     model: str
     prompt_tokens: int

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llavakit.api import Llava
 from llavakit.errors import LlavakitError
-from llavakit.model.generation import SamplingSettings
+from llavakit.engine import SamplingSettings
 from llavakit.processing.processor import ModelInputs
 from llavakit.serving import media
 from llavakit.serving.budget import PixelBudget

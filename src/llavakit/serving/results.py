@@ -1,7 +1,7 @@
-"""Job results, from the scheduler thread to the request's event loop.
+"""Request results, from the engine thread to the request's event loop.
 
-The scheduler calls the listener methods; each puts an event on an asyncio queue through
-``call_soon_threadsafe``. A listener never raises into the scheduler: when the loop is gone (server
+The engine calls the listener methods; each puts an event on an asyncio queue through
+``call_soon_threadsafe``. A listener never raises into the engine: when the loop is gone (server
 stopping) the event is dropped, nobody is waiting for it.
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from llavakit.checkpoint.io import checkpoint_name
-from llavakit.serving.engine import EngineLimits
+from llavakit.engine import EngineConfig
 from llavakit.serving.media import MediaPolicy
 from llavakit.serving.middleware import LOOPBACK_HOSTS
 from llavakit.serving.settings import ServerSettings
@@ -57,11 +57,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--shutdown-timeout", type=float, default=60.0,
                         help="seconds in-flight requests get on SIGTERM; those still running then get HTTP 503")
     batching = parser.add_argument_group("batching")
+    batching.add_argument("--schedule", choices=["continuous", "static"], default="continuous",
+                          help="continuous: requests join and leave the running batch at every step; static: a "
+                               "batch runs to its end while new requests wait")
     batching.add_argument("--max-batch-size", type=int, default=32,
-                          help="sequences decoded together (1 = one at a time)")
-    batching.add_argument("--max-batch-tokens", type=int, default=65_536,
-                          help="padded prompt tokens prefilled together")
-    batching.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a request waits for company")
+                          help="sequences decoded together, a request counting n (1 = one at a time)")
+    batching.add_argument("--max-batch-tokens", type=int, default=4096,
+                          help="prompt tokens prefilled between two decode steps (longer prompts are read in chunks)")
+    batching.add_argument("--max-cache-tokens", type=int,
+                          help="KV cache tokens, all sequences together, allocated at start-up; each of the "
+                               "--max-batch-size sequences holds this / --max-batch-size, which also caps "
+                               "--max-model-len (default: sized on demand to the longest request so far)")
+    batching.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                          help="torch.compile the decode step, for a few batch sizes at start-up (auto: on a GPU)")
+    batching.add_argument("--batch-window-ms", type=float, default=5.0,
+                          help="static schedule: how long a request waits for company")
     batching.add_argument("--max-queue", type=int, default=256, help="waiting requests; more get HTTP 429")
     media = parser.add_argument_group("media URLs (data: URLs are always accepted)")
     media.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) image/video URLs")
@@ -80,12 +90,17 @@ def settings_from_args(args: argparse.Namespace, context_length: int) -> ServerS
         local_dirs=tuple(Path(p).resolve(strict=True) for p in args.allowed_local_media_path),
         fetch_timeout_s=args.media_fetch_timeout,
     )
-    engine = EngineLimits(max_batch_rows=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,
+    engine = EngineConfig(max_rows=args.max_batch_size, max_prefill_tokens=args.max_batch_tokens,
+                          max_cache_tokens=args.max_cache_tokens, schedule=args.schedule,
+                          compile={"auto": "auto", "on": True, "off": False}[args.compile],
                           batch_window_s=args.batch_window_ms / 1000, max_queued=args.max_queue)
+    max_model_len = args.max_model_len or context_length
+    if engine.slot_length is not None:
+        max_model_len = min(max_model_len, engine.slot_length)  # what one sequence's cache slot holds
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     return ServerSettings(
         model_name=args.served_model_name or checkpoint_name(args.adapter or args.model),
-        max_model_len=args.max_model_len or context_length,
+        max_model_len=max_model_len,
         api_key=api_key, max_body_bytes=args.max_body_bytes,
         max_images=args.max_images, max_videos=args.max_videos, max_n=args.max_n,
         default_max_tokens=args.default_max_tokens, request_timeout_s=args.request_timeout, media=media, engine=engine,

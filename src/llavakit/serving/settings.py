@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llavakit.serving.engine import EngineLimits
+from llavakit.engine import EngineConfig
 from llavakit.serving.media import MediaPolicy
 
 
@@ -24,7 +24,7 @@ class ServerSettings:
     decode_workers: int = 2  # requests whose media are decoded at once (the others wait their turn)
     allowed_hosts: tuple[str, ...] | None = None  # Host header names answered (None: any)
     media: MediaPolicy = field(default_factory=MediaPolicy)
-    engine: EngineLimits = field(default_factory=EngineLimits)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_body_bytes", "max_n", "default_max_tokens", "max_request_pixels",

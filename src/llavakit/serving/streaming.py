@@ -1,8 +1,8 @@
-"""Python entry points over the batched decoder: per-conversation settings, and streaming.
+"""Python entry points over the engine: per-conversation settings, and streaming.
 
-``generate_batch`` answers many conversations in one batch, each with its own sampling settings
-(``Llava.generate`` shares one setting across the batch). ``stream`` yields an answer's text as it
-is generated; closing the iterator early (``break``, Ctrl-C) stops the generation.
+``generate_batch`` answers many conversations together, each with its own sampling settings
+(``Llava.generate`` shares one setting across them). ``stream`` yields an answer's text as it is
+generated; closing the iterator early (``break``, Ctrl-C) stops the generation.
 """
 
 from __future__ import annotations
@@ -12,18 +12,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from llavakit.api import Conversation, Generation, Llava
-from llavakit.model.generation import SamplingSettings
-from llavakit.serving.decode import Row, generate_rows
-from llavakit.serving.sampling import make_generator
-from llavakit.serving.text import TextStream
+from llavakit.engine import Request, SamplingSettings
 
 _END = object()
-
-
-def _rows(llava: Llava, settings: Sequence[SamplingSettings], stop: Sequence[str], **callbacks) -> list[Row]:
-    device = llava.model.device
-    return [Row(i, s, TextStream(llava.tokenizer, stop, llava.eos_token_ids), make_generator(s.seed, device),
-                **callbacks) for i, s in enumerate(settings)]
 
 
 def generate_batch(
@@ -33,44 +24,54 @@ def generate_batch(
     stop: Sequence[str] = (),
     on_text: Callable[[int, str], None] | None = None,
 ) -> list[Generation]:
-    """Answer every conversation in one batch; ``on_text(index, delta)`` streams the text."""
+    """Answer every conversation together; ``on_text(index, delta)`` streams the text."""
     settings = settings or SamplingSettings()
     per_row = [settings] * len(conversations) if isinstance(settings, SamplingSettings) else list(settings)
     if len(per_row) != len(conversations):
         raise ValueError(f"{len(conversations)} conversations but {len(per_row)} sampling settings")
-    inputs = llava.prepare(conversations)
-    callbacks = {"on_text": (lambda row, delta: on_text(row.prompt, delta))} if on_text else {}
-    rows = _rows(llava, per_row, stop, **callbacks)
-    generate_rows(llava.model, inputs, rows)
-    return [Generation(row.text, list(row.token_ids), prompt, "stop" if row.finish_reason == "stop" else "length")
-            for row, prompt in zip(rows, inputs.prompt_tokens)]
+    return llava.generate_many([llava.prepare([c]) for c in conversations], per_row, stop, on_text)
+
+
+class _Deltas:
+    """A request listener that hands text deltas (and an error) to a queue."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+
+    def on_text(self, choice: int, delta: str) -> None:
+        self.queue.put(delta)
+
+    def on_finish(self, choice: int, reason: str, token_ids: list[int]) -> None:
+        pass
+
+    def on_error(self, error: Exception) -> None:
+        self.queue.put(error)
 
 
 def stream(
     llava: Llava, conversation: Conversation, settings: SamplingSettings | None = None, stop: Sequence[str] = ()
 ) -> Iterator[str]:
-    """Text deltas of one answer as they are generated (the model runs in a background thread)."""
+    """Text deltas of one answer as they are generated (the engine runs in a background thread)."""
     settings = settings or SamplingSettings()
     inputs = llava.prepare([conversation])  # input errors surface here, in the caller's thread
-    deltas: queue.Queue = queue.Queue()
-    stopped = threading.Event()
-    (row,) = _rows(llava, [settings], stop, on_text=lambda _, delta: deltas.put(delta), cancelled=stopped.is_set)
+    deltas = _Deltas()
+    request = Request(inputs, settings, deltas, stop=list(stop))
 
     def work() -> None:
         try:
-            generate_rows(llava.model, inputs, [row])
+            llava.engine.run([request])
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
-            deltas.put(error)
+            deltas.queue.put(error)
         finally:
-            deltas.put(_END)
+            deltas.queue.put(_END)
 
     worker = threading.Thread(target=work, name="llavakit-stream", daemon=True)
     worker.start()
     try:
-        while (item := deltas.get()) is not _END:
+        while (item := deltas.queue.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
-        stopped.set()  # the consumer stopped early: the row ends as "cancelled" at its next step
+        request.cancel()  # the consumer stopped early: the row ends as "cancelled" at the next step
         worker.join()
