@@ -200,3 +200,12 @@ def test_size_from_the_command_line_option():
     assert FeatureCache.from_megabytes(1.5).max_bytes == int(1.5 * 2**20)
     with pytest.raises(ValueError, match="--media-cache-mb"):
         FeatureCache.from_megabytes(-1)
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_the_commands_check_media_cache_mb_before_loading_the_model(command, capsys, tmp_path):
+    from llavakit.cli import main
+
+    assert main([command, "--model", str(tmp_path / "no-model"), "--media-cache-mb", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--media-cache-mb must be 0 (off) or positive, got -1" in err and len(err.strip().splitlines()) == 1

@@ -18,6 +18,7 @@ import torch
 from llavakit.errors import LlavakitError
 from llavakit.model.generation import SamplingSettings
 from llavakit.processing.image import open_image
+from llavakit.serving.feature_cache_option import add_media_cache_option, media_cache_from_args, unused_until_engine
 from llavakit.serving.streaming import stream
 
 HELP = ("commands: /image PATH, /video PATH (attach to your next message), /clear (forget the conversation), "
@@ -41,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    add_media_cache_option(parser)
 
 
 class ChatSession:
@@ -142,7 +144,9 @@ def read_lines(interactive: bool) -> Iterable[str]:
 def run(args: argparse.Namespace) -> int:
     import llavakit
 
+    feature_cache = media_cache_from_args(args)  # a bad size fails before the model loads
     llava = llavakit.load(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    unused_until_engine(feature_cache, lambda message: print(f"note: {message}", file=sys.stderr))
     settings = SamplingSettings(args.max_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty,
                                 args.seed)
     session = ChatSession(llava, settings, args.stop, args.system)

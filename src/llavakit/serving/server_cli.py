@@ -14,6 +14,7 @@ import torch
 
 from llavakit.checkpoint.io import checkpoint_name
 from llavakit.serving.engine import EngineLimits
+from llavakit.serving.feature_cache_option import add_media_cache_option, media_cache_from_args, unused_until_engine
 from llavakit.serving.media import MediaPolicy
 from llavakit.serving.middleware import LOOPBACK_HOSTS
 from llavakit.serving.settings import ServerSettings
@@ -69,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     media.add_argument("--allowed-local-media-path", action="append", default=[], metavar="DIR",
                        help="accept file:// URLs inside DIR (repeatable)")
     media.add_argument("--media-fetch-timeout", type=float, default=10.0)
+    add_media_cache_option(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -126,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("llavakit.serving")
     if args.threads:
         torch.set_num_threads(args.threads)
+    feature_cache = media_cache_from_args(args)  # a bad size fails before the model loads
     llava = llavakit.load(args.model, dtype=DTYPES[args.dtype], device=args.device, adapter=args.adapter)
     try:
         settings = settings_from_args(args, context_length(llava))
@@ -134,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if settings.api_key is None and not is_loopback(args.host):
         log.warning("listening on %s without an API key: anyone who can reach it can use the model", args.host)
+    unused_until_engine(feature_cache, log.warning)
     app = create_app(llava, settings)
     log.info("serving %r (context %d tokens) at http://%s:%d/ (chat page at /, API at /v1)",
              settings.model_name, settings.max_model_len, args.host, args.port)

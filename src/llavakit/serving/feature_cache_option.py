@@ -1,0 +1,37 @@
+"""``--media-cache-mb`` of ``llavakit serve`` and ``llavakit chat``: the visual feature cache they build.
+
+Kept apart from both commands so ``llavakit chat`` does not import the server's modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from llavakit.errors import LlavakitError
+from llavakit.model.feature_cache import FeatureCache
+
+DEFAULT_MEDIA_CACHE_MB = 512.0
+
+
+def add_media_cache_option(parser: argparse.ArgumentParser) -> None:
+    """``--media-cache-mb`` (``llavakit serve`` and ``llavakit chat``): the visual feature cache's size."""
+    parser.add_argument("--media-cache-mb", type=float, default=DEFAULT_MEDIA_CACHE_MB, metavar="MB",
+                        help="MiB of visual features kept (least recently used dropped first, on the model's "
+                             "device), so an image sent again, in a follow-up turn or another request, skips the "
+                             f"vision tower; 0 = off (default {DEFAULT_MEDIA_CACHE_MB:g})")
+
+
+def media_cache_from_args(args: argparse.Namespace) -> FeatureCache | None:
+    """The cache ``--media-cache-mb`` asks for (None: off); the engine passes it to ``model.embed``."""
+    try:
+        return FeatureCache.from_megabytes(args.media_cache_mb)
+    except ValueError as err:
+        raise LlavakitError(str(err)) from None
+
+
+def unused_until_engine(feature_cache: FeatureCache | None, warn: Callable[[str], None]) -> None:
+    """This build's decoder embeds without the cache; the engine takes it as ``EngineConfig(feature_cache=...)``."""
+    if feature_cache is not None:
+        warn("--media-cache-mb: the decoder of this build does not use the visual feature cache; "
+             "images are encoded at every request")
