@@ -78,6 +78,12 @@ def test_features_with_the_cache_equal_those_without_bit_for_bit(llava):
     hit = embed(llava, batch, cache)
     assert cache.stats().hits == 3 and cache.stats().misses == 3
     assert torch.equal(missed, without) and torch.equal(hit, without)
+    # each entry owns its memory (a view would keep the whole batch's vectors alive beyond the count)
+    assert all(t.untyped_storage().nbytes() == tensor_bytes(t) for t in cache._entries.values())
+    inputs = llava.prepare(batch)
+    with torch.inference_mode():  # what the cache returns is the caller's: changing it leaves the entries be
+        cache.encode(llava.model, inputs.pixel_values, inputs.visual_items, torch.device("cpu")).zero_()
+    assert torch.equal(embed(llava, batch, cache), without)
 
 
 def test_a_repeat_within_one_batch_is_encoded_once(llava):
@@ -192,7 +198,7 @@ def test_a_freed_model_takes_its_entries_with_it(llava):
     assert len(cache) == 1
     del other
     gc.collect()
-    assert len(cache) == 0 and cache.stats().bytes == 0
+    assert len(cache) == 0 and cache.stats().bytes == 0  # dropped at the next look at the table
 
 
 def test_size_from_the_command_line_option():

@@ -89,6 +89,7 @@ class FeatureCache:
         self._lock = threading.Lock()
         self._models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> serial
         self._serials = itertools.count()
+        self._freed: list[int] = []  # serials of freed models, appended by their finalizers
         self._hits = self._misses = self._evictions = 0
         self._key_seconds = 0.0
 
@@ -120,12 +121,12 @@ class FeatureCache:
             vectors = model.encode_visual(pixels, [items[i] for i in indexes])
             sizes = [layout.token_count(items[i], model.config.visual, model.tokens_per_side) for i in indexes]
             for key, packed in zip(missing, torch.split(vectors, sizes)):
-                found[key] = packed.detach()
+                found[key] = packed.detach().clone()  # its own storage: a view would hold the whole batch's
                 self._store(key, found[key])
         with self._lock:
             self._misses += len(missing)
             self._hits += len(keys) - len(missing)
-        return torch.cat([found[key] for key in keys]) if len(keys) > 1 else found[keys[0]]
+        return torch.cat([found[key] for key in keys])  # a new tensor: the caller cannot change an entry
 
     # ---- keys -------------------------------------------------------------------------------------
     def _keys(self, model: LlavaForCausalLM, per_item: Sequence[torch.Tensor],
@@ -143,23 +144,29 @@ class FeatureCache:
             serial = self._models.get(model)
             if serial is None:  # serials are never reused, so a new model at a dead one's address misses
                 serial = self._models[model] = next(self._serials)
-                weakref.finalize(model, self._forget_model, serial)
+                # The finalizer only appends (it may run inside a garbage collection while the lock is
+                # held); the entries go at the next call.
+                weakref.finalize(model, self._freed.append, serial)
         config = model.config
         settings = (config.vision.model_dump_json(), config.projector.model_dump_json(),
                     config.visual.model_dump_json(), config.tokens_per_side)
         parameter = next(model.parameters())
         return serial, settings, str(parameter.dtype), str(parameter.device)
 
-    def _forget_model(self, serial: int) -> None:
-        """A model was freed: its entries can never be asked for again, so their memory goes now."""
-        with self._lock:
-            for key in [key for key in self._entries if key[0][0] == serial]:
+    def _drop_freed_models(self) -> None:
+        """Entries of freed models can never be asked for again: their memory goes (lock held)."""
+        freed = set()
+        while self._freed:
+            freed.add(self._freed.pop())
+        if freed:
+            for key in [key for key in self._entries if key[0][0] in freed]:
                 self._bytes -= tensor_bytes(self._entries.pop(key))
 
     # ---- the table ------------------------------------------------------------------------------
     def _lookup(self, keys: Sequence[Hashable]) -> dict[Hashable, torch.Tensor]:
         found = {}
         with self._lock:
+            self._drop_freed_models()
             for key in keys:
                 tensor = self._entries.get(key)
                 if tensor is not None:
@@ -190,11 +197,12 @@ class FeatureCache:
 
     def stats(self) -> FeatureCacheStats:
         with self._lock:
+            self._drop_freed_models()
             return FeatureCacheStats(self._hits, self._misses, self._evictions, len(self._entries), self._bytes,
                                      self.max_bytes, self._key_seconds)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self.stats().entries
 
 
 def content_digest(crops: torch.Tensor) -> bytes:
