@@ -15,7 +15,7 @@ Three parts (``--parts decode,load,chat``):
   (``--long-share`` of them ``--long-factor`` times longer, ``ignore_eos``): throughput, time to
   first token and time between streamed chunks (p50, p95), the short requests' p95 time to first
   token, for the continuous engine, the static batcher (``--schedule static``) and one request at a
-  time (``--max-batch-rows 1``). Greedy answers are compared across modes.
+  time (``--max-batch-size 1``). Greedy answers are compared across modes.
 - **chat**: five turns about one generated 1080p photo, each turn answered with the whole
   conversation so far: total seconds without and with the visual feature cache (a new cache per
   conversation), answers asserted equal; the cache's hashing time per image against one encoding
@@ -248,13 +248,25 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
+def serve_options() -> str:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "llavakit", "serve", "--help"], capture_output=True, text=True,
+                          timeout=120, check=True)
+    return done.stdout
+
+
 def load_modes(path: str, clients: int) -> dict[str, list[str]]:
+    """The servers compared, as ``llavakit serve`` flags (the engine's server must have ``--schedule``)."""
+    options = serve_options()
+    rows = "--max-batch-rows" if "--max-batch-rows" in options else "--max-batch-size"  # --max-batch-rows in some builds
     if path == "engine":
-        return {"engine continuous": ["--schedule", "continuous", "--max-batch-rows", str(clients)],
-                "static batcher": ["--schedule", "static", "--max-batch-rows", str(clients)],
-                "one at a time": ["--max-batch-rows", "1"]}
-    return {"today static batcher": ["--max-batch-size", str(clients)],
-            "today one at a time": ["--max-batch-size", "1"]}
+        if "--schedule" not in options:
+            raise SystemExit("bench/engine.py: the engine API is missing: `llavakit serve` has no --schedule option")
+        return {"engine continuous": ["--schedule", "continuous", rows, str(clients)],
+                "static batcher": ["--schedule", "static", rows, str(clients)],
+                "one at a time": ["--schedule", "continuous", rows, "1"]}
+    return {"today static batcher": [rows, str(clients)], "today one at a time": [rows, "1"]}
 
 
 def load_rows(args, model_dir: Path) -> list[dict[str, Any]]:
