@@ -137,26 +137,41 @@ def decode_rows(pair: models.Pair, batch: int, args) -> list[dict[str, Any]]:
     steps = max(len(row) for row in expected) - 1
     if steps < 1:
         raise SystemExit(f"batch {batch}: every row ended at its first token; nothing to time (use --new-tokens > 1)")
-    short = common.interleaved({name: (lambda fn=fn: fn(1)) for name, fn in contenders.items()}, 0, args.repeats)
-    long_runs: dict[str, common.Timing] = {name: common.Timing() for name in contenders}
-    for _ in range(args.repeats):
-        for name, fn in contenders.items():
-            common.cuda_sync()
-            start = time.perf_counter()
-            tokens = fn(args.new_tokens)
-            common.cuda_sync()
-            long_runs[name].seconds.append(time.perf_counter() - start)
+    short = {name: common.Timing() for name in contenders}
+    long_runs = {name: common.Timing() for name in contenders}
+    for name, new_tokens in rounds(list(contenders), args.repeats, [1, args.new_tokens]):
+        common.cuda_sync()
+        start = time.perf_counter()
+        tokens = contenders[name](new_tokens)
+        common.cuda_sync()
+        (short if new_tokens == 1 else long_runs)[name].seconds.append(time.perf_counter() - start)
+        if new_tokens != 1:
             differing[name] = max(differing[name], inference.compare(name, tokens, expected, args.check))
     pick = (lambda t: t.best) if args.stat == "best" else (lambda t: t.median)
     rows, base = [], None
     for name in contenders:
         step = (pick(long_runs[name]) - pick(short[name])) / steps
-        base = base or step
-        rows.append({"batch": batch, "contender": name, "decode ms/step": step * 1000,
-                     "vs generate": base / step if step > 0 else None, "decode tok/s": batch / step if step > 0 else None,
+        if step <= 0:  # the runs' noise exceeds the decode time: no figure rather than a negative one
+            step = None
+        base = base if base is not None else step
+        rows.append({"batch": batch, "contender": name, "decode ms/step": step * 1000 if step else None,
+                     "vs generate": base / step if step and base else None,
+                     "decode tok/s": batch / step if step else None,
                      "first call s": first_call[name], "steps": steps, "rows differing": differing[name],
+                     "note": None if step else "timing noise exceeds the decode time: raise --new-tokens or --repeats",
                      "runs": {"one token": short[name].as_dict(), "all tokens": long_runs[name].as_dict()}})
     return rows
+
+
+def rounds(names: list[str], repeats: int, variants: list = (None,)) -> list[tuple]:
+    """(name, variant) in timing order: every repeat runs every contender once per variant, the order
+    reversed every other repeat, so whatever the previous run leaves behind (a thread winding down, memory
+    being freed) falls on every contender alike, not on the second one."""
+    order = []
+    for repeat in range(repeats):
+        for variant in variants:
+            order += [(name, variant) for name in (names if repeat % 2 == 0 else names[::-1])]
+    return order
 
 
 # ---- load ---------------------------------------------------------------------------------------
@@ -339,10 +354,10 @@ def chat_rows(pair: models.Pair, args) -> list[dict[str, Any]]:
     runs: dict[str, list[list[float]]] = {name: [] for name in contenders}
     answers: dict[str, list[str]] = {}
     before = cache.stats()
-    for _ in range(args.repeats):
-        for name, (llava, with_cache) in contenders.items():
-            answers[name], seconds = conversation(llava, with_cache)
-            runs[name].append(seconds)
+    for name, _ in rounds(list(contenders), args.repeats):
+        llava, with_cache = contenders[name]
+        answers[name], seconds = conversation(llava, with_cache)
+        runs[name].append(seconds)
     after = cache.stats()
     if answers["media cache"] != answers["no media cache"]:
         raise AssertionError(f"the media cache changed the answers: {answers['media cache']} vs "
@@ -373,7 +388,7 @@ def chat_rows(pair: models.Pair, args) -> list[dict[str, Any]]:
 
 # ---- main ---------------------------------------------------------------------------------------
 DECODE_COLUMNS = ["batch", "contender", "decode ms/step", "vs generate", "decode tok/s", "first call s", "steps",
-                  "rows differing"]
+                  "rows differing", "note"]
 LOAD_COLUMNS = ["mode", "requests", "clients", "errors", "tok/s", "tok/s vs static", "TTFT p50 s", "TTFT p95 s",
                 "short TTFT p95 s", "short TTFT p95: static / this", "TBT p50 ms", "TBT p95 ms",
                 "answers as first mode"]

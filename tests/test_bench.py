@@ -105,7 +105,9 @@ def test_engine_benchmark_decode_and_chat_tiny(tmp_path, paths):
     tables = _results(out)["results"]["tables"]
     decode, chat = tables["decode"], tables["chat"]
     assert {r["batch"] for r in decode} == {1, 3} and decode[0]["contender"] == "transformers generate"
-    assert all(r["rows differing"] == 0 and r["decode ms/step"] > 0 for r in decode)
+    assert all(r["rows differing"] == 0 for r in decode)
+    # at toy sizes timing noise can exceed a decode step: then the row says so instead of a figure
+    assert all((r["decode ms/step"] or 0) > 0 or "noise" in r["note"] for r in decode)
     assert [r["contender"] for r in chat] == ["no media cache", "media cache"]
     assert chat[1]["cache hits"] == 4 and chat[1]["cache misses"] == 1  # turns 2-5 reuse turn 1's image
 
