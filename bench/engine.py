@@ -22,9 +22,10 @@ Three parts (``--parts decode,load,chat``):
   of the image (tower + projector + packing).
 
 ``--paths engine`` (the default) needs ``llavakit.engine`` and ``Llava.set_engine`` and stops with
-an error naming what is missing. ``--paths today`` measures the code before the engine instead (to
-develop this benchmark, and as a before/after): ``Llava.generate``'s loop, the server's static
-batcher (``--max-batch-size``), and for chat the cache handed to ``model.embed`` by a wrapper.
+an error naming what is missing. ``--paths today`` measures a build from before the engine (to
+develop this benchmark, and as a before/after) and refuses a build that has it: ``Llava.generate``'s
+loop, the server's static batcher (``--max-batch-size``), and for chat the cache handed to
+``model.embed`` by a wrapper.
 
     python bench/engine.py                                    # CPU: quickstart shape, float32
     python bench/engine.py --shape 0.5b-lm --parts decode     # CPU: the Qwen2-0.5B language model
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import random
 import statistics
@@ -440,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--parts: unknown {', '.join(sorted(unknown))} (choose from decode, load, chat)")
     if args.paths == "engine":
         engine_config_class()  # before anything is built: a build without the engine fails at once
+    elif importlib.util.find_spec("llavakit.engine") is not None:
+        raise SystemExit("bench/engine.py: --paths today measures a build before the engine, and this one has it "
+                         "(its Llava.generate and server are the engine's); use --paths engine")
     common.set_threads(args.threads, args.device)
 
     tables: dict[str, list[dict]] = {}

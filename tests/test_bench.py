@@ -83,13 +83,13 @@ def engine_available() -> bool:
 ENGINE_SMALL = ["--shape", "tiny", "--device", "cpu", "--repeats", "1"]
 
 
-def test_engine_benchmark_refuses_to_run_without_the_engine(tmp_path, capsys):
+def test_engine_benchmark_refuses_paths_the_build_does_not_have(tmp_path):
     import engine
 
-    if engine_available():
-        pytest.skip("this build has the engine")
-    with pytest.raises(SystemExit, match="the engine API is missing"):
-        engine.main([*ENGINE_SMALL, "--parts", "decode", "--out", str(tmp_path / "e.json")])
+    missing, message = ("today", "measures a build before the engine") if engine_available() else \
+        ("engine", "the engine API is missing")
+    with pytest.raises(SystemExit, match=message):
+        engine.main([*ENGINE_SMALL, "--paths", missing, "--parts", "decode", "--out", str(tmp_path / "e.json")])
     assert not (tmp_path / "e.json").exists()
 
 
@@ -97,8 +97,8 @@ def test_engine_benchmark_refuses_to_run_without_the_engine(tmp_path, capsys):
 def test_engine_benchmark_decode_and_chat_tiny(tmp_path, paths):
     import engine
 
-    if paths == "engine" and not engine_available():
-        pytest.skip("this build has no engine (the refusal is tested above)")
+    if (paths == "engine") != engine_available():
+        pytest.skip(f"--paths {paths} measures a build {'with' if paths == 'engine' else 'without'} the engine")
     out = tmp_path / "engine.json"
     assert engine.main([*ENGINE_SMALL, "--paths", paths, "--parts", "decode,chat", "--batches", "1,3",
                         "--new-tokens", "5", "--image-size", "40x50", "--chat-tokens", "3", "--out", str(out)]) == 0
@@ -117,8 +117,8 @@ def test_engine_benchmark_decode_and_chat_tiny(tmp_path, paths):
 def test_engine_benchmark_load_tiny(tmp_path, paths):
     import engine
 
-    if paths == "engine" and not engine_available():
-        pytest.skip("this build has no engine (the refusal is tested above)")
+    if (paths == "engine") != engine_available():
+        pytest.skip(f"--paths {paths} measures a build {'with' if paths == 'engine' else 'without'} the engine")
     out = tmp_path / "engine.json"
     assert engine.main([*ENGINE_SMALL, "--paths", paths, "--parts", "load", "--clients", "4", "--load-requests", "8",
                         "--short-tokens", "3", "--out", str(out)]) == 0
