@@ -215,3 +215,59 @@ def test_the_commands_check_media_cache_mb_before_loading_the_model(command, cap
     assert main([command, "--model", str(tmp_path / "no-model"), "--media-cache-mb", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--media-cache-mb must be 0 (off) or positive, got -1" in err and len(err.strip().splitlines()) == 1
+
+
+def engine_config():
+    """The engine's config class; the tests of the cache under the engine wait for it."""
+    try:
+        from llavakit.engine import EngineConfig
+    except ImportError:
+        pytest.skip("this build has no llavakit.engine")
+    return EngineConfig
+
+
+def count_tower_calls(monkeypatch) -> list[int]:
+    """Counts ``vision_features`` calls of every model (those the commands build included)."""
+    from llavakit.model.llava import LlavaForCausalLM
+
+    calls = []
+    original = LlavaForCausalLM.vision_features
+    monkeypatch.setattr(LlavaForCausalLM, "vision_features",
+                        lambda self, pixels: calls.append(pixels.shape[0]) or original(self, pixels))
+    return calls
+
+
+def test_the_engine_serves_a_follow_up_turn_from_the_cache(llava, monkeypatch):
+    EngineConfig = engine_config()
+    image = random_image(70, 90, seed=40)
+    turn1 = one_image(image)
+    cache = FeatureCache(64 * 2**20)
+    cached = llavakit.api.Llava(llava.model, llava.tokenizer)
+    cached.set_engine(EngineConfig(feature_cache=cache, compile=False))
+    plain = llavakit.api.Llava(llava.model, llava.tokenizer)
+    plain.set_engine(EngineConfig(compile=False))
+    calls = count_tower_calls(monkeypatch)
+    first = cached.generate(turn1, max_new_tokens=6)
+    turn2 = turn1 + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And then?"}]
+    second = cached.generate(turn2, max_new_tokens=6)
+    assert len(calls) == 1 and (cache.stats().hits, cache.stats().misses) == (1, 1)
+    assert second.token_ids == plain.generate(turn2, max_new_tokens=6).token_ids
+
+
+def test_llavakit_chat_encodes_the_image_once_with_media_cache_mb(monkeypatch, capsys, tmp_path, onevision_dir):
+    import io
+    import sys
+
+    from llavakit.cli import main
+
+    engine_config()
+    path = tmp_path / "picture.png"
+    random_image(60, 80, seed=41).save(path)
+    calls = count_tower_calls(monkeypatch)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is it?\nAnd the colours?\nAnything else?\n"))
+    assert main(["chat", "--model", str(onevision_dir), "--image", str(path), "--max-tokens", "4"]) == 0
+    assert len(calls) == 1, "the follow-up turns ran the vision tower again"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is it?\nAnd the colours?\n"))
+    assert main(["chat", "--model", str(onevision_dir), "--image", str(path), "--max-tokens", "4",
+                 "--media-cache-mb", "0"]) == 0
+    assert len(calls) == 3  # off: every turn encodes the image
