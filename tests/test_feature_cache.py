@@ -271,3 +271,19 @@ def test_llavakit_chat_encodes_the_image_once_with_media_cache_mb(monkeypatch, c
     assert main(["chat", "--model", str(onevision_dir), "--image", str(path), "--max-tokens", "4",
                  "--media-cache-mb", "0"]) == 0
     assert len(calls) == 3  # off: every turn encodes the image
+
+
+def test_llavakit_serve_hands_its_cache_to_the_engine():
+    import argparse
+
+    from llavakit.serving import server_cli
+    from llavakit.serving.feature_cache_option import media_cache_from_args
+
+    engine_config()
+    parser = argparse.ArgumentParser()
+    server_cli.add_arguments(parser)
+    args = parser.parse_args(["--model", "unused", "--media-cache-mb", "8"])
+    settings = server_cli.settings_from_args(args, 4096, media_cache_from_args(args))
+    assert settings.engine.feature_cache.max_bytes == 8 * 2**20
+    off = parser.parse_args(["--model", "unused", "--media-cache-mb", "0"])
+    assert server_cli.settings_from_args(off, 4096, media_cache_from_args(off)).engine.feature_cache is None
