@@ -79,7 +79,7 @@ def test_features_with_the_cache_equal_those_without_bit_for_bit(llava):
     assert cache.stats().hits == 3 and cache.stats().misses == 3
     assert torch.equal(missed, without) and torch.equal(hit, without)
     # each entry owns its memory (a view would keep the whole batch's vectors alive beyond the count)
-    assert all(t.untyped_storage().nbytes() == tensor_bytes(t) for t in cache._entries.values())
+    assert all(t.untyped_storage().nbytes() == tensor_bytes(t) for t in cache._table.values())
     inputs = llava.prepare(batch)
     with torch.inference_mode():  # what the cache returns is the caller's: changing it leaves the entries be
         cache.encode(llava.model, inputs.pixel_values, inputs.visual_items, torch.device("cpu")).zero_()
@@ -146,7 +146,7 @@ def test_the_cache_stays_within_its_bytes_and_evicts_the_least_recently_used(lla
         embed(llava, [one_image(images[index])], cache)
         stats = cache.stats()
         assert stats.bytes <= cache.max_bytes
-        assert stats.bytes == sum(tensor_bytes(t) for t in cache._entries.values())
+        assert stats.bytes == sum(tensor_bytes(t) for t in cache._table.values())
         seen.append(stats)
 
     ask(0)

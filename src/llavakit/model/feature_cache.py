@@ -33,8 +33,9 @@ is cryptographic because a server shares the cache among its clients: with a non
 hash, a client could craft an image that collides with another client's and be answered about it.
 
 **Bounded**: the byte count of the stored tensors never exceeds ``max_bytes``; storing evicts the
-least recently used entries first, and an item larger than the whole budget is not stored.
-Thread-safe: one lock guards the table; encoding runs outside it (two threads missing the same
+least recently used entries first, and an item larger than the whole budget is not stored (the
+table is ``utils.lru.ByteLRU``, shared with the pixel cache). Thread-safe: locks guard the table and
+the counters; encoding runs outside them (two threads missing the same
 item at once both encode it; the second store replaces the first).
 
 Vectors served from the cache are those of the item's first encoding. They equal a fresh encoding
@@ -49,7 +50,6 @@ import itertools
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -59,6 +59,7 @@ import torch
 from llavakit import layout
 from llavakit.errors import PlaceholderError
 from llavakit.layout import VisualItem
+from llavakit.utils.lru import ByteLRU
 
 if TYPE_CHECKING:
     from llavakit.model.llava import LlavaForCausalLM
@@ -84,13 +85,12 @@ class FeatureCache:
         if max_bytes <= 0:
             raise ValueError(f"feature cache: max_bytes must be positive, got {max_bytes}")
         self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._table: ByteLRU[torch.Tensor] = ByteLRU(self.max_bytes, tensor_bytes)
+        self._lock = threading.Lock()  # the model serials and the counters
         self._models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> serial
         self._serials = itertools.count()
         self._freed: list[int] = []  # serials of freed models, appended by their finalizers
-        self._hits = self._misses = self._evictions = 0
+        self._hits = self._misses = 0
         self._key_seconds = 0.0
 
     @classmethod
@@ -122,7 +122,7 @@ class FeatureCache:
             sizes = [layout.token_count(items[i], model.config.visual, model.tokens_per_side) for i in indexes]
             for key, packed in zip(missing, torch.split(vectors, sizes)):
                 found[key] = packed.detach().clone()  # its own storage: a view would hold the whole batch's
-                self._store(key, found[key])
+                self._table.put(key, found[key])
         with self._lock:
             self._misses += len(missing)
             self._hits += len(keys) - len(missing)
@@ -154,52 +154,36 @@ class FeatureCache:
         return serial, settings, str(parameter.dtype), str(parameter.device)
 
     def _drop_freed_models(self) -> None:
-        """Entries of freed models can never be asked for again: their memory goes (lock held)."""
+        """Entries of freed models can never be asked for again: their memory goes."""
         freed = set()
-        while self._freed:
-            freed.add(self._freed.pop())
+        while True:
+            try:  # another thread may take the last serial between a check and a pop
+                freed.add(self._freed.pop())
+            except IndexError:
+                break
         if freed:
-            for key in [key for key in self._entries if key[0][0] in freed]:
-                self._bytes -= tensor_bytes(self._entries.pop(key))
+            self._table.discard_where(lambda key: key[0][0] in freed)
 
     # ---- the table ------------------------------------------------------------------------------
     def _lookup(self, keys: Sequence[Hashable]) -> dict[Hashable, torch.Tensor]:
+        self._drop_freed_models()
         found = {}
-        with self._lock:
-            self._drop_freed_models()
-            for key in keys:
-                tensor = self._entries.get(key)
-                if tensor is not None:
-                    self._entries.move_to_end(key)
-                    found[key] = tensor
+        for key in keys:
+            tensor = self._table.get(key)
+            if tensor is not None:
+                found[key] = tensor
         return found
-
-    def _store(self, key: Hashable, tensor: torch.Tensor) -> None:
-        size = tensor_bytes(tensor)
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            previous = self._entries.pop(key, None)
-            if previous is not None:
-                self._bytes -= tensor_bytes(previous)
-            while self._entries and self._bytes + size > self.max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= tensor_bytes(dropped)
-                self._evictions += 1
-            self._entries[key] = tensor
-            self._bytes += size
 
     def clear(self) -> None:
         """Forget every entry (e.g. after the model's weights changed); counters are kept."""
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
+        self._table.clear()
 
     def stats(self) -> FeatureCacheStats:
+        self._drop_freed_models()
         with self._lock:
-            self._drop_freed_models()
-            return FeatureCacheStats(self._hits, self._misses, self._evictions, len(self._entries), self._bytes,
-                                     self.max_bytes, self._key_seconds)
+            hits, misses, key_seconds = self._hits, self._misses, self._key_seconds
+        return FeatureCacheStats(hits, misses, self._table.evictions, len(self._table), self._table.bytes,
+                                 self.max_bytes, key_seconds)
 
     def __len__(self) -> int:
         return self.stats().entries
