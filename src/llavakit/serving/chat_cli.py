@@ -17,8 +17,12 @@ import torch
 
 from llavakit.errors import LlavakitError
 from llavakit.model.generation import SamplingSettings
-from llavakit.processing.image import open_image
-from llavakit.serving.feature_cache_option import add_media_cache_option, media_cache_from_args, unused_until_engine
+from llavakit.serving.feature_cache_option import (
+    add_media_cache_option,
+    media_cache_from_args,
+    pixel_cache_from_args,
+    unused_until_engine,
+)
 from llavakit.serving.streaming import stream
 
 HELP = ("commands: /image PATH, /video PATH (attach to your next message), /clear (forget the conversation), "
@@ -64,9 +68,10 @@ class ChatSession:
         self.turns = 0
 
     def attach(self, kind: str, path: str) -> None:
-        """Check the file now, so a typo is reported before the question is asked."""
+        """Check the file now, so a typo is reported before the question is asked (an image is read
+        as the model will read it: with a pixel cache, the first turn finds it preprocessed)."""
         if kind == "image":
-            open_image(path, self.llava.config.visual.max_image_pixels)
+            self.llava.processor.image_pixels(path)
         elif not Path(path).is_file():
             raise LlavakitError(f"video {path}: file not found")
         self.attachments.append({"type": kind, kind: path})
@@ -146,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
     feature_cache = media_cache_from_args(args)  # a bad size fails before the model loads
     llava = llavakit.load(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    llava.processor.pixel_cache = pixel_cache_from_args(args)  # each turn repeats the image: preprocess it once
     unused_until_engine(feature_cache, lambda message: print(f"note: {message}", file=sys.stderr))
     settings = SamplingSettings(args.max_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty,
                                 args.seed)

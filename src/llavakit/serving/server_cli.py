@@ -14,7 +14,12 @@ import torch
 
 from llavakit.checkpoint.io import checkpoint_name
 from llavakit.serving.engine import EngineLimits
-from llavakit.serving.feature_cache_option import add_media_cache_option, media_cache_from_args, unused_until_engine
+from llavakit.serving.feature_cache_option import (
+    add_media_cache_option,
+    media_cache_from_args,
+    pixel_cache_from_args,
+    unused_until_engine,
+)
 from llavakit.serving.media import MediaPolicy
 from llavakit.serving.middleware import LOOPBACK_HOSTS
 from llavakit.serving.settings import ServerSettings
@@ -130,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     feature_cache = media_cache_from_args(args)  # a bad size fails before the model loads
     llava = llavakit.load(args.model, dtype=DTYPES[args.dtype], device=args.device, adapter=args.adapter)
+    llava.processor.pixel_cache = pixel_cache_from_args(args)  # a repeated image is not decoded again
     try:
         settings = settings_from_args(args, context_length(llava))
     except (ValueError, OSError) as err:  # contradictory limits, a missing --allowed-local-media-path
