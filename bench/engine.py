@@ -16,10 +16,12 @@ Three parts (``--parts decode,load,chat``):
   first token and time between streamed chunks (p50, p95), the short requests' p95 time to first
   token, for the continuous engine, the static batcher (``--schedule static``) and one request at a
   time (``--max-batch-size 1``). Greedy answers are compared across modes.
-- **chat**: five turns about one generated 1080p photo, each turn answered with the whole
-  conversation so far: total seconds without and with the visual feature cache (a new cache per
-  conversation), answers asserted equal; the cache's hashing time per image against one encoding
-  of the image (tower + projector + packing).
+- **chat**: five turns about one generated 1080p photo, sent as a JPEG file (as a chat client
+  attaches one), each turn answered with the whole conversation so far: total seconds without and
+  with the media caches (the preprocessed pixels, so a repeated file is neither decoded nor cut
+  into crops again, and the visual features, so it skips the tower; new caches per conversation),
+  answers asserted equal; each cache's hashing time per image against the work it saves (decoding
+  and preprocessing the file; encoding its crops: tower + projector + packing).
 
 ``--paths engine`` (the default) needs ``llavakit.engine`` and ``Llava.set_engine`` and stops with
 an error naming what is missing. ``--paths today`` measures a build from before the engine (to
@@ -324,22 +326,32 @@ def load_rows(args, model_dir: Path) -> list[dict[str, Any]]:
 
 # ---- chat ---------------------------------------------------------------------------------------
 def chat_rows(pair: models.Pair, args) -> list[dict[str, Any]]:
-    from llavakit.model.feature_cache import FeatureCache
+    with tempfile.TemporaryDirectory(prefix="llavakit-bench-chat-") as folder:
+        image = Path(folder) / "photo.jpg"
+        photo(7, (1080, 1920)).save(image, quality=95)
+        return chat_rows_for(pair, args, image)
 
-    image = photo(7, (1080, 1920))
+
+def chat_rows_for(pair: models.Pair, args, image: Path) -> list[dict[str, Any]]:
+    from llavakit.model.feature_cache import FeatureCache
+    from llavakit.processing.pixel_cache import PixelCache
+
     cache = FeatureCache(int(args.chat_cache_mb * 2**20))
+    pixel_cache = PixelCache(int(args.chat_cache_mb * 2**20))  # --media-cache-mb gives each cache its size
     plain = llava_with(pair, args.paths, max_rows=1)
     cached = llava_with(pair, args.paths, feature_cache=cache, max_rows=1)
+    cached.processor.pixel_cache = pixel_cache
 
     def conversation(llava, with_cache: bool) -> tuple[list[str], list[float]]:
         cache.clear()  # a new conversation about a new picture: its first turn misses
+        pixel_cache.clear()
         messages: list[dict] = []
         answers, seconds = [], []
         context = embed_with_cache(pair.ours.model, cache) if with_cache and args.paths == "today" \
             else contextlib.nullcontext()
         with context:
             for turn, question in enumerate(CHAT_TURNS):
-                content = [{"type": "image", "image": image}] if turn == 0 else []
+                content = [{"type": "image", "image": str(image)}] if turn == 0 else []
                 messages.append({"role": "user", "content": [*content, {"type": "text", "text": question}]})
                 common.cuda_sync()
                 start = time.perf_counter()
@@ -355,22 +367,25 @@ def chat_rows(pair: models.Pair, args) -> list[dict[str, Any]]:
         conversation(llava, with_cache)
     runs: dict[str, list[list[float]]] = {name: [] for name in contenders}
     answers: dict[str, list[str]] = {}
-    before = cache.stats()
+    before, pixels_before = cache.stats(), pixel_cache.stats()
     for name, _ in rounds(list(contenders), args.repeats):
         llava, with_cache = contenders[name]
         answers[name], seconds = conversation(llava, with_cache)
         runs[name].append(seconds)
-    after = cache.stats()
+    after, pixels_after = cache.stats(), pixel_cache.stats()
     if answers["media cache"] != answers["no media cache"]:
         raise AssertionError(f"the media cache changed the answers: {answers['media cache']} vs "
                              f"{answers['no media cache']}")
-    inputs = pair.ours.prepare([[{"role": "user", "content": [{"type": "image", "image": image},
+    inputs = pair.ours.prepare([[{"role": "user", "content": [{"type": "image", "image": str(image)},
                                                               {"type": "text", "text": CHAT_TURNS[0]}]}]])
     inputs = inputs.to(pair.device, pair.dtype)
     with torch.inference_mode():
         encode = common.measure(lambda: pair.ours.model.encode_visual(inputs.pixel_values, inputs.visual_items), 1,
                                 args.repeats)
+    preprocess = common.measure(lambda: plain.processor.image_pixels(str(image)), 1, args.repeats)
     lookups = (after.hits + after.misses) - (before.hits + before.misses)
+    pixel_lookups = (pixels_after.hits + pixels_after.misses) - (pixels_before.hits + pixels_before.misses)
+    typical = (lambda m: m.best * 1000) if args.stat == "best" else (lambda m: m.median * 1000)
     pick = min if args.stat == "best" else statistics.median
     totals = {name: pick(sum(r) for r in runs[name]) for name in contenders}
     rows = []
@@ -380,7 +395,12 @@ def chat_rows(pair: models.Pair, args) -> list[dict[str, Any]]:
                      "vs no cache": totals["no media cache"] / totals[name],
                      "turn s": [round(s, 4) for s in best],
                      "crops": int(inputs.visual_items[0].num_crops),
-                     "encode ms/image": encode.best * 1000 if args.stat == "best" else encode.median * 1000,
+                     "preprocess ms/image": typical(preprocess),
+                     "pixel hash ms/image": ((pixels_after.key_seconds - pixels_before.key_seconds) / pixel_lookups
+                                             * 1000 if name == "media cache" and pixel_lookups else None),
+                     "pixel hits": pixels_after.hits - pixels_before.hits if name == "media cache" else None,
+                     "pixel misses": pixels_after.misses - pixels_before.misses if name == "media cache" else None,
+                     "encode ms/image": typical(encode),
                      "hash ms/image": ((after.key_seconds - before.key_seconds) / lookups * 1000
                                        if name == "media cache" and lookups else None),
                      "cache hits": after.hits - before.hits if name == "media cache" else None,
@@ -394,8 +414,8 @@ DECODE_COLUMNS = ["batch", "contender", "decode ms/step", "vs generate", "decode
 LOAD_COLUMNS = ["mode", "requests", "clients", "errors", "tok/s", "tok/s vs static", "TTFT p50 s", "TTFT p95 s",
                 "short TTFT p95 s", "short TTFT p95: static / this", "TBT p50 ms", "TBT p95 ms",
                 "answers as first mode"]
-CHAT_COLUMNS = ["contender", "turns", "total s", "vs no cache", "crops", "encode ms/image", "hash ms/image",
-                "cache hits", "cache misses"]
+CHAT_COLUMNS = ["contender", "turns", "total s", "vs no cache", "crops", "preprocess ms/image", "pixel hash ms/image",
+                "pixel hits", "pixel misses", "encode ms/image", "hash ms/image", "cache hits", "cache misses"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,6 +110,7 @@ def test_engine_benchmark_decode_and_chat_tiny(tmp_path, paths):
     assert all((r["decode ms/step"] or 0) > 0 or "noise" in r["note"] for r in decode)
     assert [r["contender"] for r in chat] == ["no media cache", "media cache"]
     assert chat[1]["cache hits"] == 4 and chat[1]["cache misses"] == 1  # turns 2-5 reuse turn 1's image
+    assert chat[1]["pixel hits"] == 4 and chat[1]["pixel misses"] == 1  # and its file is decoded once
 
 
 @pytest.mark.slow
