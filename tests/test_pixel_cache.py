@@ -152,6 +152,34 @@ def test_the_cache_stays_within_its_bytes_least_recently_used_first_out(llava, t
     assert tiny.pixel_cache.stats().entries == 0 and tiny.pixel_cache.stats().bytes == 0
 
 
+def test_threads_sharing_the_cache_get_the_pixels_of_their_own_image(llava, tmp_path):
+    """The server prepares requests in several threads, all with one processor and one cache."""
+    import threading
+
+    paths = []
+    for seed in range(3):
+        paths.append(tmp_path / f"{seed}.png")
+        random_image(50 + 10 * seed, 70, seed=20 + seed).save(paths[-1])
+    expected = [llava.processor.image_pixels(str(path))[1] for path in paths]
+    entry = max(crops.nbytes for crops in expected)
+    processor = LlavaProcessor(llava.config, llava.tokenizer, pixel_cache=PixelCache(2 * entry + entry // 2))
+    failures = []
+
+    def work(worker):
+        for step in range(12):
+            index = (worker + step) % len(paths)  # three images, room for two: entries come and go
+            if not np.array_equal(processor.image_pixels(str(paths[index]))[1], expected[index]):
+                failures.append((worker, step))
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = processor.pixel_cache.stats()
+    assert not failures and stats.hits + stats.misses == 48 and stats.bytes <= stats.max_bytes
+
+
 def test_errors_still_name_the_file_and_bad_files_are_not_cached(processor, tmp_path):
     missing = tmp_path / "missing.png"
     with pytest.raises(MediaError, match=f"image sample 0, image 0 \\({missing}\\): file not found"):
@@ -191,8 +219,9 @@ def test_the_server_decodes_a_repeated_data_url_once(llava, monkeypatch):
     url = "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
 
     def request(text):
-        return ChatCompletionRequest.model_validate({"model": "m", "max_tokens": 4, "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}]})
+        parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+        return ChatCompletionRequest.model_validate(
+            {"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": parts}]})
 
     settings = ServerSettings(model_name="m", max_model_len=8192)
     cached = Llava(llava.model, llava.tokenizer)

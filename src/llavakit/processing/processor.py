@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,7 +381,8 @@ class LlavaProcessor:
 
         return self._through_cache("video", source, False, name, make)
 
-    def _through_cache(self, kind: str, source: Any, multi_image: bool, name: str | None, make) -> tuple[VisualItem, np.ndarray]:
+    def _through_cache(self, kind: str, source: Any, multi_image: bool, name: str | None,
+                       make: Callable[[Any, str | None], tuple[VisualItem, np.ndarray]]) -> tuple[VisualItem, np.ndarray]:
         """``make(source, name)``, or the cached result for the same encoded bytes and settings.
 
         A file is read once: its bytes are hashed, then decoded on a miss (reading it again could
