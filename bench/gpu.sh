@@ -7,8 +7,10 @@
 #   bash bench/gpu.sh                  # on a GPU machine
 #   bash bench/gpu.sh --dry-run        # the plan, then every part at its tiniest size on CPU
 #   bash bench/gpu.sh --plan           # the plan only
+#   bash bench/gpu.sh --parts setup,engine   # the inference engine's benchmark (bench/engine.py) alone
 #
-# Options: --results FILE (or $LLAVAKIT_BENCH_RESULTS) takes the appended section (default
+# Options: --parts LIST runs these parts (default: all but engine, which has its own run);
+# --results FILE (or $LLAVAKIT_BENCH_RESULTS) takes the appended section (default
 # bench/RESULTS.md; for --dry-run, RESULTS.md in the --out folder); --out DIR keeps the JSON of every part (default runs/bench/gpu-DATE); --no-install skips the
 # set-up; $PYTHON names the interpreter (default python3).
 set -uo pipefail
@@ -26,7 +28,8 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0 ;;
     --results) RESULTS=$2; shift ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --parts) IFS=, read -r -a SELECTED <<< "$2"; shift ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench/gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -43,8 +46,19 @@ CUDA_WHEELS=${LLAVAKIT_TORCH_INDEX:-https://download.pytorch.org/whl/cu128}
 #   train-7b-lora 95: the 7B shape under LoRA, 8k rows (most of it is building two 7B models)
 #   inference 80: decode at batch 1/16/64 and time to first token for one 1080p image, 0.5B shape
 #   serve-model 20 + serve-load 60: the 64-client load on `llavakit serve` with a 0.5B checkpoint
+#   engine 400 (its own run, --parts setup,engine: 510): bench/engine.py at the 0.5B shape, decode at batch
+#     1/16/64 eager and compiled vs transformers, the 32-client mixed load on continuous / static / one at a
+#     time, the five-turn 1080p chat with and without the media cache
 PARTS=(setup train-0.5b train-7b-lora inference serve-model serve-load)
-declare -A BUDGET=([setup]=110 [train-0.5b]=95 [train-7b-lora]=95 [inference]=80 [serve-model]=20 [serve-load]=60)
+ALL_PARTS=("${PARTS[@]}" engine)
+declare -A BUDGET=([setup]=110 [train-0.5b]=95 [train-7b-lora]=95 [inference]=80 [serve-model]=20 [serve-load]=60
+                   [engine]=400)
+if [ -n "${SELECTED+x}" ]; then
+  for part in "${SELECTED[@]}"; do
+    [ -n "${BUDGET[$part]+x}" ] || { echo "bench/gpu.sh: unknown part $part (parts: ${ALL_PARTS[*]})" >&2; exit 2; }
+  done
+  PARTS=("${SELECTED[@]}")
+fi
 
 part_command() {  # the command of a part: real sizes on a GPU, the tiniest on CPU for --dry-run
   local part=$1
@@ -53,10 +67,13 @@ part_command() {  # the command of a part: real sizes on a GPU, the tiniest on C
     local infer_size=(--shape tiny --device cpu --batches 1,2 --new-tokens 2 --repeats 1 --image-size 40x50
                       --ttft-image 90x120)
     local serve_size=(--requests 8 --clients 4 --pool 4) shape=tiny
+    local engine_size=(--shape tiny --device cpu --batches 1,2 --new-tokens 3 --repeats 1 --image-size 40x50
+                       --clients 4 --load-requests 8 --short-tokens 3 --chat-tokens 3)
   else
     local train_size=(--shape 0.5b --batch 2 --seq 8192 --steps 5 --warmup 2)
     local infer_size=(--shape 0.5b --batches 1,16,64 --new-tokens 64 --repeats 2)
     local serve_size=(--requests 500 --clients 64 --pool 48) shape=0.5b
+    local engine_size=(--shape 0.5b --device cuda --batches 1,16,64 --repeats 2 --clients 32 --load-requests 128)
   fi
   case $part in
     setup) echo "$PY" -m pip install -q -e "$ROOT[serve,train]" ;;
@@ -69,6 +86,7 @@ part_command() {  # the command of a part: real sizes on a GPU, the tiniest on C
           --levers fused_ce,ckpt --out "$OUT/train-7b-lora.json"; fi ;;
     inference) echo "$PY" "$ROOT/bench/inference.py" "${infer_size[@]}" --out "$OUT/inference.json" ;;
     serve-model) echo "$PY" "$ROOT/bench/models.py" --shape "$shape" --save "$OUT/serve-model" ;;
+    engine) echo "$PY" "$ROOT/bench/engine.py" "${engine_size[@]}" --out "$OUT/engine.json" ;;
     serve-load) echo "$PY" "$ROOT/bench/serve_load.py" --model "$OUT/serve-model" "${serve_size[@]}" \
         --out "$OUT/serve-load.json" ;;
   esac

@@ -17,6 +17,8 @@ PARTS = {
     "train-7b-lora": "Training: the 7B shape under LoRA",
     "inference": "Inference: decode at batch 1/16/64, time to first token for one 1080p image (0.5B shape)",
     "serve-load": "Serving: 64 concurrent clients on `llavakit serve` (0.5B checkpoint, random weights)",
+    "engine": "Inference engine (bench/engine.py, 0.5B shape): decode vs transformers, the 32-client mixed load, "
+              "the five-turn 1080p chat with and without the media cache",
 }
 
 
@@ -24,7 +26,19 @@ def _rows(path: Path) -> list[dict]:
     """The rows of a part's JSON, without the per-repeat lists (they stay in the JSON)."""
     data = json.loads(path.read_text())
     rows = data["reports"] if "reports" in data else data["results"]["rows"]  # serve_load.py has its own format
+    return _scalars(rows)
+
+
+def _scalars(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if not isinstance(v, (list, dict))} for row in rows]
+
+
+def _tables(path: Path) -> str:
+    """A part's tables: one per named table (bench/engine.py's decode, load, chat), else its rows."""
+    tables = json.loads(path.read_text()).get("results", {}).get("tables")
+    if not tables:
+        return common.table(_rows(path))
+    return "\n\n".join(f"{name}:\n\n{common.table(_scalars(rows))}" for name, rows in tables.items())
 
 
 def section(directory: Path, mode: str) -> str:
@@ -39,12 +53,14 @@ def section(directory: Path, mode: str) -> str:
              f"- **JSON**: `{directory}`",
              "- **Parts** (exit status, seconds): " + ", ".join(f"{p} {c} ({s} s)" for p, (c, s) in status.items()), ""]
     for part, heading in PARTS.items():
+        if part not in status:  # not selected (bench/gpu.sh --parts)
+            continue
         lines.append(f"### {heading}")
         lines.append("")
         path = directory / f"{part}.json"
-        code = status.get(part, ("not run", "0"))[0]
+        code = status[part][0]
         if path.is_file():
-            lines.append(common.table(_rows(path)))
+            lines.append(_tables(path))
         else:
             lines.append(f"No figures: the part ended with {code}" +
                          (" (it ran out of its time budget)" if code == "timeout" else "") + ".")

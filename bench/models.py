@@ -7,6 +7,7 @@ Shapes (random weights; no download):
 | tiny | SigLIP 30 px / patch 7, width 32, 2 layers | Qwen2 width 32, 2 layers (the tests' checkpoint) |
 | quickstart | SigLIP 64 px / patch 16, width 64, 4 layers | Qwen2 width 128, 4 layers (the quickstart model's shape, from its settings) |
 | 0.5b | SigLIP-so400m/14-384, 26 layers | Qwen2-0.5B (24 layers, width 896, 152K vocab, tied) |
+| 0.5b-lm | the quickstart's tower | Qwen2-0.5B: the 0.5B language model's decode on a CPU, without a 400M tower |
 | 1.5b | SigLIP-so400m/14-384, 26 layers | Qwen2-1.5B (28 layers, width 1536, tied) |
 | 7b | SigLIP-so400m/14-384, 26 layers | Qwen2-7B (28 layers, width 3584, 152K vocab) |
 
@@ -59,7 +60,7 @@ SMALL = {
               "num_key_value_heads": 2, "tie_word_embeddings": False}),
     "quickstart": _quickstart_shape(),
 }
-SHAPES = ("tiny", "quickstart", "0.5b", "1.5b", "7b")
+SHAPES = ("tiny", "quickstart", "0.5b-lm", "0.5b", "1.5b", "7b")
 
 
 def shape_configs(shape: str, vocab: int) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -67,6 +68,9 @@ def shape_configs(shape: str, vocab: int) -> tuple[dict[str, Any], dict[str, Any
     if shape in SMALL:
         vision, text = SMALL[shape]
         return dict(vision), dict(text, vocab_size=vocab, max_position_embeddings=8192), 4
+    if shape == "0.5b-lm":
+        return dict(SMALL["quickstart"][0]), dict(QWEN2["0.5b"], max_position_embeddings=32768,
+                                                  rope_theta=1_000_000.0), 4
     return dict(SIGLIP_SO400M), dict(QWEN2[shape], max_position_embeddings=32768, rope_theta=1_000_000.0), 6
 
 

@@ -70,6 +70,64 @@ def test_inference_benchmark_tiny_tokens_equal_transformers(tmp_path):
     assert all(r["rows differing"] == 0 and r["decode tok/s"] > 0 for r in decode)
 
 
+def engine_available() -> bool:
+    try:
+        from llavakit.api import Llava
+        from llavakit.engine import EngineConfig  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(Llava, "set_engine")
+
+
+ENGINE_SMALL = ["--shape", "tiny", "--device", "cpu", "--repeats", "1"]
+
+
+def test_engine_benchmark_refuses_paths_the_build_does_not_have(tmp_path):
+    import engine
+
+    missing, message = ("today", "measures a build before the engine") if engine_available() else \
+        ("engine", "the engine API is missing")
+    with pytest.raises(SystemExit, match=message):
+        engine.main([*ENGINE_SMALL, "--paths", missing, "--parts", "decode", "--out", str(tmp_path / "e.json")])
+    assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("paths", ["today", "engine"])
+def test_engine_benchmark_decode_and_chat_tiny(tmp_path, paths):
+    import engine
+
+    if (paths == "engine") != engine_available():
+        pytest.skip(f"--paths {paths} measures a build {'with' if paths == 'engine' else 'without'} the engine")
+    out = tmp_path / "engine.json"
+    assert engine.main([*ENGINE_SMALL, "--paths", paths, "--parts", "decode,chat", "--batches", "1,3",
+                        "--new-tokens", "5", "--image-size", "40x50", "--chat-tokens", "3", "--out", str(out)]) == 0
+    tables = _results(out)["results"]["tables"]
+    decode, chat = tables["decode"], tables["chat"]
+    assert {r["batch"] for r in decode} == {1, 3} and decode[0]["contender"] == "transformers generate"
+    assert all(r["rows differing"] == 0 for r in decode)
+    # at toy sizes timing noise can exceed a decode step: then the row says so instead of a figure
+    assert all((r["decode ms/step"] or 0) > 0 or "noise" in r["note"] for r in decode)
+    assert [r["contender"] for r in chat] == ["no media cache", "media cache"]
+    assert chat[1]["cache hits"] == 4 and chat[1]["cache misses"] == 1  # turns 2-5 reuse turn 1's image
+    assert chat[1]["pixel hits"] == 4 and chat[1]["pixel misses"] == 1  # and its file is decoded once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("paths", ["today", "engine"])
+def test_engine_benchmark_load_tiny(tmp_path, paths):
+    import engine
+
+    if (paths == "engine") != engine_available():
+        pytest.skip(f"--paths {paths} measures a build {'with' if paths == 'engine' else 'without'} the engine")
+    out = tmp_path / "engine.json"
+    assert engine.main([*ENGINE_SMALL, "--paths", paths, "--parts", "load", "--clients", "4", "--load-requests", "8",
+                        "--short-tokens", "3", "--out", str(out)]) == 0
+    rows = _results(out)["results"]["tables"]["load"]
+    assert len(rows) == (3 if paths == "engine" else 2)
+    assert all(r["errors"] == 0 and r["requests"] == 8 and r["tok/s"] > 0 for r in rows)
+    assert all(r["answers as first mode"] == 8 for r in rows)  # greedy answers do not depend on the schedule
+
+
 def test_train_benchmark_tiny(tmp_path):
     import train
 
@@ -149,3 +207,27 @@ def test_gpu_script_dry_run_runs_every_part_tiny_and_appends_elsewhere(tmp_path)
         assert f"{part} 0 (" in text
     assert "| ours+fused_adamw" in text and "| ours+all" in text
     assert "one-at-a-time" in text and "TTFT ours generate" in text
+
+
+def test_gpu_script_runs_the_engine_benchmark_as_its_own_selection(tmp_path):
+    done = _gpu_script("--plan", "--parts", "setup,engine", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    budgets = {line.split()[0]: int(line.split()[1].rstrip("s")) for line in done.stdout.splitlines()[1:-1]}
+    assert tuple(budgets) == ("setup", "engine") and sum(budgets.values()) <= 10 * 60  # one device command
+    assert "bench/engine.py --shape 0.5b --device cuda --batches 1,16,64" in done.stdout
+    assert "--clients 32" in done.stdout
+    refused = _gpu_script("--plan", "--parts", "engine,nope", tmp_path=tmp_path)
+    assert refused.returncode == 2 and "unknown part nope" in refused.stderr
+
+
+def test_gpu_report_renders_each_table_of_the_engine_benchmark(tmp_path):
+    import gpu_report
+
+    (tmp_path / "status.tsv").write_text("engine\t0\t12\n")
+    tables = {"decode": [{"batch": 1, "contender": "transformers generate", "decode ms/step": 2.5, "runs": {}}],
+              "chat": [{"contender": "media cache", "total s": 1.25, "turn s": [0.5]}]}
+    (tmp_path / "engine.json").write_text(json.dumps({"results": {"rows": [], "tables": tables}}))
+    text = gpu_report.section(tmp_path, "gpu")
+    assert "### Inference engine" in text and "### Training" not in text  # only the parts that ran
+    assert "decode:\n\n| batch | contender" in text and "chat:\n\n| contender   | total s |" in text
+    assert "| media cache | 1.25    |" in text and "turn s" not in text  # lists stay in the JSON

@@ -21,6 +21,7 @@ from llavakit.config import LlavaConfig
 from llavakit.errors import PlaceholderError
 from llavakit.layout import VisualItem
 from llavakit.model import packing
+from llavakit.model.feature_cache import FeatureCache
 from llavakit.model.projector import Projector
 
 IGNORE_INDEX = -100
@@ -141,9 +142,13 @@ class LlavaForCausalLM(nn.Module):
         return mask
 
     def embed(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, visual_items: list[VisualItem] = ()
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, visual_items: list[VisualItem] = (),
+        feature_cache: FeatureCache | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with visual vectors scattered into the placeholder positions."""
+        """Token embeddings with visual vectors scattered into the placeholder positions.
+
+        ``feature_cache`` (inference only): items it holds skip the vision tower, the others are
+        encoded and stored (``model.feature_cache``)."""
         mask = self.placeholder_mask(input_ids)
         embeds = self.language_model.get_input_embeddings()(input_ids.masked_fill(mask, 0))
         placeholders = int(mask.sum())
@@ -151,7 +156,10 @@ class LlavaForCausalLM(nn.Module):
             if placeholders:
                 raise PlaceholderError(f"the input has {placeholders} visual placeholder tokens but no images or videos")
             return embeds + self._connector_anchor(embeds) if self.training else embeds
-        features = self.encode_visual(pixel_values.to(embeds.device), list(visual_items))
+        if feature_cache is None:
+            features = self.encode_visual(pixel_values.to(embeds.device), list(visual_items))
+        else:
+            features = feature_cache.encode(self, pixel_values, visual_items, embeds.device)
         if features.shape[0] != placeholders:
             raise PlaceholderError(
                 f"the input has {placeholders} visual placeholder tokens but the images and videos give "

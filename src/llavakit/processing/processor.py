@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,9 @@ from llavakit import layout
 from llavakit.config import LlavaConfig
 from llavakit.errors import PlaceholderError
 from llavakit.layout import VisualItem
+from llavakit.errors import MediaError
 from llavakit.processing import image as image_ops
+from llavakit.processing.pixel_cache import Encoded, PixelCache, encoded_bytes
 from llavakit.processing.video import Frames, read_video, uniform_indices
 
 # Used when a tokenizer has no chat template of its own: ChatML, media parts as placeholders.
@@ -45,7 +47,7 @@ class Media:
     """One image or video of a sample, before pixels are computed."""
 
     kind: str  # "image" or "video"
-    source: Any  # path, bytes, PIL image, or (video) a list of frames
+    source: Any  # path, bytes, PIL image, pixel_cache.Encoded, or (video) a list of frames
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,10 @@ class ModelInputs:
 class LlavaProcessor:
     """Turns conversations, images and videos into :class:`ModelInputs` for one model config."""
 
-    def __init__(self, config: LlavaConfig, tokenizer: Any):
+    def __init__(self, config: LlavaConfig, tokenizer: Any, pixel_cache: PixelCache | None = None):
         self.config = config
+        # Inference only: media given as encoded bytes (files, bytes, Encoded) are preprocessed once.
+        self.pixel_cache = pixel_cache
         self.visual = config.visual
         self.tokenizer = tokenizer
         self.tokens_per_side = config.tokens_per_side
@@ -352,12 +356,48 @@ class LlavaProcessor:
         return items, pixels
 
     def image_pixels(self, source: Any, multi_image: bool = False, name: str | None = None) -> tuple[VisualItem, np.ndarray]:
-        picture = image_ops.open_image(source, self.visual.max_image_pixels, name)
-        item = layout.plan_image(self.visual, (picture.height, picture.width), multi_image)
-        return item, image_ops.normalize(image_ops.views_for(picture, item, self.visual, multi_image), self.visual)
+        """An image's visual item and (crops, 3, S, S) pixels (through ``pixel_cache`` when set:
+        read-only then)."""
+
+        def make(opened: Any, label: str | None) -> tuple[VisualItem, np.ndarray]:
+            picture = opened.decode() if isinstance(opened, Encoded) else \
+                image_ops.open_image(opened, self.visual.max_image_pixels, label)
+            item = layout.plan_image(self.visual, (picture.height, picture.width), multi_image)
+            return item, image_ops.normalize(image_ops.views_for(picture, item, self.visual, multi_image), self.visual)
+
+        return self._through_cache("image", source, multi_image, name, make)
 
     def video_pixels(self, source: Any, name: str | None = None) -> tuple[VisualItem, np.ndarray]:
-        frames = self.load_video(source, name)
+        """A video's visual item and (frames, 3, S, S) pixels (through ``pixel_cache`` when set)."""
+
+        def make(opened: Any, label: str | None) -> tuple[VisualItem, np.ndarray]:
+            if isinstance(opened, bytes) and label is not None:  # a file read for its hash: errors name it
+                try:
+                    return self._video_item(read_video(opened, self.visual.video_frames))
+                except MediaError as err:
+                    raise MediaError(f"video {label}: {str(err).split(': ', 1)[-1]}") from None
+            return self._video_item(self.load_video(opened.decode() if isinstance(opened, Encoded) else opened,
+                                                    label))
+
+        return self._through_cache("video", source, False, name, make)
+
+    def _through_cache(self, kind: str, source: Any, multi_image: bool, name: str | None,
+                       make: Callable[[Any, str | None], tuple[VisualItem, np.ndarray]]) -> tuple[VisualItem, np.ndarray]:
+        """``make(source, name)``, or the cached result for the same encoded bytes and settings.
+
+        A file is read once: its bytes are hashed, then decoded on a miss (reading it again could
+        decode a file replaced in between, stored under the old file's hash).
+        """
+        data = encoded_bytes(source) if self.pixel_cache is not None else None
+        if data is None:
+            return make(source, name)
+        key = self.pixel_cache.key(kind, data, self.visual, multi_image)
+        if isinstance(source, (str, Path)):
+            label = f"{name} ({source})" if name else str(source)
+            return self.pixel_cache.get_or_make(key, lambda: make(data, label))
+        return self.pixel_cache.get_or_make(key, lambda: make(source, name))
+
+    def _video_item(self, frames: Frames) -> tuple[VisualItem, np.ndarray]:
         first = frames.images[0]
         item = layout.plan_video(self.visual, (first.height, first.width), len(frames.images))
         crop = (self.visual.crop_size, self.visual.crop_size)

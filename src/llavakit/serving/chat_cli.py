@@ -17,7 +17,11 @@ import torch
 
 from llavakit.errors import LlavakitError
 from llavakit.engine import EngineConfig, SamplingSettings
-from llavakit.processing.image import open_image
+from llavakit.serving.feature_cache_option import (
+    add_media_cache_option,
+    media_cache_from_args,
+    pixel_cache_from_args,
+)
 from llavakit.serving.streaming import stream
 
 HELP = ("commands: /image PATH, /video PATH (attach to your next message), /clear (forget the conversation), "
@@ -41,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    add_media_cache_option(parser)
 
 
 class ChatSession:
@@ -62,9 +67,10 @@ class ChatSession:
         self.turns = 0
 
     def attach(self, kind: str, path: str) -> None:
-        """Check the file now, so a typo is reported before the question is asked."""
+        """Check the file now, so a typo is reported before the question is asked (an image is read
+        as the model will read it: with a pixel cache, the first turn finds it preprocessed)."""
         if kind == "image":
-            open_image(path, self.llava.config.visual.max_image_pixels)
+            self.llava.processor.image_pixels(path)
         elif not Path(path).is_file():
             raise LlavakitError(f"video {path}: file not found")
         self.attachments.append({"type": kind, kind: path})
@@ -142,9 +148,11 @@ def read_lines(interactive: bool) -> Iterable[str]:
 def run(args: argparse.Namespace) -> int:
     import llavakit
 
+    feature_cache = media_cache_from_args(args)  # a bad size fails before the model loads
     llava = llavakit.load(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    llava.processor.pixel_cache = pixel_cache_from_args(args)  # each turn repeats the image: preprocess it once
     # one conversation at a time: each turn continues the cache of the previous prompt and answer
-    llava.set_engine(EngineConfig(max_rows=1, reuse_prefixes=True))
+    llava.set_engine(EngineConfig(max_rows=1, reuse_prefixes=True, feature_cache=feature_cache))
     settings = SamplingSettings(args.max_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty,
                                 args.seed)
     session = ChatSession(llava, settings, args.stop, args.system)

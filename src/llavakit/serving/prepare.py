@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from llavakit.api import Llava
 from llavakit.errors import LlavakitError
 from llavakit.engine import SamplingSettings
+from llavakit.processing.pixel_cache import Encoded
 from llavakit.processing.processor import ModelInputs
 from llavakit.serving import media
 from llavakit.serving.budget import PixelBudget
@@ -200,13 +201,17 @@ class RequestPreparer:
                            "decoding_busy", headers={"Retry-After": "1"})
         return pixels
 
-    def _decode(self, item: _Fetched) -> dict[str, Any]:
+    def _part(self, item: _Fetched) -> dict[str, Any]:
+        """The medium as a conversation part: its bytes, decoded by :meth:`_decode` only if the
+        processor's pixel cache does not hold them already (a follow-up turn about the same image)."""
+        return {"type": item.kind, item.kind: Encoded(item.data, lambda: self._decode(item))}
+
+    def _decode(self, item: _Fetched) -> Any:
         try:
             if item.kind == "image":
-                return {"type": "image", "image": media.load_image(item.header, f"image {item.param}")}
-            frames = media.load_video(item.data, item.header, self.llava.config.visual.video_frames,
-                                      f"video {item.param}")
-            return {"type": "video", "video": frames}
+                return media.load_image(item.header, f"image {item.param}")
+            return media.load_video(item.data, item.header, self.llava.config.visual.video_frames,
+                                    f"video {item.param}")
         except LlavakitError as err:
             raise invalid(str(err), item.param, "invalid_media") from None
 
@@ -219,7 +224,7 @@ class RequestPreparer:
                 conversation.append({"role": role, "content": message.content or ""})
                 continue
             content = [
-                {"type": "text", "text": part.text} if isinstance(part, TextPart) else self._decode(fetched[m, p])
+                {"type": "text", "text": part.text} if isinstance(part, TextPart) else self._part(fetched[m, p])
                 for p, part in enumerate(message.content)
             ]
             conversation.append({"role": role, "content": content})

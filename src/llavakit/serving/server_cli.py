@@ -14,6 +14,12 @@ import torch
 
 from llavakit.checkpoint.io import checkpoint_name
 from llavakit.engine import EngineConfig
+from llavakit.model.feature_cache import FeatureCache
+from llavakit.serving.feature_cache_option import (
+    add_media_cache_option,
+    media_cache_from_args,
+    pixel_cache_from_args,
+)
 from llavakit.serving.media import MediaPolicy
 from llavakit.serving.middleware import LOOPBACK_HOSTS
 from llavakit.serving.settings import ServerSettings
@@ -79,10 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     media.add_argument("--allowed-local-media-path", action="append", default=[], metavar="DIR",
                        help="accept file:// URLs inside DIR (repeatable)")
     media.add_argument("--media-fetch-timeout", type=float, default=10.0)
+    add_media_cache_option(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def settings_from_args(args: argparse.Namespace, context_length: int) -> ServerSettings:
+def settings_from_args(args: argparse.Namespace, context_length: int,
+                       feature_cache: FeatureCache | None = None) -> ServerSettings:
     domains = tuple(d.strip().lower() for d in args.allowed_media_domains.split(",") if d.strip())
     media = MediaPolicy(
         max_image_pixels=args.max_image_pixels, max_media_bytes=args.max_media_bytes,
@@ -93,7 +101,8 @@ def settings_from_args(args: argparse.Namespace, context_length: int) -> ServerS
     engine = EngineConfig(max_rows=args.max_batch_size, max_prefill_tokens=args.max_batch_tokens,
                           max_cache_tokens=args.max_cache_tokens, schedule=args.schedule,
                           compile={"auto": "auto", "on": True, "off": False}[args.compile],
-                          batch_window_s=args.batch_window_ms / 1000, max_queued=args.max_queue)
+                          batch_window_s=args.batch_window_ms / 1000, max_queued=args.max_queue,
+                          feature_cache=feature_cache)
     max_model_len = args.max_model_len or context_length
     if engine.slot_length is not None:
         max_model_len = min(max_model_len, engine.slot_length)  # what one sequence's cache slot holds
@@ -141,9 +150,11 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("llavakit.serving")
     if args.threads:
         torch.set_num_threads(args.threads)
+    feature_cache = media_cache_from_args(args)  # a bad size fails before the model loads
     llava = llavakit.load(args.model, dtype=DTYPES[args.dtype], device=args.device, adapter=args.adapter)
+    llava.processor.pixel_cache = pixel_cache_from_args(args)  # a repeated image is not decoded again
     try:
-        settings = settings_from_args(args, context_length(llava))
+        settings = settings_from_args(args, context_length(llava), feature_cache)
     except (ValueError, OSError) as err:  # contradictory limits, a missing --allowed-local-media-path
         print(f"llavakit serve: error: {err}", file=sys.stderr)
         return 2
