@@ -23,12 +23,6 @@ Three parts (``--parts decode,load,chat``):
   answers asserted equal; each cache's hashing time per image against the work it saves (decoding
   and preprocessing the file; encoding its crops: tower + projector + packing).
 
-``--paths engine`` (the default) needs ``llavakit.engine`` and ``Llava.set_engine`` and stops with
-an error naming what is missing. ``--paths today`` measures a build from before the engine (to
-develop this benchmark, and as a before/after) and refuses a build that has it: ``Llava.generate``'s
-loop, the server's static batcher (``--max-batch-size``), and for chat the cache handed to
-``model.embed`` by a wrapper.
-
     python bench/engine.py                                    # CPU: quickstart shape, float32
     python bench/engine.py --shape 0.5b-lm --parts decode     # CPU: the Qwen2-0.5B language model
     python bench/engine.py --shape 0.5b --device cuda         # GPU: bf16, all parts
@@ -38,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import importlib.util
 import json
 import random
 import statistics
@@ -58,48 +50,21 @@ import inference
 import models
 from preprocess import photo
 
-PATHS = ("engine", "today")
 CHAT_TURNS = ["Describe this picture.", "What colours stand out?", "Is there anything on the left side?",
               "How many shapes can you see?", "Summarise the picture in one sentence."]
 MODEL_NAME = "engine-bench"
 
 
-# ---- which code is measured -------------------------------------------------------------------
-def engine_config_class():
-    """The engine's config class, or an error that says what is missing (never a silent fallback)."""
+# ---- the engine under test ----------------------------------------------------------------------
+def llava_with(pair: models.Pair, *, compile_step: bool = False, feature_cache=None, max_rows: int = 64):
+    """A ``Llava`` over the pair's model with an engine of these settings."""
     from llavakit.api import Llava
-
-    try:
-        from llavakit.engine import EngineConfig
-    except ImportError as err:
-        raise SystemExit(f"bench/engine.py: the engine API is missing: {err}. This build has no llavakit.engine; "
-                         "measure today's code with --paths today, or run after the engine is merged") from None
-    if not hasattr(Llava, "set_engine"):
-        raise SystemExit("bench/engine.py: the engine API is missing: Llava.set_engine does not exist")
-    return EngineConfig
-
-
-def llava_with(pair: models.Pair, path: str, *, compile_step: bool = False, feature_cache=None, max_rows: int = 64):
-    """A ``Llava`` over the pair's model: with an engine of these settings (engine path), or as it is."""
-    from llavakit.api import Llava
+    from llavakit.engine import EngineConfig
 
     llava = Llava(pair.ours.model, pair.tokenizer)
-    if path == "engine":
-        EngineConfig = engine_config_class()
-        llava.set_engine(EngineConfig(max_rows=max_rows, max_prefill_tokens=65_536, compile=compile_step,
-                                      feature_cache=feature_cache))
+    llava.set_engine(EngineConfig(max_rows=max_rows, max_prefill_tokens=65_536, compile=compile_step,
+                                  feature_cache=feature_cache))
     return llava
-
-
-@contextlib.contextmanager
-def embed_with_cache(model, feature_cache):
-    """Today's path only: today's decoders call ``model.embed`` without a cache, so hand it one."""
-    original = model.embed
-    model.embed = lambda *args, **kwargs: original(*args, **kwargs, feature_cache=feature_cache)
-    try:
-        yield
-    finally:
-        del model.embed
 
 
 # ---- decode -------------------------------------------------------------------------------------
@@ -123,12 +88,9 @@ def decode_rows(pair: models.Pair, batch: int, args) -> list[dict[str, Any]]:
     def ours(llava):
         return lambda n: [g.token_ids for g in llava.generate(convs, max_new_tokens=n)]
 
-    contenders = {"transformers generate": hf}
-    if args.paths == "engine":
-        contenders["engine eager"] = ours(llava_with(pair, "engine", max_rows=batch))
-        contenders["engine compiled"] = ours(llava_with(pair, "engine", compile_step=True, max_rows=batch))
-    else:
-        contenders["today Llava.generate"] = ours(llava_with(pair, "today"))
+    contenders = {"transformers generate": hf,
+                  "engine eager": ours(llava_with(pair, max_rows=batch)),
+                  "engine compiled": ours(llava_with(pair, compile_step=True, max_rows=batch))}
     expected, first_call, differing = None, {}, {}
     for name, fn in contenders.items():  # warm-up (and compilation) of each contender
         common.cuda_sync()
@@ -267,25 +229,11 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-def serve_options() -> str:
-    import subprocess
-
-    done = subprocess.run([sys.executable, "-m", "llavakit", "serve", "--help"], capture_output=True, text=True,
-                          timeout=120, check=True)
-    return done.stdout
-
-
-def load_modes(path: str, clients: int) -> dict[str, list[str]]:
-    """The servers compared, as ``llavakit serve`` flags (the engine's server must have ``--schedule``)."""
-    options = serve_options()
-    rows = "--max-batch-rows" if "--max-batch-rows" in options else "--max-batch-size"  # --max-batch-rows in some builds
-    if path == "engine":
-        if "--schedule" not in options:
-            raise SystemExit("bench/engine.py: the engine API is missing: `llavakit serve` has no --schedule option")
-        return {"engine continuous": ["--schedule", "continuous", rows, str(clients)],
-                "static batcher": ["--schedule", "static", rows, str(clients)],
-                "one at a time": ["--schedule", "continuous", rows, "1"]}
-    return {"today static batcher": [rows, str(clients)], "today one at a time": [rows, "1"]}
+def load_modes(clients: int) -> dict[str, list[str]]:
+    """The servers compared, as ``llavakit serve`` flags."""
+    return {"engine continuous": ["--schedule", "continuous", "--max-batch-size", str(clients)],
+            "static batcher": ["--schedule", "static", "--max-batch-size", str(clients)],
+            "one at a time": ["--schedule", "continuous", "--max-batch-size", "1"]}
 
 
 def load_rows(args, model_dir: Path) -> list[dict[str, Any]]:
@@ -298,7 +246,7 @@ def load_rows(args, model_dir: Path) -> list[dict[str, Any]]:
     if not args.device.startswith("cuda"):
         common_flags += ["--threads", str(args.threads or 1)]
     rows, reference = [], None
-    for mode, flags in load_modes(args.paths, args.clients).items():
+    for mode, flags in load_modes(args.clients).items():
         with ServerProcess(model_dir, *common_flags, *flags, startup_timeout=600) as server:
             asyncio.run(run_clients(server.url, bodies[: min(4, len(bodies))], 4))  # warm-up (compilation)
             sent, wall = asyncio.run(run_clients(server.url, bodies, args.clients))
@@ -316,7 +264,7 @@ def load_rows(args, model_dir: Path) -> list[dict[str, Any]]:
                      "TBT p50 ms": (percentile(gaps, 50) or 0) * 1000, "TBT p95 ms": (percentile(gaps, 95) or 0) * 1000,
                      "answers as first mode": sum(answers.get(i) == text for i, text in reference.items()),
                      "errors seen": [s.error for s in sent if s.error][:3]})
-    static = next(row for row in rows if "static" in row["mode"])  # the issue's baseline: today's batcher
+    static = next(row for row in rows if "static" in row["mode"])  # the issue's baseline: a batch runs to its end
     for row in rows:
         row["tok/s vs static"] = row["tok/s"] / static["tok/s"] if static["tok/s"] else None
         row["short TTFT p95: static / this"] = (static["short TTFT p95 s"] / row["short TTFT p95 s"]
@@ -338,39 +286,35 @@ def chat_rows_for(pair: models.Pair, args, image: Path) -> list[dict[str, Any]]:
 
     cache = FeatureCache(int(args.chat_cache_mb * 2**20))
     pixel_cache = PixelCache(int(args.chat_cache_mb * 2**20))  # --media-cache-mb gives each cache its size
-    plain = llava_with(pair, args.paths, max_rows=1)
-    cached = llava_with(pair, args.paths, feature_cache=cache, max_rows=1)
+    plain = llava_with(pair, max_rows=1)
+    cached = llava_with(pair, feature_cache=cache, max_rows=1)
     cached.processor.pixel_cache = pixel_cache
 
-    def conversation(llava, with_cache: bool) -> tuple[list[str], list[float]]:
+    def conversation(llava) -> tuple[list[str], list[float]]:
         cache.clear()  # a new conversation about a new picture: its first turn misses
         pixel_cache.clear()
         messages: list[dict] = []
         answers, seconds = [], []
-        context = embed_with_cache(pair.ours.model, cache) if with_cache and args.paths == "today" \
-            else contextlib.nullcontext()
-        with context:
-            for turn, question in enumerate(CHAT_TURNS):
-                content = [{"type": "image", "image": str(image)}] if turn == 0 else []
-                messages.append({"role": "user", "content": [*content, {"type": "text", "text": question}]})
-                common.cuda_sync()
-                start = time.perf_counter()
-                answer = llava.generate(messages, max_new_tokens=args.chat_tokens).text
-                common.cuda_sync()
-                seconds.append(time.perf_counter() - start)
-                messages.append({"role": "assistant", "content": answer})
-                answers.append(answer)
+        for turn, question in enumerate(CHAT_TURNS):
+            content = [{"type": "image", "image": str(image)}] if turn == 0 else []
+            messages.append({"role": "user", "content": [*content, {"type": "text", "text": question}]})
+            common.cuda_sync()
+            start = time.perf_counter()
+            answer = llava.generate(messages, max_new_tokens=args.chat_tokens).text
+            common.cuda_sync()
+            seconds.append(time.perf_counter() - start)
+            messages.append({"role": "assistant", "content": answer})
+            answers.append(answer)
         return answers, seconds
 
-    contenders = {"no media cache": (plain, False), "media cache": (cached, True)}
-    for llava, with_cache in contenders.values():  # warm-up
-        conversation(llava, with_cache)
+    contenders = {"no media cache": plain, "media cache": cached}
+    for llava in contenders.values():  # warm-up
+        conversation(llava)
     runs: dict[str, list[list[float]]] = {name: [] for name in contenders}
     answers: dict[str, list[str]] = {}
     before, pixels_before = cache.stats(), pixel_cache.stats()
     for name, _ in rounds(list(contenders), args.repeats):
-        llava, with_cache = contenders[name]
-        answers[name], seconds = conversation(llava, with_cache)
+        answers[name], seconds = conversation(contenders[name])
         runs[name].append(seconds)
     after, pixels_after = cache.stats(), pixel_cache.stats()
     if answers["media cache"] != answers["no media cache"]:
@@ -420,8 +364,6 @@ CHAT_COLUMNS = ["contender", "turns", "total s", "vs no cache", "crops", "prepro
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--paths", choices=PATHS, default="engine",
-                        help="engine: the engine (required; an error if missing); today: the code before it")
     parser.add_argument("--parts", default="decode,load,chat")
     parser.add_argument("--shape", choices=models.SHAPES, default=None, help="default: quickstart on CPU, 0.5b on a GPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -460,11 +402,6 @@ def main(argv: list[str] | None = None) -> int:
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if unknown := set(parts) - {"decode", "load", "chat"}:
         parser.error(f"--parts: unknown {', '.join(sorted(unknown))} (choose from decode, load, chat)")
-    if args.paths == "engine":
-        engine_config_class()  # before anything is built: a build without the engine fails at once
-    elif importlib.util.find_spec("llavakit.engine") is not None:
-        raise SystemExit("bench/engine.py: --paths today measures a build before the engine, and this one has it "
-                         "(its Llava.generate and server are the engine's); use --paths engine")
     common.set_threads(args.threads, args.device)
 
     tables: dict[str, list[dict]] = {}
@@ -482,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             tables["load"] = load_rows(args, model_dir)
 
     env = common.environment()
-    print(f"\nengine ({args.paths}, {args.shape}): {env['device']}, load {env['load_average']}, {env['date']}, "
+    print(f"\nengine ({args.shape}): {env['device']}, load {env['load_average']}, {env['date']}, "
           f"git {env['git']}")
     columns = {"decode": DECODE_COLUMNS, "load": LOAD_COLUMNS, "chat": CHAT_COLUMNS}
     for name, rows in tables.items():

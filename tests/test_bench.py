@@ -70,40 +70,20 @@ def test_inference_benchmark_tiny_tokens_equal_transformers(tmp_path):
     assert all(r["rows differing"] == 0 and r["decode tok/s"] > 0 for r in decode)
 
 
-def engine_available() -> bool:
-    try:
-        from llavakit.api import Llava
-        from llavakit.engine import EngineConfig  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(Llava, "set_engine")
-
-
 ENGINE_SMALL = ["--shape", "tiny", "--device", "cpu", "--repeats", "1"]
 
 
-def test_engine_benchmark_refuses_paths_the_build_does_not_have(tmp_path):
+def test_engine_benchmark_decode_and_chat_tiny(tmp_path):
     import engine
 
-    missing, message = ("today", "measures a build before the engine") if engine_available() else \
-        ("engine", "the engine API is missing")
-    with pytest.raises(SystemExit, match=message):
-        engine.main([*ENGINE_SMALL, "--paths", missing, "--parts", "decode", "--out", str(tmp_path / "e.json")])
-    assert not (tmp_path / "e.json").exists()
-
-
-@pytest.mark.parametrize("paths", ["today", "engine"])
-def test_engine_benchmark_decode_and_chat_tiny(tmp_path, paths):
-    import engine
-
-    if (paths == "engine") != engine_available():
-        pytest.skip(f"--paths {paths} measures a build {'with' if paths == 'engine' else 'without'} the engine")
     out = tmp_path / "engine.json"
-    assert engine.main([*ENGINE_SMALL, "--paths", paths, "--parts", "decode,chat", "--batches", "1,3",
+    assert engine.main([*ENGINE_SMALL, "--parts", "decode,chat", "--batches", "1,3",
                         "--new-tokens", "5", "--image-size", "40x50", "--chat-tokens", "3", "--out", str(out)]) == 0
     tables = _results(out)["results"]["tables"]
     decode, chat = tables["decode"], tables["chat"]
-    assert {r["batch"] for r in decode} == {1, 3} and decode[0]["contender"] == "transformers generate"
+    assert {r["batch"] for r in decode} == {1, 3}
+    assert [r["contender"] for r in decode if r["batch"] == 1] == ["transformers generate", "engine eager",
+                                                                   "engine compiled"]
     assert all(r["rows differing"] == 0 for r in decode)
     # at toy sizes timing noise can exceed a decode step: then the row says so instead of a figure
     assert all((r["decode ms/step"] or 0) > 0 or "noise" in r["note"] for r in decode)
@@ -112,18 +92,29 @@ def test_engine_benchmark_decode_and_chat_tiny(tmp_path, paths):
     assert chat[1]["pixel hits"] == 4 and chat[1]["pixel misses"] == 1  # and its file is decoded once
 
 
+def test_engine_benchmark_load_modes_are_serve_options():
+    """The load part's servers (the slow test runs them): continuous, static batcher, one at a time."""
+    import argparse
+
+    import engine
+    from llavakit.serving import server_cli
+
+    parser = argparse.ArgumentParser()
+    server_cli.add_arguments(parser)
+    modes = {mode: parser.parse_args(["--model", "m", *flags]) for mode, flags in engine.load_modes(4).items()}
+    assert {mode: (args.schedule, args.max_batch_size) for mode, args in modes.items()} == {
+        "engine continuous": ("continuous", 4), "static batcher": ("static", 4), "one at a time": ("continuous", 1)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("paths", ["today", "engine"])
-def test_engine_benchmark_load_tiny(tmp_path, paths):
+def test_engine_benchmark_load_tiny(tmp_path):
     import engine
 
-    if (paths == "engine") != engine_available():
-        pytest.skip(f"--paths {paths} measures a build {'with' if paths == 'engine' else 'without'} the engine")
     out = tmp_path / "engine.json"
-    assert engine.main([*ENGINE_SMALL, "--paths", paths, "--parts", "load", "--clients", "4", "--load-requests", "8",
+    assert engine.main([*ENGINE_SMALL, "--parts", "load", "--clients", "4", "--load-requests", "8",
                         "--short-tokens", "3", "--out", str(out)]) == 0
     rows = _results(out)["results"]["tables"]["load"]
-    assert len(rows) == (3 if paths == "engine" else 2)
+    assert [r["mode"] for r in rows] == ["engine continuous", "static batcher", "one at a time"]
     assert all(r["errors"] == 0 and r["requests"] == 8 and r["tok/s"] > 0 for r in rows)
     assert all(r["answers as first mode"] == 8 for r in rows)  # greedy answers do not depend on the schedule
 
