@@ -1,4 +1,4 @@
-"""The eight-phase recipe's plan (recipes/quickstart-phases.yaml through the recipe runner's planner): which
+"""The quickstart recipe's plan (recipes/quickstart.yaml through the recipe runner's planner): which
 stage starts from which, and the drill phases whose mixtures must load against a real generated
 world. No training here (test_quickstart runs it)."""
 
@@ -22,7 +22,7 @@ NO_MOTION = ["world.motion_drill=0", "stages.motion.enabled=false"]
 
 
 def plans(tmp_path: Path, world: Path | None = None, motion_drill: bool = True) -> dict[str, StagePlan]:
-    recipe = load_recipe("quickstart-phases", [] if motion_drill else NO_MOTION)
+    recipe = load_recipe("quickstart", [] if motion_drill else NO_MOTION)
     parts = Parts(tmp_path / "vision", tmp_path / "llm", -1)
     return {p.name: p for p in plan_stages(recipe, tmp_path / "out", world or tmp_path / "world", parts)}
 
@@ -120,16 +120,15 @@ def test_motion_mixture_loads_every_clip_a_third_of_the_grounding_listing_and_re
     assert len(videos) == clips and all(path.is_file() for path in videos)
 
 
-def test_the_default_recipe_is_the_seeds_four_stages_with_the_drills_inside_their_mixtures(world, tmp_path):
-    recipe = load_recipe("quickstart", [f"world.motion_drill={SMALL.motion_drill}"])
+def test_the_seeds_four_stage_recipe_puts_the_drills_inside_its_stages_mixtures(world, tmp_path):
+    recipe = load_recipe("quickstart-seeds", [f"world.motion_drill={SMALL.motion_drill}"])
     parts = Parts(tmp_path / "vision", tmp_path / "llm", -1)
     stages = {p.name: p for p in plan_stages(recipe, tmp_path / "out", world, parts)}
     order = ["stage1", "stage1_5", "stage2_single", "stage2_onevision"]
     assert list(stages) == order
     assert starts({name: plan.config for name, plan in stages.items()}) == {
         "stage1": None, **{later: earlier for earlier, later in zip(order, order[1:])}}
-    datasets = {name: [part.dataset for part in stage.mixture] for name, stage in
-                ((s.name, s) for s in recipe.enabled_stages())}
+    datasets = {stage.name: [part.dataset for part in stage.mixture] for stage in recipe.enabled_stages()}
     assert datasets["stage1_5"][0] == "recaptions" and datasets["stage2_single"][0] == "instruct_single"
     assert datasets["stage2_onevision"][:2] == ["instruct_onevision", "motion"]
     for name in ("stage2_single", "stage2_onevision"):

@@ -25,13 +25,11 @@ from llavakit.synth.world import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-# The format's checks are shown on the eight-phase recipe, which has a stage for each of them.
-PHASES = "quickstart-phases"
 
 
 def refused(*overrides: str) -> str:
     with pytest.raises(RecipeError) as err:
-        load_recipe(PHASES, list(overrides))
+        load_recipe("quickstart", list(overrides))
     message = str(err.value)
     assert "\n" not in message  # one line
     return message
@@ -49,11 +47,11 @@ def test_unknown_keys_are_refused_by_their_path():
 
 
 def test_evaluation_names_the_worlds_held_out_splits():
-    assert load_recipe(PHASES).evaluation.splits == ["dev", "test", "test_paraphrase"]
+    assert load_recipe("quickstart").evaluation.splits == ["dev", "test", "test_paraphrase"]
     from llavakit.recipe.evaluation import control_split
 
-    assert control_split(load_recipe(PHASES)) == "test"
-    dev_only = load_recipe(PHASES, ["evaluation.splits=[dev]"])
+    assert control_split(load_recipe("quickstart")) == "test"
+    dev_only = load_recipe("quickstart", ["evaluation.splits=[dev]"])
     assert dev_only.evaluation.splits == ["dev"] and control_split(dev_only) == "dev"  # a choosing run leaves test alone
     assert "evaluation.splits.0: Input should be 'dev', 'test' or 'test_paraphrase'" in refused(
         "evaluation.splits=[eval]")
@@ -75,7 +73,7 @@ def test_unknown_dataset_is_refused_by_name():
 def test_a_dataset_the_world_does_not_generate_is_refused():
     message = refused("world.motion_drill=0")  # the motion stage still asks for its clips
     assert message == "stages.motion.mixture: dataset 'motion' is only generated when world.motion_drill > 0"
-    load_recipe(PHASES, ["world.motion_drill=0", "stages.motion.enabled=false"])
+    load_recipe("quickstart", ["world.motion_drill=0", "stages.motion.enabled=false"])
 
 
 def test_a_stage_that_trains_nothing_is_refused():
@@ -83,7 +81,7 @@ def test_a_stage_that_trains_nothing_is_refused():
                       "{pattern: ., frozen: true}]")
     assert message == "stages.listing.train.trainable: every module is frozen; the stage would train nothing"
     # the projector alone is something
-    load_recipe(PHASES, ["stages.listing.train.trainable=[{pattern: '^multi_modal_projector'}, "
+    load_recipe("quickstart", ["stages.listing.train.trainable=[{pattern: '^multi_modal_projector'}, "
                                "{pattern: ., frozen: true}]"])
 
 
@@ -130,16 +128,16 @@ def test_quickstart_flags_are_overrides_of_the_recipes_top_level_keys(tmp_path):
 
 def test_refused_recipe_writes_nothing_and_says_why_in_one_line(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["recipe", "run", PHASES, "--out", str(out), "--set", "stages.motion.mixture=[]"]) == 2
-    assert main(["quickstart", "--out", str(out), "--set", "stages.stage2_single.mixture=[{dataset: nope}]"]) == 2
+    assert main(["recipe", "run", "quickstart", "--out", str(out), "--set", "stages.motion.mixture=[]"]) == 2
+    assert main(["quickstart", "--out", str(out), "--set", "stages.grounding.mixture=[{dataset: nope}]"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("llavakit recipe: refused: stages.motion.mixture: resolves to zero samples")
-    assert err[1].startswith("llavakit quickstart: refused: stages.stage2_single.mixture: unknown dataset 'nope'")
+    assert err[1].startswith("llavakit quickstart: refused: stages.grounding.mixture: unknown dataset 'nope'")
     assert not out.exists()
 
 
 def test_overrides_reach_stages_by_name_and_values_are_yaml():
-    recipe = load_recipe(PHASES, ["stages.stage2.train.epochs=8", "stages.grounding.mixture.2.take=first:10",
+    recipe = load_recipe("quickstart", ["stages.stage2.train.epochs=8", "stages.grounding.mixture.2.take=first:10",
                                         "model.visual.max_grids=4", "evaluation.limit=null", "scale=0.5"])
     stages = {stage.name: stage for stage in recipe.stages}
     assert stages["stage2"].train["epochs"] == 8 and stages["grounding"].mixture[2].take == "first:10"
@@ -147,7 +145,7 @@ def test_overrides_reach_stages_by_name_and_values_are_yaml():
 
 
 def test_an_override_of_one_stage_leaves_the_stages_sharing_its_yaml_anchor_alone():
-    recipe = load_recipe(PHASES, ["stages.listing.train.data.settings.max_length=1024",
+    recipe = load_recipe("quickstart", ["stages.listing.train.data.settings.max_length=1024",
                                         "stages.listing.train.optim.lr=0.5"])
     stages = {stage.name: stage for stage in recipe.stages}
     assert stages["listing"].train["data"]["settings"]["max_length"] == 1024
@@ -158,17 +156,17 @@ def test_an_override_of_one_stage_leaves_the_stages_sharing_its_yaml_anchor_alon
 
 
 def test_the_recipe_as_it_ran_validates_back_to_the_same_recipe(tmp_path):
-    recipe = load_recipe(PHASES, ["seed=4", "stages.motion.enabled=false", "world.motion_drill=0"])
+    recipe = load_recipe("quickstart", ["seed=4", "stages.motion.enabled=false", "world.motion_drill=0"])
     text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
     (tmp_path / "recipe.yaml").write_text(text)
     assert load_recipe(tmp_path / "recipe.yaml") == recipe
 
 
 def test_check_prints_the_plan(capsys):
-    assert main(["recipe", "check", PHASES, "--set", "world.motion_drill=0",
+    assert main(["recipe", "check", "quickstart", "--set", "world.motion_drill=0",
                  "--set", "stages.motion.enabled=false"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "recipe quickstart-phases: seed 0, scale 1.0"
+    assert lines[0] == "recipe quickstart: seed 0, scale 1.0"
     assert any(line.split()[:2] == ["motion", "(disabled)"] for line in lines)
     assert any(line.split()[:3] == ["stage2", "from", "relation"] for line in lines)
 
@@ -202,7 +200,7 @@ def test_dataset_sizes_from_settings_are_what_the_world_writes(tmp_path):
 
 
 def test_every_stage_name_the_quickstart_runs_and_a_disabled_stage_is_skipped():
-    recipe = load_recipe(PHASES)
+    recipe = load_recipe("quickstart")
     assert [s.name for s in recipe.enabled_stages()] == [
         "stage1", "stage1_5", "listing", "grounding", "side_listing", "relation", "motion", "stage2"]
     with pytest.raises(RecipeError, match="stages: the names listing are used more than once"):

@@ -1,9 +1,8 @@
-"""The shipped eight-phase recipe (``quickstart-phases``, the quickstart until it took the seeds'
-stage structure) plans exactly what the Python recipe it replaced did.
+"""The shipped quickstart recipe plans exactly what the Python recipe it replaced did.
 
 ``fixtures/recipe/quickstart_expected.json`` was written by ``fixtures/recipe/freeze_quickstart.py``
 from ``quickstart/run.py: stage_configs`` at 13881e9, for ten sets of that command's flags. For
-each, the same change is given here as ``--set`` overrides of ``recipes/quickstart-phases.yaml`` (the
+each, the same change is given here as ``--set`` overrides of ``recipes/quickstart.yaml`` (the
 AnyRes arm taken from the shipped ablation file), and everything the old ``run()`` set up before
 training must come out identical: the world's and components' settings, the stage order, every
 stage's training config file (its text) and that config as ``llavakit train`` resolves it, every
@@ -70,7 +69,7 @@ def placeholders(value):
 
 def planned(overrides: list[str]) -> dict:
     """What the recipe runner sets up for these overrides, in the fixture's form."""
-    recipe = load_recipe("quickstart-phases", [f"world.dir={WORLD}", f"components.cache={CACHE}", *overrides])
+    recipe = load_recipe("quickstart", [f"world.dir={WORLD}", f"components.cache={CACHE}", *overrides])
     plans = plan_stages(recipe, OUT, WORLD, Parts(VISION, LLM, FEATURE_LAYER))
     return {
         "flags": None,
