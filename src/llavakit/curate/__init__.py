@@ -1,4 +1,4 @@
-"""Metadata-balanced curation of image-text pools, MetaCLIP style (DESIGN.md section 4, "Curation").
+"""Metadata-balanced curation of image-text pools, MetaCLIP style.
 
 Three steps, each a sub-command of ``llavakit curate`` and a plain function here:
 
