@@ -8,8 +8,11 @@ import time
 
 import pytest
 from test_serving_support import (
+    CONVERSATIONS,
+    conversation,
     one_torch_thread,  # noqa: F401 - autouse fixture
     picture,
+    picture_part,
     tiny_model,
 )
 
@@ -17,21 +20,7 @@ from llavakit.api import Collected
 from llavakit.engine import Engine, EngineConfig, Request, RequestTooLarge, SamplingSettings
 
 
-def conversation(*parts):
-    return [{"role": "user", "content": [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]}]
-
-
-def image(seed, width, height):
-    return {"type": "image", "image": picture(seed, width, height)}
-
-
-CONVERSATIONS = [
-    conversation(image(1, 64, 48), "What is shown?"),
-    conversation("Hello! How are you?"),
-    conversation(image(2, 30, 90), image(3, 20, 20), "Compare the two pictures in detail, please."),
-    conversation(image(4, 200, 120), "Describe."),
-    conversation("Tell me a story about a red cube and a blue sphere."),
-]
+CONVERSATIONS = [*CONVERSATIONS, conversation("Tell me a story about a red cube and a blue sphere.")]
 
 
 class Recorder(Collected):
@@ -236,7 +225,8 @@ def test_a_chat_turn_reuses_the_cache_of_the_previous_turn():
 def test_a_reused_prefix_stops_where_the_image_differs():
     llava = tiny_model()
     engine = Engine(llava, EngineConfig(max_rows=1, reuse_prefixes=True))
-    first, second = conversation(image(6, 64, 48), "What is shown?"), conversation(image(7, 64, 48), "What is shown?")
+    first = conversation(picture_part(6, 64, 48), "What is shown?")
+    second = conversation(picture_part(7, 64, 48), "What is shown?")
     engine.run([Request(llava.prepare([first]), SamplingSettings(5), Collected())])
     reference = alone(llava, second, SamplingSettings(8))
     listener = Collected()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from test_serving_support import (
+    CONVERSATIONS,
     one_torch_thread,  # noqa: F401 - autouse fixture
-    picture,
     tiny_model,
 )
 
@@ -16,20 +16,6 @@ from llavakit.engine.sampling import BatchSampler, make_generator
 from llavakit.engine.text import TextStream, stop_prefix_length
 
 
-def conversation(*parts):
-    return [{"role": "user", "content": [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]}]
-
-
-def image(seed, width, height):
-    return {"type": "image", "image": picture(seed, width, height)}
-
-
-CONVERSATIONS = [
-    conversation(image(1, 64, 48), "What is shown?"),
-    conversation("Hello! How are you?"),
-    conversation(image(2, 30, 90), image(3, 20, 20), "Compare the two pictures in detail, please."),
-    conversation(image(4, 200, 120), "Describe."),
-]
 SETTINGS = [
     SamplingSettings(24),
     SamplingSettings(16, temperature=0.8, top_p=0.9, seed=3),

@@ -88,6 +88,24 @@ def user(*parts) -> list[dict]:
     return [{"role": "user", "content": [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]}]
 
 
+def conversation(*parts) -> list[dict]:
+    """One user message in llavakit's own parts (strings become text parts), for the Python API."""
+    return [{"role": "user", "content": [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]}]
+
+
+def picture_part(seed: int, width: int, height: int) -> dict:
+    return {"type": "image", "image": picture(seed, width, height)}
+
+
+# Prompts of different lengths and image counts (none, one, two) for the engine's tests.
+CONVERSATIONS = [
+    conversation(picture_part(1, 64, 48), "What is shown?"),
+    conversation("Hello! How are you?"),
+    conversation(picture_part(2, 30, 90), picture_part(3, 20, 20), "Compare the two pictures in detail, please."),
+    conversation(picture_part(4, 200, 120), "Describe."),
+]
+
+
 def server_process(*flags: str) -> ServerProcess:
     """``llavakit serve`` for the tiny checkpoint in a child process, its log in the work folder."""
     return ServerProcess(tiny_checkpoint(), "--served-model-name", MODEL_NAME, "--log-level", "warning",
