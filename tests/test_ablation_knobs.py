@@ -10,6 +10,7 @@ import llavakit
 from conftest import random_image
 from llavakit import layout
 from llavakit.api import Llava
+from llavakit.errors import LlavakitError
 
 # Tiny tower: 30 px crops, patch 7 -> T = 4 tokens per side, 16 per crop; pinpoints up to 6x6.
 # A 600x520 (h x w) image takes the 6x6 grid: stitched 24x24, unpadded to 24x20 (520*24/600 = 20.8 -> 20,
@@ -105,3 +106,41 @@ def test_multi_image_policy_is_configurable(base):
     assert int((padded.input_ids == base.config.image_token_id).sum()) == 2 * (16 + 1)
     tiled = _variant(base, multi_image_mode="anyres", multi_image_newline="row").prepare([conversation])
     assert [i.kind for i in tiled.visual_items] == ["anyres", "anyres"]
+
+
+def _video_question(frames: int) -> list[dict]:
+    video = [random_image(40, 60, seed=i) for i in range(frames)]
+    return [{"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": "Which way?"}]}]
+
+
+def test_visual_settings_change_at_inference_keeping_the_weights(onevision_dir, tmp_path):
+    """The seeds' evaluation-time frame count: a model asked about more frames than it trained with."""
+    model = llavakit.load(onevision_dir)
+    model.set_visual(video_frames=4, video_pool_factor=1)
+    weights = model.model.multi_modal_projector.state_dict()
+    conversation = _video_question(16)
+    assert int((model.prepare([conversation]).input_ids == model.config.video_token_id).sum()) == 4 * 16 + 1
+
+    model.set_visual(video_frames=8)
+    inputs = model.prepare([conversation])
+    assert int((inputs.input_ids == model.config.video_token_id).sum()) == 8 * 16 + 1
+    assert model.model.config.visual.video_frames == 8 and model.config.visual.video_pool_factor == 1
+    assert all(torch.equal(a, b) for a, b in zip(weights.values(), model.model.multi_modal_projector.state_dict().values()))
+    with torch.no_grad():
+        logits = model.model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.visual_items).logits
+
+    reloaded = llavakit.load(model.save(tmp_path / "eight-frames"))  # the settings are the saved model's now
+    assert reloaded.config.visual.video_frames == 8
+    again = reloaded.prepare([conversation])
+    with torch.no_grad():
+        same = reloaded.model(again.input_ids, again.attention_mask, again.pixel_values, again.visual_items).logits
+    assert torch.allclose(logits, same, atol=1e-5)
+
+
+def test_unknown_or_invalid_visual_settings_are_refused_naming_them(onevision_dir):
+    model = llavakit.load(onevision_dir)
+    with pytest.raises(LlavakitError, match="visual setting video_frame: unknown"):
+        model.set_visual(video_frame=8)
+    with pytest.raises(LlavakitError, match="visual setting video_frames: .*greater than or equal to 1"):
+        model.set_visual(video_frames=0)
+    assert model.config.visual.video_frames == llavakit.load(onevision_dir).config.visual.video_frames

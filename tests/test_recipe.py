@@ -44,6 +44,7 @@ def test_unknown_keys_are_refused_by_their_path():
         "stages.grounding.train.optim.lrr=0.1")
     assert "stages.motion.mixture.0.takes" in refused("stages.motion.mixture.0.takes=all")
     assert "evaluation.split" in refused("evaluation.split=test")
+    assert "evaluation.visual.video_frame: Extra inputs are not permitted" in refused("evaluation.visual.video_frame=8")
 
 
 def test_evaluation_names_the_worlds_held_out_splits():
@@ -108,6 +109,9 @@ def test_bad_set_paths_and_values_are_refused():
     assert "expected key.path=value" in refused("seed")
     assert "evaluation.tasks: unknown task 'colour'" in refused("evaluation.tasks=[colour]")
     assert "invalid WorldSettings: hires_side" in refused("world.hires_side=65")
+    assert "evaluation.visual.video_frames: Input should be greater than or equal to 1" in refused(
+        "evaluation.visual.video_frames=0")
+    assert "train_image_format must be one of both, interleaved, front" in refused("world.train_image_format=side")
     assert "evaluation.controls: 'video_direction' shows no image to swap" in refused(
         "evaluation.controls=[color, video_direction]")
 
@@ -237,3 +241,13 @@ def test_a_split_is_scored_by_the_task_file_over_that_splits_records(split):
         assert spec.data.file == f"{split}/{task}.jsonl"
         assert spec.model_dump(exclude={"data"}) == shipped.model_dump(exclude={"data"})  # version, metric, prompt
         assert spec.data.model_dump(exclude={"file"}) == shipped.data.model_dump(exclude={"file"})
+
+
+def test_evaluation_visual_settings_change_the_evaluated_model_not_the_saved_one(onevision_dir):
+    from llavakit.recipe.evaluation import evaluation_model
+
+    assert evaluation_model(load_recipe("quickstart"), onevision_dir) == onevision_dir  # nothing to change: the folder
+    saved = {p.name: p.read_bytes() for p in onevision_dir.iterdir()}
+    model = evaluation_model(load_recipe("quickstart", ["evaluation.visual.video_frames=3"]), onevision_dir)
+    assert model.config.visual.video_frames == 3 and model.processor.visual.video_frames == 3
+    assert {p.name: p.read_bytes() for p in onevision_dir.iterdir()} == saved

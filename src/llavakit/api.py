@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from llavakit.checkpoint import io
-from llavakit.config import LlavaConfig
+from llavakit.config import LlavaConfig, VisualConfig
 from llavakit.engine import Engine, EngineConfig, Request, SamplingSettings
-from llavakit.model.llava import LlavaForCausalLM
+from llavakit.errors import LlavakitError
+from llavakit.model.llava import LlavaForCausalLM, needs_newline
 from llavakit.processing.processor import LlavaProcessor, ModelInputs
 
 Conversation = Sequence[dict]
@@ -90,6 +92,28 @@ class Llava:
             "video_token_id": tokenizer.convert_tokens_to_ids(config.video_token),
         })
         return cls(LlavaForCausalLM.from_config(config).eval(), tokenizer)
+
+    # ---- visual settings ------------------------------------------------------------------
+    def set_visual(self, **changes: Any) -> None:
+        """Change how media become tokens from now on, keeping the weights: ``video_frames=16`` asks
+        about more frames than training sampled (the seeds' evaluation-time frame count), and any other
+        field of ``VisualConfig``. A change that would need a learned vector the model lacks is refused."""
+        unknown = sorted(set(changes) - set(VisualConfig.model_fields))
+        if unknown:
+            raise LlavakitError(f"visual setting {', '.join(unknown)}: unknown "
+                                f"(known: {', '.join(VisualConfig.model_fields)})")
+        try:
+            visual = VisualConfig.model_validate({**self.config.visual.model_dump(), **changes})
+        except ValidationError as err:
+            problem = err.errors()[0]
+            raise LlavakitError(f"visual setting {'.'.join(map(str, problem['loc'])) or 'visual'}: "
+                                f"{problem['msg']}") from None
+        config = self.config.model_copy(update={"visual": visual})
+        if needs_newline(config) and self.model.image_newline is None:
+            raise LlavakitError("visual settings: newline vectors asked, but this model has no learned "
+                                "image_newline (it was trained with every newline setting 'none')")
+        self.config = self.model.config = config
+        self.processor = LlavaProcessor(config, self.tokenizer, self.processor.pixel_cache)
 
     # ---- inputs ---------------------------------------------------------------------------
     def prepare(self, conversations: Sequence[Conversation], add_generation_prompt: bool = True) -> ModelInputs:

@@ -29,14 +29,38 @@ def split_task(task: str, split: str) -> TaskSpec:
     return task_from_dict(data, f"{spec.source} ({split} split)")
 
 
-def _rows(rows: dict[str, dict[str, Any]], suffix: str = "") -> dict[str, dict[str, Any]]:
-    return {name.removeprefix("synth_").removesuffix(suffix): {key: row[key] for key in ROW_KEYS}
-            for name, row in rows.items()}
+def _row(row: dict[str, Any]) -> dict[str, Any]:
+    out = {key: row[key] for key in ROW_KEYS}
+    if by_category := row["details"].get("by_category"):
+        out["by_category"] = {name: {"accuracy": part["accuracy"], "n": part["n"]}
+                              for name, part in by_category.items()}
+    return out
 
 
-def evaluate_splits(recipe: Recipe, model: Path, world: Path, out: Path) -> dict[str, dict[str, dict[str, Any]]]:
+def _rows(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name.removeprefix("synth_"): _row(row) for name, row in rows.items()}
+
+
+def evaluation_model(recipe: Recipe, model: Path) -> Any:
+    """What the evaluation asks: the saved model's folder, or the model loaded with the recipe's
+    evaluation-only visual settings (``evaluation.visual``) applied."""
+    if not recipe.evaluation.visual:
+        return model
+    import torch
+
+    from llavakit.api import load
+
+    llava = load(model, dtype=torch.float32, device="cuda" if torch.cuda.is_available() else "cpu")
+    llava.set_visual(**recipe.evaluation.visual)
+    print(f"evaluation visual settings: {recipe.evaluation.visual}")
+    return llava
+
+
+def evaluate_splits(recipe: Recipe, model: Any, world: Path, out: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """``{"eval": {task: row}, "eval_dev": ..., "eval_paraphrase": ...}``, each row ``accuracy``,
-    ``chance``, ``n`` and ``version``; a split the recipe does not ask is an empty mapping."""
+    ``chance``, ``n`` and ``version`` (and ``by_category``, each category's ``accuracy`` and ``n``,
+    for the tasks that break their score down: the multi-image tasks by image placement); a split
+    the recipe does not ask is an empty mapping. ``model``: a folder or a loaded `Llava`."""
     from llavakit.evaluation.runner import evaluate
 
     results: dict[str, dict[str, dict[str, Any]]] = {key: {} for key in RESULT_KEYS.values()}
@@ -55,7 +79,7 @@ def control_split(recipe: Recipe) -> str:
     return DEV if DEV in splits and TEST not in splits else TEST
 
 
-def run_controls(recipe: Recipe, model: Path, world: Path, out: Path) -> dict[str, dict[str, Any]]:
+def run_controls(recipe: Recipe, model: Any, world: Path, out: Path) -> dict[str, dict[str, Any]]:
     """The control tasks again, each image swapped for another sample's: chance if the model looks."""
     from llavakit.evaluation.runner import evaluate
     from llavakit.quickstart.controls import shuffled_images_task
@@ -65,7 +89,7 @@ def run_controls(recipe: Recipe, model: Path, world: Path, out: Path) -> dict[st
     specs = [shuffled_images_task(world, task, control_split(recipe)) for task in recipe.evaluation.controls]
     rows = evaluate(model, [str(s) for s in specs], out / "eval-controls", data_root=world,
                     limit=recipe.evaluation.limit, batch_size=recipe.evaluation.batch_size, progress=False)
-    controls = {name.removeprefix("synth_"): {key: row[key] for key in ROW_KEYS} for name, row in rows.items()}
+    controls = _rows(rows)
     for name, row in controls.items():
         print(f"control {name:<17} accuracy {row['accuracy']:.3f} (chance {row['chance']:.3f}): images swapped")
     return controls

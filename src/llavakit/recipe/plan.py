@@ -67,11 +67,13 @@ def check(recipe: Recipe) -> None:
         recipe.component_settings()
     except ValueError as err:
         raise RecipeError(f"world/components: {err}") from None
-    try:
-        VisualConfig.model_validate(recipe.model.visual)
-    except ValidationError as err:
-        raise RecipeError("; ".join(f"{'.'.join(['model.visual', *map(str, e['loc'])])}: {e['msg']}"
-                                    for e in err.errors())) from None
+    for where, visual in (("model.visual", recipe.model.visual),
+                          ("evaluation.visual", {**recipe.model.visual, **recipe.evaluation.visual})):
+        try:
+            VisualConfig.model_validate(visual)
+        except ValidationError as err:
+            raise RecipeError("; ".join(f"{'.'.join([where, *map(str, e['loc'])])}: {e['msg']}"
+                                        for e in err.errors())) from None
     names = [stage.name for stage in recipe.stages]
     if dupes := sorted({name for name in names if names.count(name) > 1}):
         raise RecipeError(f"stages: the names {', '.join(dupes)} are used more than once")

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from filelock import FileLock
 
-from llavakit.recipe.evaluation import evaluate_splits, run_controls, score_table
+from llavakit.recipe.evaluation import evaluate_splits, evaluation_model, run_controls, score_table
 from llavakit.recipe.plan import CONFIGS_DIR, Parts, StagePlan, plan_stages
 from llavakit.recipe.schema import Recipe
 from llavakit.utils.atomic import atomic_write_text
@@ -126,9 +126,10 @@ def run_recipe(recipe: Recipe, out: str | Path, source: str = "", overrides: lis
     with atomic_directory(out / "model") as staging:
         for item in (out / plans[-1].name / "model").iterdir():
             shutil.copy2(item, staging / item.name)
-    scores = evaluate_splits(recipe, out / "model", world, out)
+    model = evaluation_model(recipe, out / "model")
+    scores = evaluate_splits(recipe, model, world, out)
     print("\n" + score_table(scores))
-    controls = run_controls(recipe, out / "model", world, out)
+    controls = run_controls(recipe, model, world, out)
     results = {
         **scores,
         "controls": controls,

@@ -156,6 +156,9 @@ class EvaluationSection(_Strict):
                                                 "sample's (on test; on dev if test is not scored)")
     limit: int | None = Field(None, ge=1, description="at most this many samples per task and split (null: all)")
     batch_size: int = Field(32, ge=1, description="samples per generation batch")
+    visual: dict[str, Any] = Field({}, description="config.VisualConfig fields changed for evaluation only, over "
+                                                   "what the model trained with (video_frames: 16 asks about more "
+                                                   "frames than training sampled); the controls use them too")
 
     @field_validator("splits")
     @classmethod
