@@ -43,7 +43,7 @@ def test_synthetic_tasks_read_the_world(world):
     [multi] = load_samples(load_task("synth_multiview"), world, limit=1)
     parts = multi.messages()[0]["content"]
     assert [p["type"] for p in parts[:2]] == ["text", "image"] and parts[0]["text"] == "View 1: "
-    assert multi.fields == {"answer": multi.fields["answer"]}
+    assert multi.fields == {"answer": multi.fields["answer"], "category": "interleaved"}  # scored per placement
 
 
 def test_builtin_task_needs_a_data_root():

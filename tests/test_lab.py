@@ -74,10 +74,11 @@ def test_every_shipped_ablation_plans_every_run_without_training(path, tmp_path)
     assert plan.ablation.claim and plan.ablation.baseline in plan.ablation.arms
     assert not list(tmp_path.iterdir()), "planning writes nothing"
     # arms of one seed share a world unless an arm changes the world's settings
+    own_world = [arm for arm, overrides in plan.ablation.arms.items() if any(k.startswith("world.") for k in overrides)]
     for seed in plan.seeds:
         worlds = {run.recipe.world.dir for run in plan.runs if run.seed == seed}
-        assert len(worlds) == 1
-    assert len({run.recipe.world.dir for run in plan.runs}) == len(plan.seeds)
+        assert len(worlds) == 1 + len(own_world)
+    assert len({run.recipe.world.dir for run in plan.runs}) == len(plan.seeds) * (1 + len(own_world))
 
 
 def test_lab_check_command_plans_a_shipped_ablation(capsys):
@@ -150,6 +151,39 @@ def test_report_tables_and_chart_from_finished_runs(tmp_path):
     assert "-0.333" in row and "0 / 0 / 3" in row
     png = (tmp_path / "out" / "lab.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_category_of_a_task_is_compared_as_a_task_of_its_own(tmp_path):
+    """multiview/front: the multi-image tasks' score in one placement (results' ``by_category``)."""
+    ablation = tmp_path / "ablation.yaml"
+    ablation.write_text(yaml.safe_dump({
+        "title": "placements", "recipe": str(TINY), "seeds": 2, "tasks": ["count/front", "count/interleaved"],
+        "baseline": "mixed", "arms": {"mixed": {}, "front": {}}}))
+    plan = plan_lab(ablation, tmp_path / "out")
+    front = {"mixed": [0.5, 0.6], "front": [0.9, 1.0]}
+    for run in plan.runs:
+        run.dir.mkdir(parents=True)
+        split = {"front": {"accuracy": front[run.arm][run.seed], "n": 4},
+                 "interleaved": {"accuracy": 0.25, "n": 4}}
+        dev = {"color": {"accuracy": 0.5, "chance": 0.125, "n": 8},
+               "count": {"accuracy": 0.4, "chance": 0.2, "n": 8, "by_category": split}}
+        (run.dir / "results.json").write_text(json.dumps({"eval_dev": dev}))
+    saved = write_report(plan)["tasks"]
+    assert list(saved) == ["count/front", "count/interleaved", "color", "count"]
+    assert list(saved["count/front"]["arms"]["front"]["scores"].values()) == [0.9, 1.0]
+    assert saved["count/front"]["vs_baseline"]["front"]["mean"] == pytest.approx(0.4)
+    assert saved["count/interleaved"]["vs_baseline"]["front"]["mean"] == pytest.approx(0.0)
+    assert "| **count/front** | 0.200 | 0.950 ± 0.071 | 0.550 ± 0.071 |" in (tmp_path / "out" / "lab.md").read_text()
+
+    run = plan.runs[0]
+    (run.dir / "results.json").write_text(json.dumps({"eval_dev": {"count": {"accuracy": 0.4, "chance": 0.2, "n": 8}}}))
+    with pytest.raises(RecipeError, match=r"front/seed-0/results.json: eval_dev: task count has no category 'front' "
+                                          r"\(it has: none\)"):
+        write_report(plan)
+    ablation.write_text(yaml.safe_dump({"title": "t", "recipe": str(TINY), "tasks": ["multiview/front"],
+                                        "arms": {"a": {}}}))
+    with pytest.raises(RecipeError, match=r"tasks \['multiview/front'\]: not evaluated by the recipe"):
+        plan_lab(ablation, tmp_path / "other")
 
 
 def _tiny_ablation(tmp_path: Path, seeds: int) -> Path:

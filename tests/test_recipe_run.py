@@ -20,7 +20,10 @@ def test_an_ablation_of_a_tiny_recipe_runs_every_arm_and_writes_what_the_quickst
     ablation = tmp_path / "ablation.yaml"
     ablation.write_text(yaml.safe_dump({
         "title": "tiny arms", "recipe": str(TINY), "tasks": ["count"],
-        "arms": {"base": {}, "squash": {"model.visual.image_mode": "squash", "model.visual.image_newline": "image"}}}))
+        "overrides": {"evaluation.tasks": ["color", "count", "multiview"]},
+        # the second arm also changes a visual setting at evaluation only: it evaluates a loaded model
+        "arms": {"base": {}, "squash": {"model.visual.image_mode": "squash", "model.visual.image_newline": "image",
+                                        "evaluation.visual.video_frames": 2}}}))
     out = tmp_path / "out"
     # `recipe ablate` is `llavakit lab`; one job: the second arm finds the components the first made
     assert main(["recipe", "ablate", str(ablation), "--out", str(out), "--jobs", "1",
@@ -33,10 +36,14 @@ def test_an_ablation_of_a_tiny_recipe_runs_every_arm_and_writes_what_the_quickst
                          "device", "model", "settings", "recipe"}
     # every split, each task's row: accuracy, chance, n (the recipe's limit of 2) and the task's version
     for key in ("eval", "eval_dev", "eval_paraphrase"):
-        assert list(base[key]) == ["color", "count"], key
-        for row in base[key].values():
-            assert set(row) == {"accuracy", "chance", "n", "version"} and row["n"] == 2 and row["version"] >= 1
-            assert 0 <= row["accuracy"] <= 1 and 0 < row["chance"] < 1
+        assert list(base[key]) == ["color", "count", "multiview"], key
+        for task, row in base[key].items():
+            assert set(row) - {"by_category"} == {"accuracy", "chance", "n", "version"} and row["n"] == 2
+            assert row["version"] >= 1 and 0 <= row["accuracy"] <= 1 and 0 < row["chance"] < 1
+            # a multi-image task's score per placement (the world's first held-out pairs are interleaved)
+            assert ("by_category" in row) == (task == "multiview")
+        parts = base[key]["multiview"]["by_category"]
+        assert set(parts) <= {"interleaved", "front"} and sum(part["n"] for part in parts.values()) == 2
     predictions = runs["base"] / "eval" / "test_paraphrase" / "predictions" / "synth_color.jsonl"
     assert [json.loads(line)["id"] for line in predictions.read_text().splitlines()] == [
         "test_paraphrase-color-00000", "test_paraphrase-color-00001"]
@@ -49,6 +56,8 @@ def test_an_ablation_of_a_tiny_recipe_runs_every_arm_and_writes_what_the_quickst
     # the recipe as it ran, overrides applied, next to the results
     assert yaml.safe_load((runs["base"] / "recipe.yaml").read_text()) == base["recipe"]
     assert results["squash"]["recipe"]["model"]["visual"]["image_mode"] == "squash"
+    assert results["squash"]["recipe"]["evaluation"]["visual"] == {"video_frames": 2}
+    assert results["squash"]["eval"]["color"]["n"] == 2
     world = Path(base["recipe"]["world"]["dir"])
     assert base["recipe"]["seed"] == 0 and world.parent == out / "worlds"
     assert results["squash"]["recipe"]["world"]["dir"] == str(world)

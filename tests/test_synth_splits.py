@@ -8,6 +8,7 @@ ids "eval-..." -> "test-...", images eval_* -> test_*), pixels compared decoded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -171,3 +172,31 @@ def test_a_world_of_the_eval_split_is_regenerated_without_it(world, tmp_path):
     assert is_complete(old, SETTINGS) and not (old / "eval").exists()
     assert not list((old / "images").glob("eval_*"))
     assert (old / "test" / "color.jsonl").read_bytes() == (world / "test" / "color.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("image_format", ["interleaved", "front"])
+def test_a_one_format_world_trains_on_that_placement_and_asks_both(world, tmp_path, image_format):
+    """The multi-image format ablation's worlds: training samples in one placement, held-out splits
+    (both placements, half each) and single-image training data as in the default world."""
+    one = generate_world(tmp_path / image_format, dataclasses.replace(SETTINGS, train_image_format=image_format),
+                         progress=False)
+    multi = [r for r in read_jsonl(one / "stage2_instruct.jsonl") if isinstance(r.get("image"), list)]
+    assert multi and {r["image_format"] for r in multi} == {image_format}
+    both = [r for r in read_jsonl(world / "stage2_instruct.jsonl") if isinstance(r.get("image"), list)]
+    assert {r["image_format"] for r in both} == {"interleaved", "front"}
+    assert [r["id"] for r in multi] == [r["id"] for r in both]  # the same scenes, asked in one placement
+    for mine, default in zip(multi, both):
+        if default["image_format"] == image_format:
+            assert mine == default
+        else:
+            first = mine["conversations"][0]["value"]
+            assert re.match(r"(Image|View) 1: <image>" if image_format == "interleaved" else "<image>\n<image>", first)
+    assert read_jsonl(one / "stage2_single.jsonl") == read_jsonl(world / "stage2_single.jsonl")
+    for split in ("dev", "test", "test_paraphrase"):
+        for task in EVAL_TASK_NAMES:
+            assert (one / split / f"{task}.jsonl").read_bytes() == (world / split / f"{task}.jsonl").read_bytes()
+
+
+def test_an_unknown_training_placement_is_refused():
+    with pytest.raises(ValueError, match="train_image_format must be one of both, interleaved, front, got 'side'"):
+        WorldSettings(train_image_format="side")

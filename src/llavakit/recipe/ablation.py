@@ -8,6 +8,7 @@ a number of seeds, the tasks compared and the baseline arm. ``llavakit lab`` run
     seeds: 3                          # seed k = the recipe's `seed` set to k, k = 0..seeds-1
     baseline: anyres                  # the arm every other is compared with (default: the first)
     tasks: [hires_detail]             # the tasks the ablation is about: they lead the table
+                                      # (multiview/front: one category of a task's score)
     section: eval_dev                 # the results.json section compared
     overrides: {evaluation.limit: 50} # for every arm, before the arm's own
     arms:
@@ -50,7 +51,9 @@ class Ablation(BaseModel):
     seeds: int = Field(1, ge=1, description="runs per arm: seed k sets the recipe's `seed` to k, k = 0..seeds-1")
     baseline: str | None = Field(None, description="the arm every other is compared with (null: the first arm)")
     tasks: list[str] = Field([], description="the tasks the ablation is about; they lead the table (empty: "
-                                             "every task the recipe evaluates)")
+                                             "every task the recipe evaluates). TASK/CATEGORY names one part of "
+                                             "a task that breaks its score down: multiview/front, the "
+                                             "multi-image tasks' samples in one placement")
     # dev by default: the lab is where a recipe's choices are made, and test is only reported.
     section: str = Field("eval_dev", description="the results.json section compared: eval_dev (dev), eval "
                                                  "(test) or eval_paraphrase (test_paraphrase)")
@@ -153,7 +156,7 @@ def plan_lab(path: str | Path, out: str | Path, overrides: list[str] = (), seeds
         if set(run.recipe.evaluation.tasks) != evaluated:
             raise RecipeError(f"{source}: arm {run.arm!r} evaluates other tasks than arm {runs[0].arm!r}; "
                               "arms are compared task by task")
-    unknown = [t for t in ablation.tasks if t not in evaluated]
+    unknown = [t for t in ablation.tasks if t.partition("/")[0] not in evaluated]
     if unknown:
         raise RecipeError(f"{source}: tasks {unknown}: not evaluated by the recipe "
                           f"(it evaluates: {', '.join(sorted(evaluated))})")

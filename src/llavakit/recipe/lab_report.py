@@ -30,12 +30,28 @@ def collect(plan: LabPlan) -> tuple[dict, dict, dict]:
         if section not in results:
             raise RecipeError(f"{run.dir / RESULTS_FILE}: no section {section!r} "
                               f"(it has: {', '.join(k for k in results if k.startswith('eval'))})")
-        for task, row in results[section].items():
-            if task in scores:
+        for task in scores:
+            row = score_row(results[section], task, f"{run.dir / RESULTS_FILE}: {section}")
+            if row is not None:
                 scores[task][run.arm][run.seed] = row["accuracy"]
                 chance[task] = row["chance"]
         seconds[run.name] = results.get("seconds")
     return scores, chance, seconds
+
+
+def score_row(section: dict, task: str, where: str) -> dict | None:
+    """The ``accuracy`` and ``chance`` of ``task`` in a results section, or of one category of it
+    (``multiview/front``: the task's ``by_category`` part, at the task's chance); None when the run
+    did not score the task."""
+    name, _, category = task.partition("/")
+    row = section.get(name)
+    if row is None or not category:
+        return row
+    parts = row.get("by_category", {})
+    if category not in parts:
+        raise RecipeError(f"{where}: task {name} has no category {category!r} "
+                          f"(it has: {', '.join(parts) or 'none'})")
+    return {"accuracy": parts[category]["accuracy"], "chance": row["chance"]}
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:

@@ -28,6 +28,7 @@ FLAGS = {
     "max_objects": "most objects in one scene",
     "follow_ups": "extra short-answer questions per single-image training sample",
     "motion_drill": "direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before --scale; 0: no file)",
+    "train_image_format": "placement of multi-image training samples: both, interleaved or front (held-out: both)",
     "scale": "multiplier on every sample count",
 }
 

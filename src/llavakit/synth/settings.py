@@ -12,6 +12,10 @@ from llavakit.utils import described
 WORLD_VERSION = 12  # 11: the held-out split is `test` (was `eval`), plus `dev` and `test_paraphrase`;
 # 12: the stage-2 instructions also split into single-image and OneVision files
 
+TRAIN_IMAGE_FORMATS = ("both", "interleaved", "front")
+# Settings added after worlds existed, with the default that writes every file as before.
+ADDED_LATER = {"train_image_format": "both"}
+
 
 @dataclass(frozen=True)
 class WorldSettings:
@@ -36,6 +40,10 @@ class WorldSettings:
     # Off by default: only a recipe that trains a motion phase needs the clips.
     motion_drill: int = described(0, "direction clips of the stage-1.5 motion drill, stage15_motion.jsonl "
                                       "(before scale); 0 writes no such file")
+    # LLaVA-NeXT-Interleave trains on both placements; one-format worlds are for its format ablation.
+    train_image_format: str = described("both", "placement of the multi-image training samples: both (each "
+                                                "format half the time), interleaved or front; the held-out "
+                                                "splits always ask both, half each")
     scale: float = described(1.0, "multiplier on every sample count (a recipe sets it from its own `scale`)")
 
     def __post_init__(self) -> None:
@@ -61,6 +69,9 @@ class WorldSettings:
             problems.append(f"follow_ups must be >= 0, got {self.follow_ups}")
         if self.motion_drill < 0:
             problems.append(f"motion_drill must be >= 0, got {self.motion_drill}")
+        if self.train_image_format not in TRAIN_IMAGE_FORMATS:
+            problems.append(f"train_image_format must be one of {', '.join(TRAIN_IMAGE_FORMATS)}, "
+                            f"got {self.train_image_format!r}")
         if self.scale <= 0:
             problems.append(f"scale must be > 0, got {self.scale}")
         for name in ("stage1_captions", "train_per_task", "eval_per_task", "dev_per_task", "paraphrase_per_task"):
@@ -96,7 +107,13 @@ class WorldSettings:
         return min(self.scaled(self.paraphrase_per_task), self.n_eval)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as world.json holds them; a later setting at its default (ADDED_LATER) is left
+        out, so a world written before it existed is still taken as complete, and keeps its keys."""
+        values = dataclasses.asdict(self)
+        for name, default in ADDED_LATER.items():
+            if values[name] == default:
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> WorldSettings:

@@ -170,5 +170,9 @@ def multi_image_prompt(labels: Sequence[str], text: str, image_format: str) -> s
 
 
 def image_format_for(ctx: Context) -> str:
-    """Alternate the two multi-image placements of LLaVA-NeXT-Interleave, half each."""
+    """The two multi-image placements of LLaVA-NeXT-Interleave in turn, half each; a training sample
+    of a one-format world (``train_image_format``) takes that format. Held-out samples always
+    alternate, so a model is scored in both."""
+    if not ctx.held_out_split and ctx.settings.train_image_format != "both":
+        return ctx.settings.train_image_format
     return ("interleaved", "front")[(ctx.index // 2) % 2]
