@@ -43,7 +43,7 @@ def test_cached_epochs_give_the_uncached_samples_bit_for_bit(processor, data_fil
             assert expected.visual_items == got.visual_items and expected.input_ids.equal(got.input_ids)
             got.pixel_values += 1.0  # a sample's pixels are its own: the cache is not changed through them
     assert cached.media_cache.misses == media and cached.media_cache.hits == 2 * media
-    assert all(not medium.crops.flags.writeable for medium in cached.media_cache.entries.values())
+    assert all(not medium.crops.flags.writeable for medium in cached.media_cache.store.values())
 
 
 def test_a_file_replaced_on_disk_is_decoded_again(processor, data_file):
@@ -63,8 +63,8 @@ def test_the_budget_evicts_the_least_recently_used(processor, data_file):
     dataset = _dataset(processor, data_file, 1.5 * one_image / 2**20)  # room for one single image
     dataset.encode(0), dataset.encode(1)  # the second evicts the first
     cache = dataset.media_cache
-    assert cache.bytes <= cache.max_bytes and len(cache.entries) == 1
-    assert [key[1] for key in cache.entries] == [str(data_file.parent / "img" / "1.png")]
+    assert cache.store.bytes <= cache.store.max_bytes and len(cache.store) == 1
+    assert [key[1] for key in cache.store.keys()] == [str(data_file.parent / "img" / "1.png")]
     dataset.encode(0)
     assert cache.misses == 3 and cache.hits == 0
 

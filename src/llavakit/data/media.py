@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from llavakit.data.errors import CORRUPT_MEDIA, MISSING_MEDIA, PLACEHOLDER_MISMA
 from llavakit.data.records import Embedded, Entry, Sample, Turn
 from llavakit.errors import MediaError, PlaceholderError
 from llavakit.layout import VisualItem
+from llavakit.utils.lru import ByteLRU
 
 
 @dataclass
@@ -128,8 +128,7 @@ class MediaCache:
     """
 
     def __init__(self, max_bytes: int):
-        self.max_bytes, self.bytes = max_bytes, 0
-        self.entries: OrderedDict[tuple, DecodedMedium] = OrderedDict()
+        self.store: ByteLRU[DecodedMedium] = ByteLRU(max_bytes, lambda medium: medium.crops.nbytes)
         self.hits = self.misses = 0
 
     @staticmethod
@@ -143,24 +142,18 @@ class MediaCache:
         return kind, str(path), multi_image, stat.st_size, stat.st_mtime_ns
 
     def get(self, key: tuple | None) -> DecodedMedium | None:
-        found = self.entries.get(key) if key is not None else None
+        found = self.store.get(key) if key is not None else None
         if found is None:
             self.misses += 1
             return None
         self.hits += 1
-        self.entries.move_to_end(key)
         return found
 
     def put(self, key: tuple | None, medium: DecodedMedium) -> None:
-        size = medium.crops.nbytes
-        if key is None or size > self.max_bytes:
-            return
-        medium.crops.flags.writeable = False
-        self.entries[key] = medium
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, evicted = self.entries.popitem(last=False)
-            self.bytes -= evicted.crops.nbytes
+        if key is not None:
+            medium.crops.flags.writeable = False  # shared by every sample that reads the file
+            if not self.store.put(key, medium):  # larger than the whole budget: not kept, not shared
+                medium.crops.flags.writeable = True
 
 
 def decode_medium(kind: str, path: Path | Embedded, multi_image: bool, processor: Any, name: str) -> DecodedMedium:

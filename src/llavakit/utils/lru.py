@@ -1,7 +1,8 @@
-"""A byte-bounded, least-recently-used, thread-safe table: the storage of the inference media caches.
+"""A byte-bounded, least-recently-used, thread-safe table: the storage of every media cache.
 
-The visual feature cache (``model/feature_cache.py``) and the preprocessed pixel cache
-(``processing/pixel_cache.py``) differ in what they key and store, not in how they keep it: both
+The visual feature cache (``model/feature_cache.py``), the preprocessed pixel cache
+(``processing/pixel_cache.py``) and training's decoded-media cache (``data/media.py``) differ in
+what they key and store, not in how they keep it: all
 hold values whose sizes are known, must never exceed a byte budget, drop the least recently used
 entry first, and are shared by a server's threads. This is that one implementation.
 
@@ -66,6 +67,11 @@ class ByteLRU(Generic[V]):
             for key in doomed:
                 self._bytes -= self._entries.pop(key)[1]
         return len(doomed)
+
+    def keys(self) -> list[Hashable]:
+        """The stored keys, least recently used first (a snapshot)."""
+        with self._lock:
+            return list(self._entries)
 
     def values(self) -> list[V]:
         """The stored values, least recently used first (a snapshot)."""
