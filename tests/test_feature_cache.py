@@ -202,10 +202,16 @@ def test_a_freed_model_takes_its_entries_with_it(llava):
 
 
 def test_size_from_the_command_line_option():
-    assert FeatureCache.from_megabytes(0) is None
-    assert FeatureCache.from_megabytes(1.5).max_bytes == int(1.5 * 2**20)
-    with pytest.raises(ValueError, match="--media-cache-mb"):
-        FeatureCache.from_megabytes(-1)
+    from argparse import Namespace
+
+    from llavakit.errors import LlavakitError
+    from llavakit.serving.feature_cache_option import media_cache_from_args, pixel_cache_from_args
+
+    for build in (media_cache_from_args, pixel_cache_from_args):
+        assert build(Namespace(media_cache_mb=0)) is None
+        assert build(Namespace(media_cache_mb=1.5)).max_bytes == int(1.5 * 2**20)
+        with pytest.raises(LlavakitError, match="--media-cache-mb must be 0 \\(off\\) or positive, got -1"):
+            build(Namespace(media_cache_mb=-1))
 
 
 @pytest.mark.parametrize("command", ["serve", "chat"])

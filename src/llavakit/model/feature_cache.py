@@ -64,8 +64,6 @@ from llavakit.utils.lru import ByteLRU
 if TYPE_CHECKING:
     from llavakit.model.llava import LlavaForCausalLM
 
-MIB = 2**20
-
 
 @dataclass(frozen=True)
 class FeatureCacheStats:
@@ -92,13 +90,6 @@ class FeatureCache:
         self._freed: list[int] = []  # serials of freed models, appended by their finalizers
         self._hits = self._misses = 0
         self._key_seconds = 0.0
-
-    @classmethod
-    def from_megabytes(cls, megabytes: float) -> FeatureCache | None:
-        """A cache of ``megabytes`` MiB, or None for 0 (the command-line options' "off")."""
-        if megabytes < 0:
-            raise ValueError(f"--media-cache-mb must be 0 (off) or positive, got {megabytes:g}")
-        return cls(int(megabytes * MIB)) if megabytes else None
 
     # ---- the model's hook ---------------------------------------------------------------------
     def encode(self, model: LlavaForCausalLM, pixel_values: torch.Tensor, items: Sequence[VisualItem],

@@ -51,8 +51,6 @@ from llavakit.config import VisualConfig
 from llavakit.layout import VisualItem
 from llavakit.utils.lru import ByteLRU
 
-MIB = 2**20
-
 
 @dataclass(frozen=True)
 class Encoded:
@@ -89,13 +87,6 @@ class PixelCache:
         self._lock = threading.Lock()  # the counters
         self._hits = self._misses = 0
         self._key_seconds = 0.0
-
-    @classmethod
-    def from_megabytes(cls, megabytes: float) -> PixelCache | None:
-        """A cache of ``megabytes`` MiB, or None for 0 (the command-line options' "off")."""
-        if megabytes < 0:
-            raise ValueError(f"--media-cache-mb must be 0 (off) or positive, got {megabytes:g}")
-        return cls(int(megabytes * MIB)) if megabytes else None
 
     def key(self, kind: str, data: bytes, visual: VisualConfig, multi_image: bool) -> Hashable:
         started = time.perf_counter()

@@ -29,17 +29,21 @@ def add_media_cache_option(parser: argparse.ArgumentParser) -> None:
                              f"through the vision tower again; 0 = off (default {DEFAULT_MEDIA_CACHE_MB:g})")
 
 
+def _budget(args: argparse.Namespace) -> int | None:
+    """Each cache's size in bytes, or None for 0 (off)."""
+    megabytes = args.media_cache_mb
+    if megabytes < 0:
+        raise LlavakitError(f"--media-cache-mb must be 0 (off) or positive, got {megabytes:g}")
+    return int(megabytes * 2**20) if megabytes else None
+
+
 def media_cache_from_args(args: argparse.Namespace) -> FeatureCache | None:
     """The cache ``--media-cache-mb`` asks for (None: off); the engine passes it to ``model.embed``."""
-    try:
-        return FeatureCache.from_megabytes(args.media_cache_mb)
-    except ValueError as err:
-        raise LlavakitError(str(err)) from None
+    budget = _budget(args)
+    return FeatureCache(budget) if budget else None
 
 
 def pixel_cache_from_args(args: argparse.Namespace) -> PixelCache | None:
     """The preprocessed-pixel cache ``--media-cache-mb`` asks for (None: off), for ``llava.processor.pixel_cache``."""
-    try:
-        return PixelCache.from_megabytes(args.media_cache_mb)
-    except ValueError as err:
-        raise LlavakitError(str(err)) from None
+    budget = _budget(args)
+    return PixelCache(budget) if budget else None
