@@ -153,6 +153,28 @@ def test_report_tables_and_chart_from_finished_runs(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_pairs_of_arms_besides_the_baseline_are_compared_by_seed(tmp_path):
+    """A claim about two arms that are not the baseline (a larger LM against a larger tower)."""
+    ablation = tmp_path / "ablation.yaml"
+    arms = {"base": {}, "big_lm": {"seed": 0}, "big_tower": {"seed": 0}}
+    ablation.write_text(yaml.safe_dump({"title": "sizes", "recipe": str(TINY), "seeds": 3, "baseline": "base",
+                                        "arms": arms, "pairs": [["big_lm", "big_tower"]]}))
+    plan = plan_lab(ablation, tmp_path / "out")
+    _fake_results(plan, {"base": {0: 0.2, 1: 0.3, 2: 0.4}, "big_lm": {0: 0.6, 1: 0.7, 2: 0.9},
+                         "big_tower": {0: 0.3, 1: 0.5, 2: 0.5}})
+    pair = write_report(plan)["tasks"]["color"]["pairs"]["big_lm - big_tower"]
+    assert pair["mean"] == pytest.approx(0.3) and pair["wins"] == 3 and pair["verdict"].startswith("better")
+    assert pair["ci95"][0] == pytest.approx(0.3 - 4.303 * 0.1 / math.sqrt(3), abs=1e-9)
+    md = (tmp_path / "out" / "lab.md").read_text()
+    assert "## Other pairs (paired by seed: first minus second)" in md
+    assert "| color | big_lm - big_tower | +0.300 | 0.100 |" in md
+
+    ablation.write_text(yaml.safe_dump({"title": "t", "recipe": str(TINY), "arms": arms,
+                                        "pairs": [["big_lm", "huge_lm"]]}))
+    with pytest.raises(RecipeError, match=r"pair \['big_lm', 'huge_lm'\]: 'huge_lm' is not an arm"):
+        plan_lab(ablation, tmp_path / "other")
+
+
 def test_a_category_of_a_task_is_compared_as_a_task_of_its_own(tmp_path):
     """multiview/front: the multi-image tasks' score in one placement (results' ``by_category``)."""
     ablation = tmp_path / "ablation.yaml"

@@ -14,6 +14,7 @@ a number of seeds, the tasks compared and the baseline arm. ``llavakit lab`` run
     arms:
       anyres: {}
       single_crop: {model.visual.image_mode: squash, model.visual.image_newline: image}
+    pairs: []                         # further [a, b] pairs compared as a - b
 
 Every run is loaded and checked (``load_recipe``) when the plan is made, before any runs.
 Runs share what they can: one world folder per distinct world (``OUT/worlds/<key>``: the world's
@@ -61,6 +62,10 @@ class Ablation(BaseModel):
                                                       "arm's own")
     arms: dict[str, dict[str, Any]] = Field(min_length=1, description="the arms by name (each names a folder), "
                                                                       "each a mapping of --set overrides")
+    # A claim can be about two arms neither of which is the baseline (the larger LM against the
+    # larger tower): the pair is compared as an arm is with the baseline, paired by seed.
+    pairs: list[tuple[str, str]] = Field([], description="further pairs of arms [a, b] compared as a - b, paired "
+                                                         "by seed (each arm is compared with the baseline already)")
 
     @model_validator(mode="after")
     def _baseline(self) -> Ablation:
@@ -71,6 +76,12 @@ class Ablation(BaseModel):
         for name in self.arms:
             if not name or "/" in name or name.startswith("."):
                 raise ValueError(f"arm name {name!r}: it names a folder")
+        for pair in self.pairs:
+            if unknown := [arm for arm in pair if arm not in self.arms]:
+                raise ValueError(f"pair {list(pair)}: {', '.join(map(repr, unknown))} is not an arm "
+                                 f"(arms: {', '.join(self.arms)})")
+            if pair[0] == pair[1]:
+                raise ValueError(f"pair {list(pair)}: an arm compared with itself")
         return self
 
 

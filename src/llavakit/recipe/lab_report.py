@@ -75,6 +75,13 @@ def _minutes(seconds: dict) -> str:
     return f" (a run took {low:.1f} to {high:.1f} minutes)" if len(known) > 1 else f" (in {low:.1f} minutes)"
 
 
+def _diff_row(task: str, name: str, diff: dict, focus: list[str]) -> str:
+    interval = "-" if diff["ci95"] is None else f"[{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"
+    mark = f"**{task}**" if task in focus else task
+    return (f"| {mark} | {name} | {_fmt(diff['mean'], True)} | {_fmt(diff['std'])} | {interval} | "
+            f"{diff['wins']} / {diff['ties']} / {diff['losses']} | {diff['verdict']} |")
+
+
 def markdown(plan: LabPlan, table: dict, chance: dict, seconds: dict) -> str:
     ablation, arms = plan.ablation, list(plan.ablation.arms)
     baseline = ablation.baseline
@@ -100,11 +107,14 @@ def markdown(plan: LabPlan, table: dict, chance: dict, seconds: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         for task in plan.tasks():
             for arm in others:
-                diff = table[task]["vs_baseline"][arm]
-                interval = "-" if diff["ci95"] is None else f"[{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"
-                mark = f"**{task}**" if task in ablation.tasks else task
-                lines.append(f"| {mark} | {arm} | {_fmt(diff['mean'], True)} | {_fmt(diff['std'])} | {interval} | "
-                             f"{diff['wins']} / {diff['ties']} / {diff['losses']} | {diff['verdict']} |")
+                lines.append(_diff_row(task, arm, table[task]["vs_baseline"][arm], ablation.tasks))
+    if ablation.pairs:
+        lines += ["", "## Other pairs (paired by seed: first minus second)", "",
+                  "| task | pair | mean diff | std | 95% interval | wins / ties / losses | reading |",
+                  "|---|---|---|---|---|---|---|"]
+        for task in plan.tasks():
+            for name, diff in table[task]["pairs"].items():
+                lines.append(_diff_row(task, name, diff, ablation.tasks))
     lines += ["", "Bold tasks are the ones this ablation is about. The interval is a t-interval of the "
               "per-seed differences: with few seeds it is wide, and an interval containing 0 means the "
               "seeds do not settle the question.", "", "## Arms", ""]
@@ -149,7 +159,7 @@ def bar_chart(plan: LabPlan, table: dict, chance: dict, path: Path) -> None:
 def write_report(plan: LabPlan) -> dict:
     """Write lab.json, lab.md and lab.png under the lab's OUT from its finished runs; return lab.json's data."""
     scores, chance, seconds = collect(plan)
-    table = compare(scores, plan.ablation.baseline)
+    table = compare(scores, plan.ablation.baseline, plan.ablation.pairs)
     data = {
         "title": plan.ablation.title, "claim": plan.ablation.claim, "status": plan.ablation.status,
         "ablation": str(plan.source), "recipe": str(plan.recipe_path), "section": plan.ablation.section,

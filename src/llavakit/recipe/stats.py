@@ -63,18 +63,21 @@ def verdict(diff: dict) -> str:
     return "inconclusive (interval contains 0)"
 
 
-def compare(scores: Mapping[str, Mapping[str, Mapping[int, float]]], baseline: str) -> dict:
-    """``scores[task][arm][seed]`` -> per task: each arm's summary, and each other arm's paired
-    difference against ``baseline``."""
+def compare(scores: Mapping[str, Mapping[str, Mapping[int, float]]], baseline: str,
+            pairs: Sequence[tuple[str, str]] = ()) -> dict:
+    """``scores[task][arm][seed]`` -> per task: each arm's summary, each other arm's paired
+    difference against ``baseline``, and under ``pairs`` the paired difference ``a - b`` of each
+    further pair of arms (keyed "a - b")."""
     table = {}
     for task, arms in scores.items():
         base = arms.get(baseline, {})
         table[task] = {
             "arms": {arm: {**summary([by_seed[s] for s in sorted(by_seed)]), "scores": dict(sorted(by_seed.items()))}
                      for arm, by_seed in arms.items()},
-            "vs_baseline": {arm: {**paired_difference(by_seed, base), "verdict": None}
+            "vs_baseline": {arm: paired_difference(by_seed, base)
                             for arm, by_seed in arms.items() if arm != baseline},
+            "pairs": {f"{a} - {b}": paired_difference(arms.get(a, {}), arms.get(b, {})) for a, b in pairs},
         }
-        for diff in table[task]["vs_baseline"].values():
+        for diff in [*table[task]["vs_baseline"].values(), *table[task]["pairs"].values()]:
             diff["verdict"] = verdict(diff)
     return table
