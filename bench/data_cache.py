@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = datasets[args.cache_mb].media_cache
         rows.append({"epoch": epoch, "samples": len(entries), "no cache s": seconds[0.0],
                      "cache s": seconds[args.cache_mb], "speedup": seconds[0.0] / seconds[args.cache_mb],
-                     "cache hits": cache.hits, "cache MiB": cache.bytes / 2**20, "identical": identical})
+                     "cache hits": cache.hits, "cache MiB": cache.store.bytes / 2**20, "identical": identical})
         if not identical:
             print(f"epoch {epoch}: cached pixels differ from decoded ones", file=sys.stderr)
             return 1
