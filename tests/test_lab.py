@@ -70,7 +70,8 @@ def test_every_shipped_ablation_plans_every_run_without_training(path, tmp_path)
     plan = plan_lab(path, tmp_path, seeds=None)
     assert len(plan.seeds) >= 3, "a finding is read over three seeds or more"
     assert len(plan.runs) == len(plan.ablation.arms) * len(plan.seeds)
-    assert plan.recipe_path.resolve() == (RECIPES_DIR / "lab-tiny.yaml").resolve()
+    # the findings run on lab-tiny; an ablation of the quickstart's structure runs on its recipes
+    assert all(run.recipe_path.parent == RECIPES_DIR.resolve() for run in plan.runs)
     assert plan.ablation.claim and plan.ablation.baseline in plan.ablation.arms
     assert not list(tmp_path.iterdir()), "planning writes nothing"
     # arms of one seed share a world unless an arm changes the world's settings
@@ -106,6 +107,36 @@ def test_an_unknown_baseline_or_a_bad_arm_override_is_refused_naming_it(tmp_path
     bad.write_text(yaml.safe_dump({"title": "t", "recipe": str(TINY), "arms": arms}))
     assert main(["lab", str(bad), "--check"]) == 2
     assert "arm 'b', seed 0" in capsys.readouterr().err
+
+
+def test_an_arm_can_train_from_another_base_recipe_on_the_same_world(tmp_path, capsys):
+    """Two stage structures are two recipes: overrides cannot add a stage."""
+    other = tmp_path / "one-stage.yaml"
+    recipe = yaml.safe_load(TINY.read_text())
+    recipe["name"] = "one-stage"
+    recipe["stages"] = recipe["stages"][:1] + [{**recipe["stages"][1], "name": "everything"}]
+    other.write_text(yaml.safe_dump(recipe))
+    ablation = tmp_path / "ablation.yaml"
+    ablation.write_text(yaml.safe_dump({"title": "t", "recipe": str(TINY), "seeds": 2, "arms": {"a": {}, "b": {}},
+                                        "arm_recipes": {"b": "one-stage.yaml"}}))
+    plan = plan_lab(ablation, tmp_path / "out")
+    assert {run.arm: run.recipe_path for run in plan.runs} == {"a": TINY.resolve(), "b": other.resolve()}
+    assert [s.name for s in plan.runs[-1].recipe.enabled_stages()] == ["align", "everything"]
+    for seed in plan.seeds:  # equal world settings: one world per seed for both arms
+        assert len({run.recipe.world.dir for run in plan.runs if run.seed == seed}) == 1
+    from llavakit.recipe.lab import run_command
+    assert str(other.resolve()) in run_command(plan, plan.runs[-1])
+    assert main(["lab", str(ablation), "--check"]) == 0
+    assert "stages align,everything" in capsys.readouterr().out
+
+    ablation.write_text(yaml.safe_dump({"title": "t", "recipe": str(TINY), "arms": {"a": {}},
+                                        "arm_recipes": {"c": "one-stage.yaml"}}))
+    with pytest.raises(RecipeError, match="arm_recipes: 'c' is not an arm"):
+        plan_lab(ablation, tmp_path / "out")
+    ablation.write_text(yaml.safe_dump({"title": "t", "recipe": str(TINY), "arms": {"a": {}},
+                                        "arm_recipes": {"a": "missing.yaml"}}))
+    with pytest.raises(RecipeError, match="arm_recipes.a"):
+        plan_lab(ablation, tmp_path / "out")
 
 
 def _fake_results(plan, scores):

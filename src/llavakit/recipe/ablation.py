@@ -15,6 +15,7 @@ a number of seeds, the tasks compared and the baseline arm. ``llavakit lab`` run
       anyres: {}
       single_crop: {model.visual.image_mode: squash, model.visual.image_newline: image}
     pairs: []                         # further [a, b] pairs compared as a - b
+    arm_recipes: {}                   # {arm: recipe}: an arm trained from another base recipe
 
 Every run is loaded and checked (``load_recipe``) when the plan is made, before any runs.
 Runs share what they can: one world folder per distinct world (``OUT/worlds/<key>``: the world's
@@ -67,6 +68,12 @@ class Ablation(BaseModel):
     pairs: list[tuple[str, str]] = Field([], description="further pairs of arms [a, b] compared as a - b, paired "
                                                          "by seed (each arm is compared with the baseline already)")
 
+    # Overrides change a recipe's values but cannot add stages: two stage structures are two
+    # base recipes, compared on one world per seed when their world settings agree.
+    arm_recipes: dict[str, str] = Field({}, description="arms trained from another base recipe than `recipe` "
+                                                        "(a path relative to this file, or a shipped recipe's "
+                                                        "name), for arms whose stages differ")
+
     @model_validator(mode="after")
     def _baseline(self) -> Ablation:
         if self.baseline is None:
@@ -82,6 +89,8 @@ class Ablation(BaseModel):
                                  f"(arms: {', '.join(self.arms)})")
             if pair[0] == pair[1]:
                 raise ValueError(f"pair {list(pair)}: an arm compared with itself")
+        if unknown := [arm for arm in self.arm_recipes if arm not in self.arms]:
+            raise ValueError(f"arm_recipes: {', '.join(map(repr, unknown))} is not an arm (arms: {', '.join(self.arms)})")
         return self
 
 
@@ -94,6 +103,7 @@ class Run:
     dir: Path
     flags: list[str]
     recipe: Recipe = field(repr=False)
+    recipe_path: Path  # the arm's base recipe file
 
     @property
     def name(self) -> str:
@@ -113,6 +123,10 @@ class LabPlan:
     seeds: list[int]
     runs: list[Run]
 
+    def arm_recipe(self, arm: str) -> Path:
+        """The base recipe file of an arm's runs."""
+        return next(run.recipe_path for run in self.runs if run.arm == arm)
+
     def tasks(self) -> list[str]:
         """The compared tasks first, then the recipe's other evaluation tasks."""
         every = self.runs[0].recipe.evaluation.tasks
@@ -128,8 +142,13 @@ def load_ablation(path: str | Path) -> tuple[Ablation, Path, Path]:
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'ablation'}: {e['msg']}" for e in err.errors())
         raise RecipeError(f"{path}: invalid ablation: {problems}") from None
-    local = path.parent / ablation.recipe
-    return ablation, path, (local if local.is_file() else find_recipe(ablation.recipe)).resolve()
+    return ablation, path, _recipe_file(path, ablation.recipe)
+
+
+def _recipe_file(ablation_file: Path, name: str) -> Path:
+    """A recipe named by an ablation: a path relative to the ablation's file, or a shipped recipe."""
+    local = ablation_file.parent / name
+    return (local if local.is_file() else find_recipe(name)).resolve()
 
 
 def world_key(recipe: Recipe) -> str:
@@ -151,16 +170,21 @@ def plan_lab(path: str | Path, out: str | Path, overrides: list[str] = (), seeds
         raise RecipeError("--seeds: at least one seed")
     runs = []
     for arm, arm_overrides in ablation.arms.items():
+        try:
+            arm_recipe = (_recipe_file(source, ablation.arm_recipes[arm]) if arm in ablation.arm_recipes
+                          else recipe_path)
+        except RecipeError as err:
+            raise RecipeError(f"{source}: arm_recipes.{arm}: {err}") from None
         for seed in seed_list:
             flags = (as_set_flags(ablation.overrides) + list(overrides) + as_set_flags(arm_overrides)
                      + [f"seed={seed}"])
             try:
-                recipe = load_recipe(recipe_path, flags)  # the world's key needs the arm's settings
+                recipe = load_recipe(arm_recipe, flags)  # the world's key needs the arm's settings
                 flags += [f"world.dir={out / WORLDS_DIR / world_key(recipe)}", f"components.cache={out / CACHE_DIR}"]
-                recipe = load_recipe(recipe_path, flags)
+                recipe = load_recipe(arm_recipe, flags)
             except RecipeError as err:
                 raise RecipeError(f"{source}: arm {arm!r}, seed {seed}: {err}") from None
-            runs.append(Run(arm, seed, out / arm / f"seed-{seed}", flags, recipe))
+            runs.append(Run(arm, seed, out / arm / f"seed-{seed}", flags, recipe, arm_recipe))
     plan = LabPlan(ablation, source, recipe_path, out, seed_list, runs)
     evaluated = set(runs[0].recipe.evaluation.tasks)
     for run in runs:

@@ -37,7 +37,7 @@ def default_jobs(runs: int) -> int:
 
 
 def run_command(plan: LabPlan, run: Run) -> list[str]:
-    command = [sys.executable, "-m", "llavakit", "recipe", "run", str(plan.recipe_path), "--out", str(run.dir)]
+    command = [sys.executable, "-m", "llavakit", "recipe", "run", str(run.recipe_path), "--out", str(run.dir)]
     for flag in run.flags:
         command += ["--set", flag]
     return command

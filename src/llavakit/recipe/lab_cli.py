@@ -46,7 +46,8 @@ def print_plan(plan) -> None:
     for run in plan.runs:
         state = "finished" if run.finished else ("interrupted" if (run.dir / LOG_FILE).exists() else "to run")
         stages = ",".join(stage.name for stage in run.recipe.enabled_stages())
-        print(f"  {run.name:<32} {state:<12} world {Path(run.recipe.world.dir).name}  stages {stages}")
+        recipe = f"  recipe {run.recipe_path.name}" if run.recipe_path != plan.recipe_path else ""
+        print(f"  {run.name:<32} {state:<12} world {Path(run.recipe.world.dir).name}  stages {stages}{recipe}")
     print(f"  tasks: {', '.join(plan.tasks())}")
 
 

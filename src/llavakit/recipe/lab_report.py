@@ -92,6 +92,8 @@ def markdown(plan: LabPlan, table: dict, chance: dict, seconds: dict) -> str:
         lines += [f"Claim: {ablation.claim}", ""]
     if ablation.status:
         lines += [f"**Status: {ablation.status}**", ""]
+    for arm, recipe in ablation.arm_recipes.items():
+        lines += [f"Arm **{arm}** trains from recipe `{plan.arm_recipe(arm)}`.", ""]
     lines += [f"Recipe `{plan.recipe_path}`, seeds {', '.join(map(str, plan.seeds))}; "
               f"{finished} of {len(plan.runs)} runs finished{_minutes(seconds)}. Scores: accuracy on the results' "
               f"`{ablation.section}` section. Baseline arm: **{baseline}**.", "",
@@ -166,7 +168,7 @@ def write_report(plan: LabPlan) -> dict:
         "baseline": plan.ablation.baseline, "seeds": plan.seeds, "focus_tasks": plan.ablation.tasks,
         "arms": plan.ablation.arms, "chance": chance,
         "runs": {run.name: {"dir": str(run.dir), "finished": run.finished, "seconds": seconds.get(run.name),
-                            "overrides": run.flags}
+                            "recipe": str(run.recipe_path), "overrides": run.flags}
                  for run in plan.runs},
         "tasks": table,
     }
