@@ -37,6 +37,9 @@ class DataError(LlavakitError):
         media = f", media {media_file}" if media_file else ""
         super().__init__(f"sample {sample_id!r} ({data_file}{media}): {code}: {reason}")
 
+    def __reduce__(self):  # sent whole from a data worker process (train.prefetch)
+        return type(self), (self.sample_id, self.data_file, self.code, self.reason, self.media_file)
+
     def skipped(self, index: int) -> SkippedSample:
         return SkippedSample(index, self.sample_id, self.data_file, self.code, self.reason, self.media_file)
 

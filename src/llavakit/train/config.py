@@ -99,7 +99,9 @@ class DataConfig(_Strict):
             raise ValueError("data.group_by_length needs the lengths of data.length_prepass: set "
                              "group_by_length: false to start without the pre-pass")
         return self
-    num_workers: int = Field(0, description="not used yet: batches are built in the training process")
+    num_workers: int = Field(0, ge=0, description="worker processes that build the next steps' batches while "
+                                                  "the model trains (0: built in the training process; the "
+                                                  "batches are the same either way; DPO builds its own)")
 
 
 class OptimConfig(_Strict):

@@ -86,6 +86,8 @@ def read_pairs(path: Path, image_folder: str | None, video_folder: str | None) -
 class DpoTrainer(Trainer):
     """The Trainer with pairs as samples and the DPO objective."""
 
+    builds_batches_ahead = False  # pairs are built in train_step
+
     def _dataset(self, model, tokenizer) -> LlavaDataset:
         chosen, rejected, references = [], [], []
         for source in self.config.data.sources:

@@ -37,6 +37,7 @@ from llavakit.train.distributed import (
 from llavakit.train.in_loop_eval import InLoopEvaluator
 from llavakit.train.loss_weights import label_weights
 from llavakit.train.plan import BatchPlan
+from llavakit.train.prefetch import step_batches
 from llavakit.train.telemetry import MetricsLog, Throughput
 from llavakit.train.tracking import open_trackers
 
@@ -102,6 +103,10 @@ class StepResult:
 
 class Trainer:
     """``Trainer(config).run(resume=...)``: the whole recipe for one stage."""
+
+    # Whether a step's micro-batches come from ``micro_batches`` (and so can be built ahead by
+    # data.num_workers); a trainer that builds its own batches in ``train_step`` sets False.
+    builds_batches_ahead = True
 
     def __init__(self, config: TrainConfig, accelerator: Any | None = None):
         self.config = config
@@ -222,9 +227,10 @@ class Trainer:
         return [self.collate([self.dataset[i] for i in indices])
                 for indices in self.plan.micro_batches(step, self.accelerator.process_index)]
 
-    def train_step(self, step: int) -> StepResult:
+    def train_step(self, step: int, batches: list | None = None) -> StepResult:
+        """One optimizer step on ``batches`` (built ahead), or on the step's micro-batches built now."""
         accelerator, model = self.accelerator, self.model
-        batches = self.micro_batches(step)
+        batches = self.micro_batches(step) if batches is None else batches
         # Per-token loss weights (None: every trained token counts 1, LLaVA's token averaging) and
         # each micro-batch's total weight; the update is sum(w * ce) / (total over the global batch).
         weights = [None if b.is_empty else label_weights(b.labels, b.sequence_ids, self.config.loss_reduction)
@@ -297,8 +303,10 @@ class Trainer:
         self.model.train()
         # A run resumed from a checkpoint that stop_at_loss ended stays ended there.
         final, recent = self.stopped_at or self.total_steps, []
+        workers = self.config.data.num_workers if self.builds_batches_ahead else 0
+        ahead = step_batches(self.micro_batches, start, final, workers) if workers else None
         for step in range(start, final):
-            result = self.train_step(step)
+            result = self.train_step(step) if ahead is None else self.train_step(step, next(ahead))
             self.skips.extend(result.skipped)
             rate = throughput.add(result.tokens)
             recent.append(result.loss)
@@ -330,6 +338,7 @@ class Trainer:
             every = self.config.save.every_steps
             if every and (step + 1) % every == 0 and step + 1 < self.total_steps:
                 self.save_checkpoint(step + 1)
+        del ahead  # its workers stop (they may be building steps a stop_at_loss left untrained)
         if progress is not None:
             progress.close()
         self.save_checkpoint(final)
