@@ -143,6 +143,20 @@ def test_data_cache_benchmark_small(tmp_path):
     assert rows[1]["cache hits"] > rows[0]["cache hits"]  # the second epoch reads what the first decoded
 
 
+def test_train_workers_benchmark_small(tmp_path, onevision_dir):
+    import train_workers
+    import yaml
+    from train_fixtures import base_config, write_caption_data
+
+    data = write_caption_data(tmp_path / "data", count=8)
+    config = tmp_path / "stage.yaml"
+    config.write_text(yaml.safe_dump(base_config(data, tmp_path / "run", model={"checkpoint": str(onevision_dir)})))
+    out = tmp_path / "workers.json"
+    assert train_workers.main(["--config", str(config), "--steps", "2", "--repeats", "1", "--out", str(out)]) == 0
+    results = _results(out)["results"]
+    assert set(results) == {"0", "1"} and all(r[0]["loop_s"] > 0 for r in results.values())
+
+
 def test_data_scale_benchmark_small(tmp_path):
     import data_scale
 
