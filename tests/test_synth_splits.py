@@ -200,3 +200,48 @@ def test_a_one_format_world_trains_on_that_placement_and_asks_both(world, tmp_pa
 def test_an_unknown_training_placement_is_refused():
     with pytest.raises(ValueError, match="train_image_format must be one of both, interleaved, front, got 'side'"):
         WorldSettings(train_image_format="side")
+
+
+def test_a_sample_chooses_its_objects_again_when_every_scene_of_them_is_taken():
+    """One object of one colour, shape and size has few places; when the splits drawn before hold
+    them all, the sample chooses its objects again instead of failing the world."""
+    from llavakit.synth.task import Context, HeldOut, NoAdmissibleScene
+
+    class Scene:
+        def __init__(self, name):
+            self.name = name
+
+        def signature(self):
+            return self.name
+
+    held_out = HeldOut()
+    held_out.admit("test", ["first-choice"])  # the only scene of the first choice is test's
+    ctx = Context(SETTINGS, Path("/unused"), "dev", "color", 0, held_out)
+    choices = iter(["first", "second"])
+    choice, scene = ctx.fresh_choosing(lambda: next(choices), lambda c: Scene(f"{c}-choice"))
+    assert (choice, scene.name) == ("second", "second-choice")
+    with pytest.raises(NoAdmissibleScene, match="dev_color_00000: no admissible scene for 100 choices"):
+        ctx.fresh_choosing(lambda: "first", lambda c: Scene(f"{c}-choice"))
+
+
+def test_a_first_choice_with_a_free_scene_draws_as_before():
+    from llavakit.synth.scene import distinct_specs
+    from llavakit.synth.task import Context, HeldOut
+
+    def context():
+        return Context(SETTINGS, Path("/unused"), "dev", "count", 3, HeldOut())
+
+    before = context()
+    specs = distinct_specs(before.rng, 2)
+    expected = before.fresh(lambda: before.place(specs))
+    after = context()
+    chosen, scene = after.fresh_choosing(lambda: distinct_specs(after.rng, 2), after.place)
+    assert chosen == specs and scene.signature() == expected.signature()
+    assert after.rng.integers(1 << 30) == before.rng.integers(1 << 30)
+
+
+def test_the_quickstart_world_of_seed_3_generates(tmp_path):
+    """Its dev split once ran out of places for a single object of the colour task."""
+    settings = dataclasses.replace(WorldSettings(), seed=3, motion_drill=0, paraphrase_per_task=1)
+    world = generate_world(tmp_path / "world", settings, progress=False)
+    assert len(read_jsonl(world / "dev" / "color.jsonl")) == settings.n_dev

@@ -27,6 +27,14 @@ IMAGE = "<image>"
 VIDEO = "<video>"
 
 S = TypeVar("S")
+C = TypeVar("C")
+# A draw keeps its object choice this many times before choosing again (Context.fresh_choosing).
+DRAWS_PER_CHOICE = 10_000
+CHOICES = 100
+
+
+class NoAdmissibleScene(RuntimeError):
+    """Every scene a sample may draw is taken by another split's."""
 
 
 TEST, DEV = "test", "dev"
@@ -93,7 +101,7 @@ class Context:
         `scene_of` picks the scene (anything with .signature()), or a tuple of scenes, out of a
         richer result.
         """
-        for _ in range(10_000):
+        for _ in range(DRAWS_PER_CHOICE):
             result = draw()
             if result is None:
                 continue
@@ -101,7 +109,22 @@ class Context:
             signatures = [s.signature() for s in (scenes if isinstance(scenes, tuple) else (scenes,))]
             if self.held_out.admit(self.split, signatures):
                 return result
-        raise RuntimeError(f"{self.stem}: no admissible scene after 10000 draws")
+        raise NoAdmissibleScene(f"{self.stem}: no admissible scene after {DRAWS_PER_CHOICE} draws")
+
+    def fresh_choosing(self, choose: Callable[[], C], draw: Callable[[C], S | None],
+                       scene_of: Callable[[S], object] = lambda s: s) -> tuple[C, S]:
+        """``fresh(lambda: draw(choice))`` for a ``choice`` made once (how many objects, which
+        first object), made again when no scene of it is admissible any more: one object of one
+        colour, shape and size has few places on the grid, and the splits drawn before may hold
+        them all. The first choice draws exactly as ``fresh`` does, so a world that never ran
+        out is unchanged."""
+        for _ in range(CHOICES):
+            choice = choose()
+            try:
+                return choice, self.fresh(lambda: draw(choice), scene_of)
+            except NoAdmissibleScene:
+                continue
+        raise NoAdmissibleScene(f"{self.stem}: no admissible scene for {CHOICES} choices of its objects")
 
     def place(self, specs: Sequence[Spec], side: int | None = None, **options) -> Scene | None:
         """scene.place() on this sample's generator and the world's grid (side: image_side)."""

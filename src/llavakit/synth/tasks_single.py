@@ -57,9 +57,9 @@ def _save(ctx: Context, scene: Scene, question: str, answer: str, options: tuple
 
 def build_color(ctx: Context) -> Sample:
     target = ctx.cycle(COLOR_NAMES)
-    n = int(ctx.rng.integers(1, 4))
-    first = random_spec(ctx.rng, color=target)
-    scene = ctx.fresh(lambda: ctx.place(distinct_specs(ctx.rng, n, ("shape",), [first])))
+    (n, first), scene = ctx.fresh_choosing(
+        lambda: (int(ctx.rng.integers(1, 4)), random_spec(ctx.rng, color=target)),
+        lambda choice: ctx.place(distinct_specs(ctx.rng, choice[0], ("shape",), [choice[1]])))
     return _save(ctx, scene, color_question(None if n == 1 else first.shape, ctx.variant), target, COLOR_NAMES)
 
 
@@ -206,9 +206,9 @@ def build_relation_drill(ctx: Context) -> Sample:
 
 def build_shape(ctx: Context) -> Sample:
     target = ctx.cycle(vocab.SHAPES)
-    n = int(ctx.rng.integers(1, 4))
-    first = random_spec(ctx.rng, shape=target)
-    scene = ctx.fresh(lambda: ctx.place(distinct_specs(ctx.rng, n, ("color",), [first])))
+    (n, first), scene = ctx.fresh_choosing(
+        lambda: (int(ctx.rng.integers(1, 4)), random_spec(ctx.rng, shape=target)),
+        lambda choice: ctx.place(distinct_specs(ctx.rng, choice[0], ("color",), [choice[1]])))
     return _save(ctx, scene, shape_question(None if n == 1 else first.color, ctx.variant), target, vocab.SHAPES)
 
 
@@ -219,8 +219,7 @@ def count_choices(settings: WorldSettings) -> tuple[str, ...]:
 def build_count(ctx: Context) -> Sample:
     choices = count_choices(ctx.settings)
     target = ctx.cycle(choices)
-    specs = distinct_specs(ctx.rng, int(target))
-    scene = ctx.fresh(lambda: ctx.place(specs))
+    _, scene = ctx.fresh_choosing(lambda: distinct_specs(ctx.rng, int(target)), ctx.place)
     return _save(ctx, scene, phrase("count", ctx.variant), target, choices)
 
 
