@@ -34,9 +34,8 @@ VISION, LLM = CACHE / "vision" / "key", CACHE / "llm" / "key"
 FEATURE_LAYER = -1
 
 NO_MOTION = ["world.motion_drill=0", "stages.motion.enabled=false"]
-# The lengths the recipe had when the Python recipe was frozen; the shipped recipe runs about half
-# of each phase's passes since (recipes/ablations/quickstart-structure.yaml). Given them back, the
-# runner must plan exactly what the Python recipe did.
+# The frozen lengths (the shipped recipe's own; the structure lab ran about half of them, as
+# overrides in recipes/ablations/quickstart-structure.yaml).
 FROZEN_LENGTHS = ["world.motion_drill=2000", "stages.stage1_5.train.epochs=3", "stages.listing.train.epochs=3",
                   "stages.grounding.train.epochs=4", "stages.side_listing.train.epochs=4",
                   "stages.relation.train.epochs=2", "stages.motion.train.epochs=2", "stages.stage2.train.epochs=6.0",
