@@ -92,7 +92,7 @@ def markdown(plan: LabPlan, table: dict, chance: dict, seconds: dict) -> str:
         lines += [f"Claim: {ablation.claim}", ""]
     if ablation.status:
         lines += [f"**Status: {ablation.status}**", ""]
-    for arm, recipe in ablation.arm_recipes.items():
+    for arm in ablation.arm_recipes:
         lines += [f"Arm **{arm}** trains from recipe `{plan.arm_recipe(arm)}`.", ""]
     lines += [f"Recipe `{plan.recipe_path}`, seeds {', '.join(map(str, plan.seeds))}; "
               f"{finished} of {len(plan.runs)} runs finished{_minutes(seconds)}. Scores: accuracy on the results' "

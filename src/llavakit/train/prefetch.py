@@ -65,10 +65,9 @@ def _in_order(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
 
 
 def step_batches(build: Callable[[int], Any], start: int, stop: int, workers: int) -> Iterator[Any]:
-    """``build(step)`` for steps ``start .. stop-1`` in order: in this process when ``workers`` is
-    0, else by that many forked worker processes, each building ``STEPS_AHEAD`` steps ahead."""
-    if workers == 0:
-        return (build(step) for step in range(start, stop))
+    """``build(step)`` for steps ``start .. stop-1`` in order, by ``workers`` (>= 1) forked worker
+    processes, each building ``STEPS_AHEAD`` steps ahead. (With no workers the trainer builds each
+    step's batches itself.)"""
     if "fork" not in multiprocessing.get_all_start_methods():
         raise RuntimeError("data.num_workers needs forked worker processes, which this platform lacks: "
                            "set data.num_workers: 0")
