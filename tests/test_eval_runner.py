@@ -170,3 +170,23 @@ def test_cli_prints_the_table_and_lists_tasks(tmp_path, onevision_dir, world, ca
     assert "unknown task 'synth_nope'" in capsys.readouterr().err
     assert main(["eval", "--tasks", "synth_color"]) == 2
     assert "--model, --out required" in capsys.readouterr().err
+
+
+def test_cli_reads_the_split_asked_for(tmp_path, onevision_dir, world, capsys):
+    """`--split dev` reads the world's dev questions (their ids say so); a split the task does not
+    name is refused in one line that lists the task's splits."""
+    from llavakit.cli import main
+
+    out = tmp_path / "dev"
+    assert main(["eval", "--model", str(onevision_dir), "--tasks", "synth_color", "--data-root", str(world),
+                 "--out", str(out), "--limit", "2", "--split", "dev", "--no-progress"]) == 0
+    ids = [row["id"] for row in predictions(out, "synth_color")]
+    dev_ids = [json.loads(line)["id"] for line in (world / "dev" / "color.jsonl").read_text().splitlines()][:2]
+    test_ids = {json.loads(line)["id"] for line in (world / "test" / "color.jsonl").read_text().splitlines()}
+    assert ids == dev_ids and not set(ids) & test_ids
+    capsys.readouterr()
+    assert main(["eval", "--model", str(onevision_dir), "--tasks", "synth_color", "--data-root", str(world),
+                 "--out", str(tmp_path / "x"), "--split", "validation", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no split 'validation' (its splits: dev, test, test_paraphrase)" in err and "synth_color" in err
+    assert len(err.splitlines()) == 1

@@ -196,3 +196,27 @@ def test_hf_load_failure_names_the_dataset(monkeypatch):
     with pytest.raises(TaskDataError, match=r"task mme .*'lmms-lab-encoder/MME' \(name=None, split='test'\) cannot be "
                                             r"loaded: no network"):
         load_samples(load_task("mme"))
+
+
+def test_the_world_tasks_name_every_held_out_split_the_world_writes(world):
+    """Each synth_* task names the world's splits (dev, test, test_paraphrase) as the world lays them
+    out; reading one changes only the file read, and its questions are that split's."""
+    from llavakit.synth.world import EVAL_SPLITS, TEST, eval_file
+
+    for name in SYNTH_TASKS:
+        spec = load_task(name)
+        task = name.removeprefix("synth_")
+        assert spec.data.splits == {split: eval_file(task, split) for split in EVAL_SPLITS}, name
+        assert spec.data.file == eval_file(task, TEST)
+        for split in EVAL_SPLITS:
+            chosen = load_task(name, split=split)
+            assert chosen.data.file == eval_file(task, split)
+            assert chosen.model_dump(exclude={"data"}) == spec.model_dump(exclude={"data"})
+            ids = [s.id for s in load_samples(chosen, world)]
+            assert ids and all(i.startswith(f"{split}-") for i in ids), (name, split, ids[:2])
+        assert load_task(name, split=TEST).fingerprint() == spec.fingerprint()
+    with pytest.raises(TaskSpecError, match=r"no split 'train'"):
+        load_task("synth_color", split="train")
+    plain = load_task("synth_color").model_dump(mode="json")
+    del plain["data"]["splits"]
+    assert load_task(task_from_dict(plain), split="dev").data.file == "test/color.jsonl"  # one file: as it is

@@ -68,8 +68,9 @@ def _config(data: Path, run: Path, model: Path, evaluation: dict | None) -> dict
 
 
 def _eval_settings(world: Path, sampled_task: Path, **extra) -> dict:
+    # The test split: the eval world holds six test questions a task and one dev question.
     return {"tasks": ["synth_color", str(sampled_task)], "every_steps": 2, "limit": LIMIT, "batch_size": LIMIT,
-            "data_root": str(world), "best_metric": "synth_color/accuracy", **extra}
+            "data_root": str(world), "best_metric": "synth_color/accuracy", "split": "test", **extra}
 
 
 def _prediction_texts(folder: Path, task: str) -> list[str]:
@@ -187,3 +188,43 @@ def test_ddp_evaluates_on_the_main_process_while_the_other_waits(data, onevision
     assert [r["step"] for r in ddp if "eval/synth_color/accuracy" in r] == [2, 4]
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(ddp, single)) < 1e-5
     assert read_best(tmp_path / "ddp")["step"] in (2, 4)
+
+
+def test_in_loop_evaluation_reads_the_dev_split_unless_told_otherwise(data, onevision_dir, sampled_task, tmp_path):
+    """Scores seen during training choose (best_metric), so the world's tasks are read on dev; a
+    task file of one split is read as it is."""
+    from llavakit.train.in_loop_eval import InLoopEvaluator
+
+    world = eval_world()
+    settings = _eval_settings(world, sampled_task)
+    del settings["split"]
+    config = build_config(_config(data, tmp_path / "run", onevision_dir, settings))
+    files = {spec.name: spec.data.file for spec in InLoopEvaluator(config.eval, tmp_path, _Main()).specs}
+    assert files == {"synth_color": "dev/color.jsonl", "synth_color_sampled": "dev/color.jsonl"}
+
+    settings["split"] = None
+    config = build_config(_config(data, tmp_path / "run", onevision_dir, settings))
+    files = {spec.name: spec.data.file for spec in InLoopEvaluator(config.eval, tmp_path, _Main()).specs}
+    assert files == {"synth_color": "test/color.jsonl", "synth_color_sampled": "test/color.jsonl"}
+
+    one_file = load_task("synth_color").model_dump(mode="json")
+    one_file["name"] = "one_file"
+    del one_file["data"]["splits"]
+    path = tmp_path / "one_file.yaml"
+    path.write_text(yaml.safe_dump(one_file))
+    settings = {**settings, "tasks": [str(path)], "best_metric": None, "split": "dev"}
+    config = build_config(_config(data, tmp_path / "run", onevision_dir, settings))
+    assert [s.data.file for s in InLoopEvaluator(config.eval, tmp_path, _Main()).specs] == ["test/color.jsonl"]
+
+    settings = {**_eval_settings(world, sampled_task), "split": "validation"}
+    with pytest.raises(Exception, match=r"synth_color .*no split 'validation' \(its splits: dev, test, test_paraphrase\)"):
+        InLoopEvaluator(build_config(_config(data, tmp_path / "run", onevision_dir, settings)).eval, tmp_path, _Main())
+
+
+class _Main:
+    """An accelerator's answers the evaluator asks for at setup: one process, not sharded."""
+
+    from accelerate.utils import DistributedType
+
+    distributed_type = DistributedType.NO
+    is_main_process = True

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (resumed if it holds an earlier run)")
     parser.add_argument("--data-root", type=Path, help="the folder task data_dirs are relative to (for the "
                                                        "synth_* tasks: the synthetic world)")
+    parser.add_argument("--split", help="for tasks that name held-out splits (the synth_* tasks: dev, test, "
+                                        "test_paraphrase), the one to read (default: each task's own file; synth: test)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, help="only the first N samples of each task")
     parser.add_argument("--shard", help="i/N: this process does samples with index %% N == i (default: torchrun's "
@@ -102,7 +104,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tasks = [load_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
+    tasks = [load_task(t.strip(), split=args.split) for t in args.tasks.split(",") if t.strip()]
     judge = None
     if any(t.judge is not None for t in tasks):
         judge = JudgeSettings.resolve(args.judge_url, args.judge_model, args.judge_key, max_retries=args.judge_retries,

@@ -46,10 +46,13 @@ class DataSpec(_Strict):
     ``data_dir`` is relative to the data root (``--data-root``), or to the task file's folder when no
     data root is given; ``file`` and ``media_dir`` are relative to ``data_dir``. Image and video paths
     in the records are relative to ``media_dir`` (default: the data file's folder, as LLaVA files are).
+    ``splits`` names the task's held-out splits, each a file like ``file``; ``file`` is what is read
+    when no split is asked for (`TaskSpec.for_split`).
     """
 
     data_dir: str = "."
     file: str | None = None
+    splits: dict[str, str] = Field(default_factory=dict)
     media_dir: str | None = None
     hf: HFSource | None = None
     id_field: str | None = "id"  # None: the record's position in the data is its id
@@ -169,10 +172,20 @@ class TaskSpec(_Strict):
         """The task file this spec came from ('<in memory>' for one built in Python)."""
         return self._source
 
+    def for_split(self, split: str) -> TaskSpec:
+        """The task over the file of its split ``split`` (one of ``data.splits``)."""
+        if split not in self.data.splits:
+            known = ", ".join(self.data.splits) or "none"
+            raise TaskSpecError(f"task {self.name} ({self.source}): no split {split!r} (its splits: {known})")
+        data = self.model_dump(mode="json")  # every field as the task file gave it (a null included)
+        data["data"]["file"] = self.data.splits[split]
+        return task_from_dict(data, f"{self.source} ({split} split)")
+
     def fingerprint(self) -> str:
-        """A hash of everything that changes the predictions (not the description): resuming into an
-        output folder made with another definition of the task is refused."""
-        payload = self.model_dump(exclude={"description"})
+        """A hash of everything that changes the predictions (not the description, nor the splits'
+        files other than the one read): resuming into an output folder made with another definition
+        of the task is refused."""
+        payload = self.model_dump(exclude={"description": True, "data": {"splits"}})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -218,8 +231,11 @@ def load_task_file(path: str | Path) -> TaskSpec:
     return task_from_dict(data, str(path))
 
 
-def load_task(task: str | Path | TaskSpec) -> TaskSpec:
-    """A built-in task name (``synth_color``, ``vqav2``...), a YAML file, or a `TaskSpec` as is."""
+def load_task(task: str | Path | TaskSpec, split: str | None = None) -> TaskSpec:
+    """A built-in task name (``synth_color``, ``vqav2``...), a YAML file, or a `TaskSpec` as is;
+    with ``split``, over that split's file when the task names splits (`select_split`)."""
+    if split is not None:
+        return select_split(load_task(task), split)
     if isinstance(task, TaskSpec):
         return task
     text = str(task)
@@ -230,3 +246,9 @@ def load_task(task: str | Path | TaskSpec) -> TaskSpec:
         raise TaskSpecError(f"unknown task {text!r}: not a YAML file and not a built-in task "
                             f"({', '.join(builtin_task_names())})")
     return load_task_file(path)
+
+
+def select_split(spec: TaskSpec, split: str) -> TaskSpec:
+    """``spec`` over its split ``split`` when it names splits (the synthetic world's tasks: dev,
+    test, test_paraphrase); a task that names none has one file and is returned as it is."""
+    return spec.for_split(split) if spec.data.splits else spec

@@ -29,6 +29,7 @@ def shuffled_images_task(world: Path, task: str, split: str = "test") -> Path:
     spec["name"] = f"synth_{task}_shuffled"
     spec["description"] = f"{task} with every image replaced by another sample's (control)"
     spec["data"]["file"] = f"{split}/{task}_shuffled.jsonl"
+    spec["data"].pop("splits", None)  # the control has this one file; the task's splits are not shuffled
     path = world / split / f"{task}_shuffled.yaml"
     atomic_write_text(path, yaml.safe_dump(spec, sort_keys=False))
     return path

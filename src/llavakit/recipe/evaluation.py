@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llavakit.evaluation.task_spec import TaskSpec, load_task, task_from_dict
+from llavakit.evaluation.task_spec import TaskSpec, load_task
 from llavakit.recipe.schema import Recipe
-from llavakit.synth.world import DEV, EVAL_SPLITS, PARAPHRASE, TEST, eval_file
+from llavakit.synth.world import DEV, EVAL_SPLITS, PARAPHRASE, TEST
 
 # results.json key of each split's scores ("eval" is the test split, as it always was)
 RESULT_KEYS = {TEST: "eval", DEV: "eval_dev", PARAPHRASE: "eval_paraphrase"}
@@ -23,10 +23,7 @@ ROW_KEYS = ("accuracy", "chance", "n", "version")
 
 def split_task(task: str, split: str) -> TaskSpec:
     """The world's task ``synth_<task>`` over the files of ``split``."""
-    spec = load_task(f"synth_{task}")
-    data = spec.model_dump(mode="json")  # every field as the task file gave it (a null included)
-    data["data"]["file"] = eval_file(task, split)
-    return task_from_dict(data, f"{spec.source} ({split} split)")
+    return load_task(f"synth_{task}").for_split(split)
 
 
 def _row(row: dict[str, Any]) -> dict[str, Any]:

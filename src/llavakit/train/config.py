@@ -211,6 +211,10 @@ class InLoopEval(_Strict):
     limit: int | None = Field(None, ge=1, description="only the first N samples of each task (None: all)")
     data_root: str | None = Field(None, description="the folder the tasks' data_dirs are relative to (`llavakit "
                                                     "eval --data-root`; for synth_* tasks the synthetic world)")
+    split: str | None = Field(
+        "dev", description="for tasks that name held-out splits (the synth_* tasks), the one read: dev by default, "
+                           "since scores seen during training (best_metric) are used to choose; None: each task's "
+                           "own file (synth: test). Tasks with one file read it")
     batch_size: int = Field(8, ge=1, description="prompts generated together")
     best_metric: str | None = Field(
         None, description="'task/score' (e.g. synth_color/accuracy): keep the model with the best value in RUN/best "

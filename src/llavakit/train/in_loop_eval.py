@@ -83,7 +83,7 @@ class InLoopEvaluator:
 
         self.settings, self.run_dir, self.accelerator = settings, run_dir, accelerator
         _refuse_sharded(accelerator)
-        self.specs = [load_task(task) for task in settings.tasks]
+        self.specs = [load_task(task, split=settings.split) for task in settings.tasks]
         names = [spec.name for spec in self.specs]
         if len(set(names)) != len(names):
             raise TrainConfigError(f"eval.tasks: a task is listed twice ({', '.join(names)})")
