@@ -212,3 +212,26 @@ def test_video_round_trip_keeps_colour_and_is_deterministic(tmp_path):
     assert len(decoded) == 6 and decoded[0].shape == (48, 64, 3)
     centre = decoded[-1][18, 42].astype(int)
     assert np.abs(centre - np.array([40, 80, 220])).max() <= 12
+
+
+def test_every_world_setting_is_a_synth_flag_with_its_description(capsys):
+    """`llavakit synth --help` lists each WorldSettings field with the description the config
+    reference shows (one source: a new setting needs no second help text), and a flag reaches it."""
+    import argparse
+    import dataclasses
+
+    from llavakit.cli import main
+    from llavakit.synth.cli import add_arguments, settings_from_args
+    from llavakit.utils import DESCRIPTION
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "--help"])
+    assert exit_info.value.code == 0
+    listed = "".join(capsys.readouterr().out.split())  # argparse wraps lines, at hyphens too
+    for field in dataclasses.fields(WorldSettings):
+        assert "--" + field.name.replace("_", "-") in listed
+        assert "".join(field.metadata[DESCRIPTION].split()) in listed, field.name
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", "x", "--train-image-format", "front", "--scale", "0.5", "--seed", "3"])
+    assert settings_from_args(args) == WorldSettings(train_image_format="front", scale=0.5, seed=3)

@@ -8,33 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+from llavakit.utils import DESCRIPTION
+
 from .settings import WorldSettings
 from .world import generate_world, is_complete, load_world
 
-# Settings fields exposed as flags, with their help text (the defaults come from WorldSettings).
-FLAGS = {
-    "seed": "random seed; the same seed gives byte-identical files",
-    "image_side": "side in pixels of normal images and multi-view images",
-    "hires_side": "side in pixels of hires_detail images (>= 2x --image-side)",
-    "grid": "objects sit inside the cells of a grid this many pixels wide (0: anywhere)",
-    "video_frames": "frames per video",
-    "video_side": "side in pixels of video frames (even)",
-    "video_fps": "frames per second written into the MP4",
-    "stage1_captions": "stage-1 caption samples (before --scale)",
-    "train_per_task": "stage-2 samples per task and sample kind (before --scale)",
-    "eval_per_task": "test samples per eval task (before --scale): the reported split",
-    "dev_per_task": "dev samples per eval task (before --scale): new scenes to make choices on",
-    "paraphrase_per_task": "test_paraphrase samples per eval task (before --scale): test scenes, held-out wording",
-    "max_objects": "most objects in one scene",
-    "follow_ups": "extra short-answer questions per single-image training sample",
-    "motion_drill": "direction clips of the stage-1.5 motion drill, stage15_motion.jsonl (before --scale; 0: no file)",
-    "train_image_format": "placement of multi-image training samples: both, interleaved or front (held-out: both)",
-    "scale": "multiplier on every sample count",
-}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="directory to write the world into")
+    # Every world setting is a flag, with the description the config reference shows.
     defaults = WorldSettings()
     for field in dataclasses.fields(WorldSettings):
         value = getattr(defaults, field.name)
@@ -42,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--" + field.name.replace("_", "-"),
             type=type(value),
             default=value,
-            help=f"{FLAGS[field.name]} (default: {value})",
+            help=f"{field.metadata[DESCRIPTION]} (default: {value})",
         )
     parser.add_argument("--force", action="store_true", help="regenerate even if the same world is already there")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
