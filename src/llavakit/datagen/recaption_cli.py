@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from llavakit.utils.device import default_device
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed, keep_truncated=args.keep_truncated, limit=args.limit,
         progress=not args.quiet)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     llava = llavakit.load(args.model, dtype=getattr(torch, args.dtype), device=device)
     summary = recaption(llava, settings)
     rate = f"{(summary.written + summary.rejected) / summary.seconds:.2f} img/s" if summary.seconds > 0 else ""

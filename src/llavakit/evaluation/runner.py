@@ -32,6 +32,7 @@ from llavakit.evaluation.metrics import MetricResult, RecordError, score
 from llavakit.evaluation.samples import PLACEHOLDERS, EvalSample, load_samples
 from llavakit.evaluation.store import PredictionStore, Shard, atomic_write_json
 from llavakit.evaluation.task_spec import TaskSpec, load_task
+from llavakit.utils.device import default_device
 
 IN_MEMORY = "<in memory>"
 
@@ -55,7 +56,7 @@ class _Model:
 
             from llavakit.api import load
 
-            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            device = self.device or default_device()
             if self.progress:
                 print(f"loading {self.path} on {device}", file=sys.stderr)
             self._model = load(self.path, dtype=self.dtype or torch.float32, device=device)

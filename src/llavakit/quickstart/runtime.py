@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
+from llavakit.utils.device import default_device
+
 
 def pick_device(requested: str | None) -> torch.device:
     if requested is not None:
@@ -16,7 +18,7 @@ def pick_device(requested: str | None) -> torch.device:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {requested!r} was requested but CUDA is not available")
         return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(default_device())
 
 
 @contextmanager

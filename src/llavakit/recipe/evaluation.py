@@ -14,6 +14,7 @@ from typing import Any
 from llavakit.evaluation.task_spec import TaskSpec, load_task
 from llavakit.recipe.schema import Recipe
 from llavakit.synth.world import DEV, EVAL_SPLITS, PARAPHRASE, TEST
+from llavakit.utils.device import default_device
 
 # results.json key of each split's scores ("eval" is the test split, as it always was)
 RESULT_KEYS = {TEST: "eval", DEV: "eval_dev", PARAPHRASE: "eval_paraphrase"}
@@ -47,7 +48,7 @@ def evaluation_model(recipe: Recipe, model: Path) -> Any:
 
     from llavakit.api import load
 
-    llava = load(model, dtype=torch.float32, device="cuda" if torch.cuda.is_available() else "cpu")
+    llava = load(model, dtype=torch.float32, device=default_device())
     llava.set_visual(**recipe.evaluation.visual)
     print(f"evaluation visual settings: {recipe.evaluation.visual}")
     return llava

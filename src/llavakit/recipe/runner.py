@@ -27,6 +27,7 @@ from llavakit.recipe.evaluation import evaluate_splits, evaluation_model, run_co
 from llavakit.recipe.plan import CONFIGS_DIR, Parts, StagePlan, plan_stages
 from llavakit.recipe.schema import Recipe
 from llavakit.utils.atomic import atomic_write_text
+from llavakit.utils.device import default_device
 
 RECIPE_FILE = "recipe.yaml"  # under OUT: the recipe as it ran, overrides applied
 
@@ -99,8 +100,6 @@ def prepare_world(world: Path, recipe: Recipe) -> Path:
 
 def run_recipe(recipe: Recipe, out: str | Path, source: str = "", overrides: list[str] = ()) -> dict[str, Any]:
     """Run a loaded (validated and checked) recipe into ``out``; return what results.json holds."""
-    import torch
-
     from llavakit.checkpoint.io import atomic_directory
     from llavakit.quickstart.components import prepare_components
 
@@ -136,7 +135,7 @@ def run_recipe(recipe: Recipe, out: str | Path, source: str = "", overrides: lis
         "stages": stages,
         "components": components.metrics,
         "seconds": round(time.perf_counter() - started, 1),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": default_device(),
         "model": str(out / "model"),
         "settings": {"scale": recipe.scale, "seed": recipe.seed, "recipe": source, "overrides": list(overrides)},
         "recipe": recipe_data,

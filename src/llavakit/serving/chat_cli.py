@@ -23,6 +23,7 @@ from llavakit.serving.feature_cache_option import (
     pixel_cache_from_args,
 )
 from llavakit.serving.streaming import stream
+from llavakit.utils.device import default_device
 
 HELP = ("commands: /image PATH, /video PATH (attach to your next message), /clear (forget the conversation), "
         "/quit; Ctrl-C stops an answer")
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     add_media_cache_option(parser)
 

@@ -23,6 +23,7 @@ from llavakit.serving.feature_cache_option import (
 from llavakit.serving.media import MediaPolicy
 from llavakit.serving.middleware import LOOPBACK_HOSTS
 from llavakit.serving.settings import ServerSettings
+from llavakit.utils.device import default_device
 
 API_KEY_ENV = "LLAVAKIT_API_KEY"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-hosts",
                         help="comma-separated names the Host header may carry, '*' for any (default: on loopback "
                              "without an API key, only localhost, 127.0.0.1 and ::1, against DNS rebinding; else any)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 suits small models "
                                                      "on a busy machine)")
