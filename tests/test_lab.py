@@ -148,7 +148,8 @@ def _fake_results(plan, scores):
                "count": {"accuracy": 0.5, "chance": 0.2, "n": 2}}
         test = {task: {**row, "accuracy": 0.0} for task, row in dev.items()}
         (run.dir / "results.json").write_text(json.dumps({"eval_dev": dev, "eval": test,
-                                                          "seconds": 60.0 * (1 + run.seed)}))
+                                                          "seconds": 60.0 * (1 + run.seed),
+                                                          "recipe": run.recipe.model_dump(mode="json")}))
 
 
 def test_report_tables_and_chart_from_finished_runs(tmp_path):
@@ -237,6 +238,47 @@ def test_a_category_of_a_task_is_compared_as_a_task_of_its_own(tmp_path):
                                         "arms": {"a": {}}}))
     with pytest.raises(RecipeError, match=r"tasks \['multiview/front'\]: not evaluated by the recipe"):
         plan_lab(ablation, tmp_path / "other")
+
+
+def test_a_run_another_lab_finished_is_copied_not_run_again(tmp_path, capsys):
+    """--reuse: a run another lab finished with the same recipe as it ran (its shared folders aside)
+    is copied with its origin named; a run with any other setting, or another seed, is not."""
+    from llavakit.recipe.lab import reuse_runs
+
+    squash = {"model.visual.image_mode": "squash", "model.visual.image_newline": "image"}
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump({"title": "first", "recipe": str(TINY), "seeds": 2, "tasks": ["count"],
+                                     "arms": {"base": {}, "squash": squash}}))
+    done = plan_lab(first, tmp_path / "first")
+    _fake_results(done, {"base": {0: 0.5, 1: 0.75}, "squash": {0: 0.25, 1: 0.5}})
+
+    second = tmp_path / "second.yaml"
+    arms = {"as_written": {}, "squashed": {**squash, "model.visual.image_mode": "squash"},
+            "other": {"model.visual.image_newline": "image"}}
+    second.write_text(yaml.safe_dump({"title": "second", "recipe": str(TINY), "seeds": 3, "tasks": ["count"],
+                                      "baseline": "as_written", "arms": arms}))
+    plan = plan_lab(second, tmp_path / "second")
+    assert reuse_runs(plan, [tmp_path / "first"]) == ["as_written/seed-0", "as_written/seed-1",
+                                                      "squashed/seed-0", "squashed/seed-1"]
+    assert not (tmp_path / "second" / "other").exists() and not (tmp_path / "second" / "as_written" / "seed-2").exists()
+    copied = tmp_path / "second" / "squashed" / "seed-1"
+    assert json.loads((copied / "results.json").read_text())["eval_dev"]["color"]["accuracy"] == 0.5
+    assert (copied / "reused_from.txt").read_text().strip() == str((tmp_path / "first" / "squash" / "seed-1").resolve())
+    assert reuse_runs(plan, [tmp_path / "first"]) == []  # finished now: nothing to copy
+
+    third = tmp_path / "third.yaml"  # every run of it is in the first lab: the command runs none
+    third.write_text(yaml.safe_dump({"title": "third", "recipe": str(TINY), "seeds": 2, "tasks": ["count"],
+                                     "baseline": "plain", "arms": {"plain": {}, "squashed": squash}}))
+    capsys.readouterr()
+    assert main(["lab", str(third), "--out", str(tmp_path / "third"), "--reuse", str(tmp_path / "first")]) == 0
+    printed = capsys.readouterr().out
+    assert "reused plain/seed-0" in printed and "4 finished before, 0 to run" in printed
+    lab = json.loads((tmp_path / "third" / "lab.json").read_text())
+    assert lab["runs"]["squashed/seed-0"]["reused_from"] == str((tmp_path / "first" / "squash" / "seed-0").resolve())
+    assert lab["tasks"]["color"]["vs_baseline"]["squashed"]["mean"] == pytest.approx(-0.25)
+    assert "Copied from another lab's finished run" in (tmp_path / "third" / "lab.md").read_text()
+    assert main(["lab", str(third), "--out", str(tmp_path / "x"), "--reuse", str(tmp_path / "nowhere")]) == 2
+    assert "--reuse" in capsys.readouterr().err
 
 
 def _tiny_ablation(tmp_path: Path, seeds: int) -> Path:

@@ -39,6 +39,7 @@ from llavakit.recipe.schema import Recipe, RecipeError
 
 WORLDS_DIR, CACHE_DIR = "worlds", "cache"  # under the lab's OUT, shared by every run
 RESULTS_FILE = "results.json"  # a run is finished when its folder holds this
+REUSED_FILE = "reused_from.txt"  # in a run copied from another lab (`--reuse`): the folder it came from
 
 
 class Ablation(BaseModel):
@@ -112,6 +113,28 @@ class Run:
     @property
     def finished(self) -> bool:
         return (self.dir / RESULTS_FILE).is_file()
+
+    @property
+    def reused_from(self) -> str | None:
+        path = self.dir / REUSED_FILE
+        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+    @property
+    def identity(self) -> str:
+        """What makes two runs the same run, whichever lab made them (`run_identity`)."""
+        return run_identity(self.recipe.model_dump(mode="json"))
+
+
+# Where a lab keeps its shared inputs: a run made in another lab's folders is still the same run.
+SHARED_PATHS = (("world", "dir"), ("components", "cache"))
+
+
+def run_identity(recipe: dict[str, Any]) -> str:
+    """The recipe as it ran (results.json's ``recipe``) without the shared folders' paths."""
+    data = json.loads(json.dumps(recipe))
+    for section, key in SHARED_PATHS:
+        data.get(section, {}).pop(key, None)
+    return json.dumps(data, sort_keys=True)
 
 
 @dataclass

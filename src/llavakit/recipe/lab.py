@@ -11,6 +11,7 @@ runner and the component cache) instead of making their own.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,8 +19,9 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
-from llavakit.recipe.ablation import LabPlan, Run
+from llavakit.recipe.ablation import RESULTS_FILE, REUSED_FILE, LabPlan, Run, run_identity
 from llavakit.recipe.schema import RecipeError
 
 LOG_FILE = "lab.log"  # each run's output, in its folder
@@ -60,6 +62,37 @@ def start(plan: LabPlan, run: Run, threads: int) -> subprocess.Popen:
         return subprocess.Popen(run_command(plan, run), stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads))
     finally:
         log.close()  # the child holds its own descriptor
+
+
+def reuse_runs(plan: LabPlan, sources: list[Path]) -> list[str]:
+    """Copy into ``plan`` each unfinished run that a lab folder of ``sources`` finished as the same
+    run (the same recipe as it ran, but for the shared folders' paths: `run_identity`); return
+    the runs copied. The copy keeps its results and model and names its origin in
+    ``reused_from.txt``; it is taken whole or not at all."""
+    finished: dict[str, Path] = {}
+    for source in sources:
+        if not source.is_dir():
+            raise RecipeError(f"--reuse {source}: not a folder")
+        for results in sorted(source.glob(f"*/seed-*/{RESULTS_FILE}")):
+            try:
+                recipe = json.loads(results.read_text(encoding="utf-8"))["recipe"]
+            except (OSError, ValueError, KeyError):
+                continue  # not a finished run of a lab
+            finished.setdefault(run_identity(recipe), results.parent)
+    reused = []
+    for run in plan.runs:
+        origin = finished.get(run.identity)
+        if run.finished or origin is None or origin.resolve() == run.dir.resolve():
+            continue
+        staging = run.dir.with_name(run.dir.name + ".reusing")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(origin, staging, symlinks=True)
+        (staging / REUSED_FILE).write_text(f"{origin.resolve()}\n", encoding="utf-8")
+        shutil.rmtree(run.dir, ignore_errors=True)  # what an interrupted run left
+        staging.rename(run.dir)
+        reused.append(run.name)
+        print(f"  reused {run.name}  (from {origin})", flush=True)
+    return reused
 
 
 def _stop_on_sigterm():

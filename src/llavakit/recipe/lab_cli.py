@@ -26,6 +26,9 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
                                                                "the cores' threads are divided among them")
     parser.add_argument("--check", action="store_true", help="load and check every run, print the plan, run nothing")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs only")
+    parser.add_argument("--reuse", action="append", type=Path, default=[], metavar="LAB_OUT",
+                        help="another lab's output folder: a run it finished that is the same run (the same "
+                             "recipe as it ran, but for the shared folders) is copied, not run again (repeatable)")
     add_set_argument(parser)
 
 
@@ -57,7 +60,7 @@ def run_lab_command(command: str, ablation: str, out: str | None, args: argparse
 
     def action() -> None:
         from llavakit.recipe.ablation import plan_lab
-        from llavakit.recipe.lab import run_lab
+        from llavakit.recipe.lab import reuse_runs, run_lab
         from llavakit.recipe.lab_report import LAB_MD, write_report
         from llavakit.recipe.schema import RecipeError
 
@@ -68,6 +71,8 @@ def run_lab_command(command: str, ablation: str, out: str | None, args: argparse
             print_plan(plan)
             return
         if not args.report_only:
+            if args.reuse:
+                reuse_runs(plan, args.reuse)
             failed.extend(run_lab(plan, args.jobs)["failed"])
         write_report(plan)
         print((plan.out / LAB_MD).read_text(encoding="utf-8"))

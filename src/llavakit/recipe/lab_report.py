@@ -123,6 +123,10 @@ def markdown(plan: LabPlan, table: dict, chance: dict, seconds: dict) -> str:
     for arm, overrides in ablation.arms.items():
         flags = " ".join(f"`--set {flag}`" for flag in as_set_flags(overrides)) or "the recipe as written"
         lines.append(f"- **{arm}**: {flags}")
+    reused = [run for run in plan.runs if run.reused_from]
+    if reused:
+        lines += ["", "Copied from another lab's finished run, the same run (`--reuse`): "
+                  + ", ".join(f"{run.name} (`{run.reused_from}`)" for run in reused) + "."]
     lines += ["", f"![scores per task and arm]({LAB_PNG})", ""]
     return "\n".join(lines)
 
@@ -168,7 +172,7 @@ def write_report(plan: LabPlan) -> dict:
         "baseline": plan.ablation.baseline, "seeds": plan.seeds, "focus_tasks": plan.ablation.tasks,
         "arms": plan.ablation.arms, "chance": chance,
         "runs": {run.name: {"dir": str(run.dir), "finished": run.finished, "seconds": seconds.get(run.name),
-                            "recipe": str(run.recipe_path), "overrides": run.flags}
+                            "recipe": str(run.recipe_path), "overrides": run.flags, "reused_from": run.reused_from}
                  for run in plan.runs},
         "tasks": table,
     }
