@@ -89,3 +89,27 @@ def test_a_sample_that_breaks_in_a_worker_is_reported_as_without_workers(data, o
     message = str(caught.value)
     assert "\n" not in message and "DataLoader" not in message
     assert any(path.name in message for path in images), message
+
+
+def test_preference_pairs_built_by_workers_train_the_same_dpo_model(data, onevision_dir, tmp_path):
+    """DPO builds its pair batches through the same path, so workers can build them too."""
+    from test_train_lora_dpo import _pairs
+
+    from llavakit.train.dpo import DpoTrainer
+
+    pairs, images = _pairs(data.parent)
+    records = {}
+    for workers in (0, 2):
+        run = tmp_path / f"workers-{workers}"
+        config = build_config({
+            "stage": "dpo", "model": {"checkpoint": str(onevision_dir)},
+            "data": {"sources": [{"path": str(pairs), "image_folder": str(images)}], "num_workers": workers},
+            "output_dir": str(run), "micro_batch_size": 2, "global_batch_size": 4, "max_steps": 4,
+            "optim": {"warmup_ratio": 0.0, "lr": 5e-3, "schedule": "constant"}, "tensorboard": False,
+            "trainable": [{"pattern": r"^vision_tower\.", "frozen": True}, {"pattern": ".", "lr": 5e-3}],
+        })
+        DpoTrainer(config).run()
+        records[workers] = [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s" and k != "elapsed_s"}
+                            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[2] == records[0] and "dpo/margin" in records[0][-1]
+    assert not multiprocessing.active_children()

@@ -101,7 +101,7 @@ class DataConfig(_Strict):
         return self
     num_workers: int = Field(0, ge=0, description="worker processes that build the next steps' batches while "
                                                   "the model trains (0: built in the training process; the "
-                                                  "batches are the same either way; DPO builds its own)")
+                                                  "batches are the same either way, DPO's pairs included)")
 
 
 class OptimConfig(_Strict):

@@ -86,8 +86,6 @@ def read_pairs(path: Path, image_folder: str | None, video_folder: str | None) -
 class DpoTrainer(Trainer):
     """The Trainer with pairs as samples and the DPO objective."""
 
-    builds_batches_ahead = False  # pairs are built in train_step
-
     def _dataset(self, model, tokenizer) -> LlavaDataset:
         chosen, rejected, references = [], [], []
         for source in self.config.data.sources:
@@ -134,14 +132,19 @@ class DpoTrainer(Trainer):
             out = self.reference(**{k: v for k, v in batch.model_inputs().items() if k != "labels"})
         return sequence_logps(out.logits, batch.labels)
 
-    def train_step(self, step: int) -> StepResult:
+    def micro_batches(self, step: int) -> list:
+        """Each micro-batch as (its pairs' indices, their batch: chosen answers, then rejected)."""
+        return [(indices, self._pair_batch(indices))
+                for indices in self.plan.micro_batches(step, self.accelerator.process_index)]
+
+    def train_step(self, step: int, batches: list | None = None) -> StepResult:
         accelerator, settings = self.accelerator, self.config.dpo
-        micro = self.plan.micro_batches(step, accelerator.process_index)
+        micro = self.micro_batches(step) if batches is None else batches
         world, global_pairs = accelerator.num_processes, self.config.global_batch_size
         totals = {"loss": 0.0, "chosen": 0.0, "rejected": 0.0, "accuracy": 0.0}
         tokens = 0
-        for index, pair_indices in enumerate(micro):
-            batch = self._pair_batch(pair_indices).to(accelerator.device)
+        for index, (pair_indices, batch) in enumerate(micro):
+            batch = batch.to(accelerator.device)
             tokens += batch.num_tokens
             reference = self._reference_logps(batch, pair_indices)
             context = self.backend.sync_context(self.model, sync=index == len(micro) - 1)

@@ -104,10 +104,6 @@ class StepResult:
 class Trainer:
     """``Trainer(config).run(resume=...)``: the whole recipe for one stage."""
 
-    # Whether a step's micro-batches come from ``micro_batches`` (and so can be built ahead by
-    # data.num_workers); a trainer that builds its own batches in ``train_step`` sets False.
-    builds_batches_ahead = True
-
     def __init__(self, config: TrainConfig, accelerator: Any | None = None):
         self.config = config
         self.run_dir = Path(config.output_dir)
@@ -224,6 +220,7 @@ class Trainer:
 
     # ---- one optimizer step -----------------------------------------------------------------
     def micro_batches(self, step: int) -> list:
+        """The step's micro-batches, built here or ahead by data.num_workers (what train_step takes)."""
         return [self.collate([self.dataset[i] for i in indices])
                 for indices in self.plan.micro_batches(step, self.accelerator.process_index)]
 
@@ -303,7 +300,7 @@ class Trainer:
         self.model.train()
         # A run resumed from a checkpoint that stop_at_loss ended stays ended there.
         final, recent = self.stopped_at or self.total_steps, []
-        workers = self.config.data.num_workers if self.builds_batches_ahead else 0
+        workers = self.config.data.num_workers
         ahead = step_batches(self.micro_batches, start, final, workers) if workers else None
         for step in range(start, final):
             result = self.train_step(step) if ahead is None else self.train_step(step, next(ahead))
