@@ -70,7 +70,7 @@ def test_every_shipped_ablation_plans_every_run_without_training(path, tmp_path)
     plan = plan_lab(path, tmp_path, seeds=None)
     assert len(plan.seeds) >= 3, "a finding is read over three seeds or more"
     assert len(plan.runs) == len(plan.ablation.arms) * len(plan.seeds)
-    # the findings run on lab-tiny; an ablation of the quickstart's structure runs on its recipes
+    # the findings run on the lab recipes; an ablation of the quickstart's structure runs on its recipes
     assert all(run.recipe_path.parent == RECIPES_DIR.resolve() for run in plan.runs)
     assert plan.ablation.claim and plan.ablation.baseline in plan.ablation.arms
     assert not list(tmp_path.iterdir()), "planning writes nothing"
@@ -253,7 +253,7 @@ def test_a_run_another_lab_finished_is_copied_not_run_again(tmp_path, capsys):
     _fake_results(done, {"base": {0: 0.5, 1: 0.75}, "squash": {0: 0.25, 1: 0.5}})
 
     second = tmp_path / "second.yaml"
-    arms = {"as_written": {}, "squashed": {**squash, "model.visual.image_mode": "squash"},
+    arms = {"as_written": {}, "squashed": {**squash, "model.visual.reduce_method": "bilinear"},  # its default
             "other": {"model.visual.image_newline": "image"}}
     second.write_text(yaml.safe_dump({"title": "second", "recipe": str(TINY), "seeds": 3, "tasks": ["count"],
                                       "baseline": "as_written", "arms": arms}))
