@@ -258,6 +258,9 @@ def test_a_run_another_lab_finished_is_copied_not_run_again(tmp_path, capsys):
     second.write_text(yaml.safe_dump({"title": "second", "recipe": str(TINY), "seeds": 3, "tasks": ["count"],
                                       "baseline": "as_written", "arms": arms}))
     plan = plan_lab(second, tmp_path / "second")
+    odd = tmp_path / "first" / "old" / "seed-0"  # a run of older code: a visual setting since removed
+    odd.mkdir(parents=True)
+    (odd / "results.json").write_text(json.dumps({"recipe": {"model": {"visual": {"gone": 1}}}}))
     assert reuse_runs(plan, [tmp_path / "first"]) == ["as_written/seed-0", "as_written/seed-1",
                                                       "squashed/seed-0", "squashed/seed-1"]
     assert not (tmp_path / "second" / "other").exists() and not (tmp_path / "second" / "as_written" / "seed-2").exists()

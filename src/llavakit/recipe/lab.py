@@ -75,10 +75,10 @@ def reuse_runs(plan: LabPlan, sources: list[Path]) -> list[str]:
             raise RecipeError(f"--reuse {source}: not a folder")
         for results in sorted(source.glob(f"*/seed-*/{RESULTS_FILE}")):
             try:
-                recipe = json.loads(results.read_text(encoding="utf-8"))["recipe"]
-            except (OSError, ValueError, KeyError):
-                continue  # not a finished run of a lab
-            finished.setdefault(run_identity(recipe), results.parent)
+                identity = run_identity(json.loads(results.read_text(encoding="utf-8"))["recipe"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a finished run of a lab (or of a recipe this code cannot read)
+            finished.setdefault(identity, results.parent)
     reused = []
     for run in plan.runs:
         origin = finished.get(run.identity)
