@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_eval_support import eval_world, one_torch_thread  # noqa: F401 - autouse fixture
+from test_eval_support import eval_world, one_torch_thread, predictions  # noqa: F401 - autouse fixture
 from train_fixtures import base_config, write_caption_data
 
 import llavakit
@@ -190,41 +190,34 @@ def test_ddp_evaluates_on_the_main_process_while_the_other_waits(data, onevision
     assert read_best(tmp_path / "ddp")["step"] in (2, 4)
 
 
-def test_in_loop_evaluation_reads_the_dev_split_unless_told_otherwise(data, onevision_dir, sampled_task, tmp_path):
-    """Scores seen during training choose (best_metric), so the world's tasks are read on dev; a
-    task file of one split is read as it is."""
-    from llavakit.train.in_loop_eval import InLoopEvaluator
-
+def test_in_loop_evaluation_reads_the_dev_split_unless_told_otherwise(data, onevision_dir, tmp_path):
+    """Scores seen during training choose (best_metric), so a real run's evaluation asks the world's
+    dev questions (the ids the world wrote there); split: null reads each task's own file (test),
+    as does a task file with one file; a split a task does not name stops the run before step 1."""
     world = eval_world()
-    settings = _eval_settings(world, sampled_task)
-    del settings["split"]
-    config = build_config(_config(data, tmp_path / "run", onevision_dir, settings))
-    files = {spec.name: spec.data.file for spec in InLoopEvaluator(config.eval, tmp_path, _Main()).specs}
-    assert files == {"synth_color": "dev/color.jsonl", "synth_color_sampled": "dev/color.jsonl"}
-
-    settings["split"] = None
-    config = build_config(_config(data, tmp_path / "run", onevision_dir, settings))
-    files = {spec.name: spec.data.file for spec in InLoopEvaluator(config.eval, tmp_path, _Main()).specs}
-    assert files == {"synth_color": "test/color.jsonl", "synth_color_sampled": "test/color.jsonl"}
-
     one_file = load_task("synth_color").model_dump(mode="json")
     one_file["name"] = "one_file"
     del one_file["data"]["splits"]
-    path = tmp_path / "one_file.yaml"
-    path.write_text(yaml.safe_dump(one_file))
-    settings = {**settings, "tasks": [str(path)], "best_metric": None, "split": "dev"}
-    config = build_config(_config(data, tmp_path / "run", onevision_dir, settings))
-    assert [s.data.file for s in InLoopEvaluator(config.eval, tmp_path, _Main()).specs] == ["test/color.jsonl"]
+    one_file_task = tmp_path / "one_file.yaml"
+    one_file_task.write_text(yaml.safe_dump(one_file))
 
-    settings = {**_eval_settings(world, sampled_task), "split": "validation"}
+    def asked(name: str, **split) -> dict[str, list[str]]:
+        settings = {"tasks": ["synth_color", str(one_file_task)], "every_steps": 2, "at_end": False, "limit": 1,
+                    "batch_size": 1, "data_root": str(world), **split}
+        config = _config(data, tmp_path / name, onevision_dir, settings)
+        Trainer(build_config({**config, "max_steps": 2})).run()
+        folder = tmp_path / name / "eval" / "step-00000002"
+        return {task: [row["id"] for row in predictions(folder, task)] for task in ("synth_color", "one_file")}
+
+    def first_id(split: str) -> str:
+        return json.loads((world / split / "color.jsonl").read_text().splitlines()[0])["id"]
+
+    assert asked("default") == {"synth_color": [first_id("dev")], "one_file": [first_id("test")]}
+    assert asked("own-file", split=None) == {"synth_color": [first_id("test")], "one_file": [first_id("test")]}
+    assert first_id("dev") != first_id("test")
+
+    config = _config(data, tmp_path / "bad", onevision_dir, {"tasks": ["synth_color"], "every_steps": 2,
+                                                               "data_root": str(world), "split": "validation"})
     with pytest.raises(Exception, match=r"synth_color .*no split 'validation' \(its splits: dev, test, test_paraphrase\)"):
-        InLoopEvaluator(build_config(_config(data, tmp_path / "run", onevision_dir, settings)).eval, tmp_path, _Main())
-
-
-class _Main:
-    """An accelerator's answers the evaluator asks for at setup: one process, not sharded."""
-
-    from accelerate.utils import DistributedType
-
-    distributed_type = DistributedType.NO
-    is_main_process = True
+        Trainer(build_config(config)).run()
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
