@@ -190,3 +190,24 @@ def test_cli_reads_the_split_asked_for(tmp_path, onevision_dir, world, capsys):
     err = capsys.readouterr().err.strip()
     assert "no split 'validation' (its splits: dev, test, test_paraphrase)" in err and "synth_color" in err
     assert len(err.splitlines()) == 1
+
+
+def test_cli_says_when_split_does_not_apply_to_a_one_file_task(tmp_path, onevision_dir, world, capsys):
+    """A task that names no splits is read from its one file, and `--split` says so for it."""
+    import yaml
+
+    from llavakit.cli import main
+    from llavakit.evaluation.task_spec import load_task
+
+    one_file = load_task("synth_color").model_dump(mode="json", exclude={"data": {"splits"}})
+    one_file["name"] = "color_one_file"
+    task = tmp_path / "color_one_file.yaml"
+    task.write_text(yaml.safe_dump(one_file))
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(onevision_dir), "--tasks", f"synth_shape,{task}", "--data-root", str(world),
+                 "--out", str(out), "--limit", "2", "--split", "dev", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert ("task color_one_file names no splits; --split dev does not apply to it, its one file "
+            "(test/color.jsonl) is read") in err and "synth_shape names no splits" not in err
+    assert [row["id"] for row in predictions(out, "color_one_file")][0].startswith("test-")
+    assert [row["id"] for row in predictions(out, "synth_shape")][0].startswith("dev-")

@@ -21,7 +21,7 @@ from llavakit.cli import main
 from llavakit.recipe import RECIPES_DIR, RecipeError
 from llavakit.recipe.ablation import plan_lab
 from llavakit.recipe.lab_report import write_report
-from llavakit.recipe.stats import compare, paired_difference, summary, t_quantile_975
+from llavakit.recipe.stats import compare, paired_difference, summary, t_quantile_975, verdict
 
 TINY = Path(__file__).parent / "fixtures" / "recipe" / "tiny.yaml"
 SHIPPED = sorted((RECIPES_DIR / "ablations").glob("*.yaml"))
@@ -45,6 +45,11 @@ def test_paired_difference_pairs_by_seed_and_gives_a_t_interval():
     mixed = paired_difference({0: 0.5, 1: 0.2, 2: 0.4}, {0: 0.5, 1: 0.3, 2: 0.3})
     assert (mixed["wins"], mixed["ties"], mixed["losses"]) == (1, 1, 1)
     assert paired_difference({0: 0.5}, {0: 0.25})["ci95"] is None  # one seed: no spread, no interval
+    # the same difference on every seed (scores in steps of 1/50): no interval of zero width
+    constant = paired_difference({0: 0.18, 1: 0.26, 2: 0.22}, {0: 0.22, 1: 0.30, 2: 0.26})
+    assert constant["ci95"] is None and constant["losses"] == 3
+    assert verdict(constant) == "-0.040 on every seed: no spread, no interval"
+    assert verdict(paired_difference({0: 0.5}, {0: 0.25})) == "one seed: no interval"
 
 
 def test_t_quantiles_follow_the_table_then_approach_the_normal():

@@ -105,6 +105,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = [load_task(t.strip(), split=args.split) for t in args.tasks.split(",") if t.strip()]
+    for task in tasks:
+        if args.split is not None and not task.data.splits:
+            print(f"llavakit eval: task {task.name} names no splits; --split {args.split} does not apply to it, "
+                  f"its one file ({task.data.file or task.data.hf.dataset}) is read", file=sys.stderr)
     judge = None
     if any(t.judge is not None for t in tasks):
         judge = JudgeSettings.resolve(args.judge_url, args.judge_model, args.judge_key, max_retries=args.judge_retries,

@@ -41,7 +41,7 @@ def paired_difference(arm: Mapping[int, float], baseline: Mapping[int, float], t
     result = {**summary(diffs), "seeds": seeds, "ci95": None,
               "wins": int((diffs > tie).sum()), "ties": int((np.abs(diffs) <= tie).sum()),
               "losses": int((diffs < -tie).sum())}
-    if diffs.size > 1:
+    if diffs.size > 1 and result["std"] > tie:  # equal differences on every seed: no spread, no interval
         half = t_quantile_975(diffs.size - 1) * result["std"] / math.sqrt(diffs.size)
         result["ci95"] = [result["mean"] - half, result["mean"] + half]
     return result
@@ -54,6 +54,8 @@ def verdict(diff: dict) -> str:
     if diff["ties"] == diff["n"]:
         return "no difference on any seed"
     if diff["ci95"] is None:
+        if diff["n"] > 1:  # a t-interval of zero width would read a handful of seeds as certainty
+            return f"{diff['mean']:+.3f} on every seed: no spread, no interval"
         return "one seed: no interval"
     low, high = diff["ci95"]
     if low > 0:
