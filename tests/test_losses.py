@@ -68,13 +68,17 @@ def test_no_labelled_token_gives_zero():
     assert torch.equal(hidden.grad, torch.zeros_like(hidden))
 
 
-def test_model_forward_equals_plain_forward_with_labels(onevision_dir):
+def _model_and_batch(onevision_dir):
+    """The tiny OneVision model in training mode, and a padded batch (an image row, a text row) with labels."""
     ours = llavakit.load(onevision_dir)
-    model = ours.model.train()
     conversation = [{"role": "user", "content": [{"type": "image", "image": random_image(60, 90, seed=4)},
                                                  {"type": "text", "text": "What do you see?"}]}]
     inputs = ours.prepare([conversation, [{"role": "user", "content": "Hello there, how are you?"}]])
-    labels = inputs.input_ids.masked_fill(inputs.attention_mask == 0, IGNORE_INDEX)
+    return ours.model.train(), inputs, inputs.input_ids.masked_fill(inputs.attention_mask == 0, IGNORE_INDEX)
+
+
+def test_model_forward_equals_plain_forward_with_labels(onevision_dir):
+    model, inputs, labels = _model_and_batch(onevision_dir)
     kwargs = {"input_ids": inputs.input_ids, "attention_mask": inputs.attention_mask,
               "pixel_values": inputs.pixel_values, "visual_items": inputs.visual_items}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -91,12 +95,7 @@ def test_model_forward_equals_plain_forward_with_labels(onevision_dir):
 def test_the_head_at_labelled_positions_only_gives_the_same_loss_and_gradients(onevision_dir, weighted):
     """``return_logits=False`` (the training loop's forward) against the full head, and the full
     head's loss against cross-entropy written out over every position."""
-    ours = llavakit.load(onevision_dir)
-    model = ours.model.train()
-    conversation = [{"role": "user", "content": [{"type": "image", "image": random_image(60, 90, seed=4)},
-                                                 {"type": "text", "text": "What do you see?"}]}]
-    inputs = ours.prepare([conversation, [{"role": "user", "content": "Hello there, how are you?"}]])
-    labels = inputs.input_ids.masked_fill(inputs.attention_mask == 0, IGNORE_INDEX)
+    model, inputs, labels = _model_and_batch(onevision_dir)
     labels[1, :4] = IGNORE_INDEX  # a prompt
     weights = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0)) if weighted else None
     kwargs = {"input_ids": inputs.input_ids, "attention_mask": inputs.attention_mask, "labels": labels,
