@@ -89,32 +89,3 @@ def test_model_forward_equals_plain_forward_with_labels(onevision_dir):
     torch.testing.assert_close(fused.loss, plain.loss, atol=TOL, rtol=TOL)
     for got, expected in zip(_grads(fused.loss, *params), _grads(plain.loss, *params)):
         torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
-
-
-@pytest.mark.parametrize("weighted", [False, True])
-def test_the_head_at_labelled_positions_only_gives_the_same_loss_and_gradients(onevision_dir, weighted):
-    """``return_logits=False`` (the training loop's forward) against the full head, and the full
-    head's loss against cross-entropy written out over every position."""
-    model, inputs, labels = _model_and_batch(onevision_dir)
-    labels[1, :4] = IGNORE_INDEX  # a prompt
-    weights = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0)) if weighted else None
-    kwargs = {"input_ids": inputs.input_ids, "attention_mask": inputs.attention_mask, "labels": labels,
-              "pixel_values": inputs.pixel_values, "visual_items": inputs.visual_items, "label_weights": weights}
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    full = model(**kwargs)
-    labelled = model(**kwargs, return_logits=False)
-    assert labelled.logits is None and full.logits is not None
-    assert labelled.num_label_tokens == full.num_label_tokens > 0
-    torch.testing.assert_close(labelled.loss, full.loss, atol=TOL, rtol=TOL)
-    for got, expected in zip(_grads(labelled.loss, *params), _grads(full.loss, *params)):
-        torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
-
-    targets = labels.masked_fill(model.placeholder_mask(inputs.input_ids), IGNORE_INDEX)[:, 1:]
-    per_token = torch.nn.functional.cross_entropy(full.logits[:, :-1].transpose(1, 2).float(), targets,
-                                                  ignore_index=IGNORE_INDEX, reduction="none")
-    w = (targets != IGNORE_INDEX).float() * (1 if weights is None else weights[:, 1:])
-    torch.testing.assert_close(full.loss, (per_token * w).sum() / w.sum(), atol=TOL, rtol=TOL)
-
-    with pytest.raises(ValueError, match="return_logits=False is for training"):
-        model(**kwargs, return_logits=False, use_cache=True)

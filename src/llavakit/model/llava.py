@@ -192,27 +192,10 @@ class LlavaForCausalLM(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         label_weights: torch.Tensor | None = None,
-        return_logits: bool = True,
     ) -> LlavaOutput:
         """Logits, and with ``labels`` the mean next-token loss over labelled positions (weighted by
-        ``label_weights`` (B, L) when given: sum(w * ce) / sum(w), see ``train.loss_weights``).
-
-        ``return_logits=False`` (training, with ``labels``): the output head runs only at the
-        positions the loss reads, and ``logits`` is None. Prompts, visual tokens and padding are most
-        of a LLaVA row, so this skips most of the head and its softmax; the loss is the same."""
+        ``label_weights`` (B, L) when given: sum(w * ce) / sum(w), see ``train.loss_weights``)."""
         embeds = self.embed(input_ids, pixel_values, visual_items)
-        if labels is not None and not return_logits:
-            if use_cache or logits_to_keep:
-                raise ValueError("return_logits=False is for training: it takes neither use_cache nor logits_to_keep")
-            hidden = self.language_model.get_decoder()(
-                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-            ).last_hidden_state
-            labels = labels.masked_fill(self.placeholder_mask(input_ids), IGNORE_INDEX)
-            trained = labels[:, 1:] != IGNORE_INDEX
-            rows = self.language_model.get_output_embeddings()(hidden[:, :-1][trained])
-            weights = None if label_weights is None else label_weights[:, 1:][trained]
-            loss = labelled_loss(rows, labels[:, 1:][trained], weights)
-            return LlavaOutput(None, loss, rows.shape[0])
         outputs = self.language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -234,18 +217,14 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
 
     ``weights`` (B, L), aligned with ``labels``, make it the weighted mean sum(w * ce) / sum(w)
     over the labelled positions (all weights 1 give the plain mean)."""
-    trained = labels[:, 1:] != IGNORE_INDEX
-    rows = logits[:, :-1][trained]
-    return labelled_loss(rows, labels[:, 1:][trained], None if weights is None else weights[:, 1:][trained]), \
-        rows.shape[0]
-
-
-def labelled_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy (float32) of the logits at the labelled positions (N, V) against their targets
-    (N,): the mean, or with ``weights`` (N,) sum(w * ce) / sum(w); 0 when N is 0."""
-    per_token = F.cross_entropy(logits.float(), targets, reduction="none")
+    targets = labels[:, 1:].reshape(-1)
+    trained = targets != IGNORE_INDEX
+    count = int(trained.sum())
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     if weights is None:
-        return per_token.sum() / max(targets.shape[0], 1)
-    w = weights.to(device=per_token.device, dtype=per_token.dtype)
+        loss = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="sum") / max(count, 1)
+        return loss, count
+    per_token = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="none")
+    w = weights[:, 1:].reshape(-1).to(device=per_token.device, dtype=per_token.dtype) * trained
     total = w.sum()
-    return (per_token * w).sum() / torch.where(total > 0, total, torch.ones_like(total))
+    return (per_token * w).sum() / torch.where(total > 0, total, torch.ones_like(total)), count

@@ -2,8 +2,7 @@
 
 With a 152K vocabulary, the logits of an 8K-token row are 8K x 152K floats: 2.5 GB in bf16 and
 5 GB once upcast to float32 for the loss, plus as much again for their gradient. The plain path
-(``LlavaForCausalLM.forward`` with labels, ``model.llava.causal_lm_loss``) builds all of them; the
-training step's (``return_logits=False``) builds those of the labelled positions, all at once.
+(``LlavaForCausalLM.forward`` with labels, ``model.llava.causal_lm_loss``) builds all of them.
 
 ``linear_cross_entropy`` takes the final hidden states instead. It keeps only the labelled
 positions (LLaVA trains on the answers; prompts and visual tokens are most of a row), and for

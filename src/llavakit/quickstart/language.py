@@ -23,7 +23,6 @@ from llavakit.quickstart import runtime
 from llavakit.quickstart.settings import ComponentSettings, LanguageSettings
 from llavakit.quickstart.world_data import chat_conversations, corpus_lines
 from llavakit.tiny.tokenizer import CHATML_SPECIAL, train_bpe_tokenizer
-from llavakit.utils.optim import adamw
 
 DOCUMENT_END = "<|endoftext|>"
 TURN_END = "<|im_end|>"
@@ -111,7 +110,7 @@ def train_language(world_dir: Path, out_dir: Path, settings: ComponentSettings, 
 
     model = Qwen2ForCausalLM(model_config(lm, tokenizer)).to(device)
     initial_loss = mean_loss(model, val_stream, length, device)
-    optimizer = adamw(model.parameters(), lr=lm.lr, betas=(0.9, 0.95), weight_decay=lm.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lm.lr, betas=(0.9, 0.95), weight_decay=lm.weight_decay)
     steps = settings.steps(lm.steps)
     losses = []
     with runtime.progress_bar(steps, "language model", progress) as bar:

@@ -32,7 +32,6 @@ from llavakit.quickstart.contrastive import (
 )
 from llavakit.quickstart.probe import run_probes
 from llavakit.quickstart.settings import ComponentSettings, VisionSettings
-from llavakit.utils.optim import adamw
 from llavakit.quickstart.world_data import (
     CaptionedImages,
     captioned_images,
@@ -132,7 +131,7 @@ def train_vision(world_dir: Path, out_dir: Path, settings: ComponentSettings, pr
     batches = CaptionBatches(data, vocab, vision.image_size // vision.patch_size, generator)
     model = DualEncoder(vision, len(vocab), max_words=batches.tokens.shape[1]).to(device)
     untrained_tower = copy.deepcopy(model.tower)
-    optimizer = adamw(_param_groups(model, vision.weight_decay), lr=vision.lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(_param_groups(model, vision.weight_decay), lr=vision.lr, betas=(0.9, 0.98))
     steps = settings.steps(vision.steps)
     batch_size = min(vision.batch_size, len(data.pixels))
     names = batches.name_tokens.to(device)

@@ -40,7 +40,6 @@ from llavakit.train.plan import BatchPlan
 from llavakit.train.prefetch import step_batches
 from llavakit.train.telemetry import MetricsLog, Throughput
 from llavakit.train.tracking import open_trackers
-from llavakit.utils.optim import adamw
 
 def unused_vision(model_config: LlavaConfig) -> ParamRule:
     """Parts of the vision tower that LLaVA never reads (it takes hidden states before them: the
@@ -165,7 +164,8 @@ class Trainer:
         for group in groups:
             group.pop("names")
         optim = self.config.optim
-        return adamw(groups, betas=optim.betas, eps=optim.eps)
+        fused = torch.cuda.is_available() or None
+        return torch.optim.AdamW(groups, betas=optim.betas, eps=optim.eps, fused=fused)
 
     def _scheduler(self, optimizer: torch.optim.Optimizer) -> LambdaLR:
         optim = self.config.optim
@@ -247,7 +247,7 @@ class Trainer:
             batch = batch.to(accelerator.device)
             extra = {} if weight is None else {"label_weights": weight.to(accelerator.device)}
             with context, accelerator.autocast():
-                out = model(**batch.model_inputs(), **extra, return_logits=False)
+                out = model(**batch.model_inputs(), **extra)
                 # back from the model's mean to the sum: its own token count, or the weight total
                 summed = out.loss * (out.num_label_tokens if weight is None else total)
                 # DDP averages gradients over processes: scale so the update is sum / global weight.
