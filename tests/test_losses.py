@@ -68,17 +68,13 @@ def test_no_labelled_token_gives_zero():
     assert torch.equal(hidden.grad, torch.zeros_like(hidden))
 
 
-def _model_and_batch(onevision_dir):
-    """The tiny OneVision model in training mode, and a padded batch (an image row, a text row) with labels."""
+def test_model_forward_equals_plain_forward_with_labels(onevision_dir):
     ours = llavakit.load(onevision_dir)
+    model = ours.model.train()
     conversation = [{"role": "user", "content": [{"type": "image", "image": random_image(60, 90, seed=4)},
                                                  {"type": "text", "text": "What do you see?"}]}]
     inputs = ours.prepare([conversation, [{"role": "user", "content": "Hello there, how are you?"}]])
-    return ours.model.train(), inputs, inputs.input_ids.masked_fill(inputs.attention_mask == 0, IGNORE_INDEX)
-
-
-def test_model_forward_equals_plain_forward_with_labels(onevision_dir):
-    model, inputs, labels = _model_and_batch(onevision_dir)
+    labels = inputs.input_ids.masked_fill(inputs.attention_mask == 0, IGNORE_INDEX)
     kwargs = {"input_ids": inputs.input_ids, "attention_mask": inputs.attention_mask,
               "pixel_values": inputs.pixel_values, "visual_items": inputs.visual_items}
     params = [p for p in model.parameters() if p.requires_grad]
