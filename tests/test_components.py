@@ -114,7 +114,26 @@ def test_vision_probe_beats_chance_by_a_wide_margin(parts):
     assert probe["shape"]["trained"] >= probe["shape"]["untrained"] + 0.05  # learned, not just pixels
     assert probe["count"]["trained"] >= probe["count"]["chance"] + 0.1
     assert probe["shape_token"]["chance"] == probe["shape"]["chance"]  # the same labels, one token
+    assert probe["letter_token"]["chance"] == 1 / 8 and 0 <= probe["letter_token"]["trained"] <= 1
     assert parts.metrics["vision"]["final_loss"] < parts.metrics["vision"]["initial_loss"]
+
+
+def test_the_letter_probe_scenes_hold_one_tiny_letter_each_as_a_detail_crop_shows_it():
+    """The letter_token probe's scenes: each a 64 px crop with one 5x7 letter of one pixel per
+    glyph cell (the detail task's letter at its own resolution), inside one 16 px token, the
+    letters in turn."""
+    from llavakit.quickstart.probe import tiny_letter_scenes
+    from llavakit.synth.vocab import BACKGROUND, GLYPHS, LETTERS
+
+    scenes = tiny_letter_scenes(16, 64, seed=0, split=0, letter_cell=1, grid=16)
+    assert scenes.pixels.shape == (16, 64, 64, 3) and scenes.classes == {"letter": 8}
+    for pixels, label, box in zip(scenes.pixels, scenes.labels["letter"], scenes.boxes):
+        x1, y1, x2, y2 = (round(v * 64) for v in box)
+        assert (x2 - x1, y2 - y1) == (5, 7) and x1 // 16 == (x2 - 1) // 16 and y1 // 16 == (y2 - 1) // 16
+        ink = (pixels != BACKGROUND).any(-1)
+        glyph = np.array([[c == "#" for c in row] for row in GLYPHS[LETTERS[label]]])
+        assert ink[y1:y2, x1:x2].tolist() == glyph.tolist() and ink.sum() == glyph.sum()
+    assert scenes.labels["letter"].tolist() == [i % 8 for i in range(16)]
 
 
 def test_the_position_term_makes_the_objects_own_token_say_where_it_is(world, parts, tmp_path):

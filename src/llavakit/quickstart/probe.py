@@ -1,10 +1,12 @@
-"""Linear probes on the vision tower: can a linear map read colour, shape, position and count?
+"""Linear probes on the vision tower: can a linear map read colour, shape, position, count and a
+tiny letter?
 
 Probe scenes are drawn fresh with the world's own drawing code and a seed stream of their own, so
 they are held out from the tower's training images. Features are the tower's hidden states at the
 layer LLaVA reads. Colour and shape are read from the tokens under the object (area-weighted, as
 LLaVA's language model can attend to them); count from the mean of all tokens; position from all
-tokens side by side, since LLaVA gets position from which tokens (in row-major order) show what. The
+tokens side by side, since LLaVA gets position from which tokens (in row-major order) show what; the
+letter from its own token. The
 same probe on the untrained tower is the baseline that shows what training added (colour is easy
 even for random weights; shape is not).
 """
@@ -21,6 +23,7 @@ from llavakit.quickstart.contrastive import box_weights, to_pixel_values
 from llavakit.synth import vocab
 from llavakit.synth.render import draw_scene
 from llavakit.synth.scene import (
+    Spec,
     distinct_specs,
     place_until_fits,
     position_word,
@@ -44,6 +47,10 @@ PROBES = {
     # where the object is, from its own token alone: what the LM gets when it attends to the object
     "position_token": ("position", "center"),
     "count": ("count", "mean"),
+    # the tiny letter of a large image's crop (the detail task's letter), from its own token: what
+    # the LM gets when it finds the letter. Each letter is drawn at any place in its cell, so this
+    # asks for more than a linear read of the pixels.
+    "letter_token": ("letter", "center"),
 }
 
 
@@ -71,6 +78,22 @@ def single_object_scenes(n: int, side: int, seed: int, split: int, grid: int = 0
         labels["position"].append(POSITIONS.index(position_word(obj, side)))
     classes = {"color": len(colors), "shape": len(shapes), "position": len(POSITIONS)}
     return ProbeSet(np.stack(pixels), {k: np.array(v) for k, v in labels.items()}, classes, boxes)
+
+
+def tiny_letter_scenes(n: int, side: int, seed: int, split: int, letter_cell: int = 1, grid: int = 0) -> ProbeSet:
+    """One tiny letter per image, as a crop of a detail image shows it at its own resolution
+    (letter_cell px per glyph cell), in a random colour: which letter it is."""
+    rng = np.random.default_rng([seed, PROBE_STREAM, split, 2])
+    colors, letters = list(vocab.COLORS), list(vocab.LETTERS)
+    pixels, boxes, labels = [], [], []
+    for i in range(n):
+        letter = letters[i % len(letters)]  # balanced classes
+        spec = Spec("letter", colors[int(rng.integers(len(colors)))], "tiny", letter=letter)
+        scene = place_until_fits(rng, [spec], side, letter_cell=letter_cell, grid=grid)
+        boxes.append(tuple(v / side for v in scene.objects[0].box))
+        pixels.append(np.asarray(draw_scene(scene)))
+        labels.append(letters.index(letter))
+    return ProbeSet(np.stack(pixels), {"letter": np.array(labels)}, {"letter": len(letters)}, boxes)
 
 
 def count_scenes(n: int, side: int, seed: int, split: int, max_objects: int, grid: int = 0) -> ProbeSet:
@@ -125,7 +148,8 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: np.ndarray, test_x: to
 
 
 def run_probes(towers: dict[str, nn.Module], n: int, side: int, seed: int, max_objects: int, layer: int,
-               device: torch.device, grid: int = 0) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+               device: torch.device, grid: int = 0, letter_cell: int = 1
+               ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """({task: {tower name: test accuracy, ..., "chance": 1 / classes}} for each probe task,
     {tower name: position share}). The position share is the share of the object's own token's
     variance that its 3x3 position explains (test scenes of one object). A linear probe reads place
@@ -134,6 +158,7 @@ def run_probes(towers: dict[str, nn.Module], n: int, side: int, seed: int, max_o
     sets = [
         (single_object_scenes(n, side, seed, 0, grid), single_object_scenes(n, side, seed, 1, grid)),
         (count_scenes(n, side, seed, 0, max_objects, grid), count_scenes(n, side, seed, 1, max_objects, grid)),
+        (tiny_letter_scenes(n, side, seed, 0, letter_cell, grid), tiny_letter_scenes(n, side, seed, 1, letter_cell, grid)),
     ]
     results: dict[str, dict[str, float]] = {}
     shares: dict[str, float] = {}

@@ -37,6 +37,8 @@ from llavakit.quickstart.world_data import (
     captioned_images,
     read_manifest,
 )
+from llavakit.synth.settings import WorldSettings
+from llavakit.synth.tasks_single import hires_geometry
 
 # LLaVA reads hidden_states[FEATURE_LAYER]; the contrastive head pools the last layer, so -1 holds
 # the trained features (OneVision likewise reads the last layer it keeps).
@@ -155,8 +157,9 @@ def train_vision(world_dir: Path, out_dir: Path, settings: ComponentSettings, pr
     probe_start = time.perf_counter()
     world = read_manifest(world_dir)["settings"]
     towers = {"trained": model.tower, "untrained": untrained_tower.to(device)}
+    _, letter_cell = hires_geometry(WorldSettings.from_dict(world))
     probes, shares = run_probes(towers, vision.probe_images, vision.image_size, settings.seed, world["max_objects"],
-                                FEATURE_LAYER, device, grid=world.get("grid", 0))
+                                FEATURE_LAYER, device, grid=world.get("grid", 0), letter_cell=letter_cell)
     return {
         "images": len(data.pixels),
         "captions": len(batches.tokens),
