@@ -6,9 +6,9 @@ they are held out from the tower's training images. Features are the tower's hid
 layer LLaVA reads. Colour and shape are read from the tokens under the object (area-weighted, as
 LLaVA's language model can attend to them); count from the mean of all tokens; position from all
 tokens side by side, since LLaVA gets position from which tokens (in row-major order) show what; the
-letter from its own token. The
-same probe on the untrained tower is the baseline that shows what training added (colour is easy
-even for random weights; shape is not).
+letter from its own token. The same probe on the untrained tower is the baseline that shows what
+training added (colour is easy even for random weights; shape is not; the letter is hardly more
+readable after training than before).
 """
 
 from __future__ import annotations
