@@ -114,7 +114,7 @@ def test_vision_probe_beats_chance_by_a_wide_margin(parts):
     assert probe["shape"]["trained"] >= probe["shape"]["untrained"] + 0.05  # learned, not just pixels
     assert probe["count"]["trained"] >= probe["count"]["chance"] + 0.1
     assert probe["shape_token"]["chance"] == probe["shape"]["chance"]  # the same labels, one token
-    assert probe["letter_token"]["chance"] == 1 / 8 and 0 <= probe["letter_token"]["trained"] <= 1
+    assert probe["letter_token"]["chance"] == 1 / 8  # reported; its value is near chance (docs/components.md)
     assert parts.metrics["vision"]["final_loss"] < parts.metrics["vision"]["initial_loss"]
 
 
