@@ -289,6 +289,20 @@ def test_a_run_another_lab_finished_is_copied_not_run_again(tmp_path, capsys):
     assert "--reuse" in capsys.readouterr().err
 
 
+def test_a_disabled_stage_and_the_description_do_not_make_another_run():
+    """A baseline arm that disables a stage added since is the run made before it existed; an
+    enabled stage, or a changed setting of one, is another run."""
+    from llavakit.recipe.ablation import run_identity
+
+    drill = {"name": "tiny", "enabled": True, "train": {"epochs": 8}}
+    before = {"name": "q", "description": "old words", "stages": [{"name": "stage1", "enabled": True}]}
+    after = {**before, "description": "new words", "stages": [before["stages"][0], drill]}
+    disabled = {**after, "stages": [before["stages"][0], {**drill, "enabled": False}]}
+    assert run_identity(disabled) == run_identity(before) != run_identity(after)
+    longer = {**after, "stages": [before["stages"][0], {**drill, "train": {"epochs": 9}}]}
+    assert run_identity(longer) != run_identity(after)
+
+
 def _tiny_ablation(tmp_path: Path, seeds: int) -> Path:
     ablation = tmp_path / "ablation.yaml"
     ablation.write_text(yaml.safe_dump({

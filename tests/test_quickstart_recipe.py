@@ -16,8 +16,9 @@ from llavakit.synth import WorldSettings, generate_world
 
 SMALL = WorldSettings(stage1_captions=8, train_per_task=12, eval_per_task=4, dev_per_task=4, paraphrase_per_task=4,
                       motion_drill=20)
-GROUNDING_MIXTURE, SIDE_LISTING_MIXTURE, RELATION_MIXTURE, MOTION_MIXTURE = (
-    "grounding_mixture.yaml", "side_listing_mixture.yaml", "relation_mixture.yaml", "motion_mixture.yaml")
+GROUNDING_MIXTURE, TINY_MIXTURE, SIDE_LISTING_MIXTURE, RELATION_MIXTURE, MOTION_MIXTURE = (
+    "grounding_mixture.yaml", "tiny_mixture.yaml", "side_listing_mixture.yaml", "relation_mixture.yaml",
+    "motion_mixture.yaml")
 NO_MOTION = ["world.motion_drill=0", "stages.motion.enabled=false"]
 
 
@@ -53,17 +54,18 @@ def drill_checks(stages: dict, names: list[str]) -> None:
 
 def test_default_recipe_goes_through_the_drills_in_order_to_stage2(tmp_path):
     stages = configs(tmp_path)
-    order = ["stage1", "stage1_5", "listing", "grounding", "side_listing", "relation", "motion", "stage2"]
+    order = ["stage1", "stage1_5", "listing", "grounding", "tiny", "side_listing", "relation", "motion", "stage2"]
     assert list(stages) == order
     assert starts(stages) == {"stage1": None, **{later: earlier for earlier, later in zip(order, order[1:])}}
     world, mixtures = tmp_path / "world", tmp_path / "out" / "configs"
     assert stages["listing"]["data"]["sources"] == [{"path": str(world / "stage15_listing.jsonl"),
                                                      "image_folder": str(world)}]
     assert stages["grounding"]["data"]["sources"] == [{"path": str(mixtures / GROUNDING_MIXTURE)}]
+    assert stages["tiny"]["data"]["sources"] == [{"path": str(mixtures / TINY_MIXTURE)}]
     assert stages["side_listing"]["data"]["sources"] == [{"path": str(mixtures / SIDE_LISTING_MIXTURE)}]
     assert stages["relation"]["data"]["sources"] == [{"path": str(mixtures / RELATION_MIXTURE)}]
     assert stages["motion"]["data"]["sources"] == [{"path": str(mixtures / MOTION_MIXTURE)}]
-    drill_checks(stages, ["listing", "grounding", "side_listing", "relation", "motion"])
+    drill_checks(stages, ["listing", "grounding", "tiny", "side_listing", "relation", "motion"])
 
 
 def test_without_the_motion_drill_stage2_starts_from_the_relation_phase(tmp_path):
@@ -87,6 +89,17 @@ def test_grounding_mixture_loads_every_grounding_scene_and_tiny_question_and_hal
         ("stage15_grounding", scenes, scenes), ("stage15_tiny", tiny, tiny), ("stage15_listing", scenes, scenes // 2)]
     images = {Path(e.image_folder) / e.record["image"] for e in mixture.entries}
     assert len(images) == scenes + tiny + scenes // 2 and all(path.is_file() for path in images)
+
+
+def test_tiny_phase_loads_every_tiny_question_and_a_tenth_of_the_grounding_scenes(world, tmp_path):
+    path = write_mixture(world, tmp_path, "tiny")
+    assert path.name == TINY_MIXTURE
+    mixture = load_mixture(path)
+    tiny, scenes = SMALL.train_per_task, 10 * SMALL.train_per_task
+    assert [(p.name, p.available, p.selected) for p in mixture.parts] == [
+        ("stage15_tiny", tiny, tiny), ("stage15_grounding", scenes, scenes // 10)]
+    questions = [e.record["conversations"][0]["value"] for e in mixture.entries]
+    assert sum("tiny object" in q for q in questions) == tiny
 
 
 @pytest.mark.parametrize("name, stage, drill", [(SIDE_LISTING_MIXTURE, "side_listing", "stage15_side_listing"),

@@ -206,7 +206,7 @@ def test_dataset_sizes_from_settings_are_what_the_world_writes(tmp_path):
 def test_every_stage_name_the_quickstart_runs_and_a_disabled_stage_is_skipped():
     recipe = load_recipe("quickstart")
     assert [s.name for s in recipe.enabled_stages()] == [
-        "stage1", "stage1_5", "listing", "grounding", "side_listing", "relation", "motion", "stage2"]
+        "stage1", "stage1_5", "listing", "grounding", "tiny", "side_listing", "relation", "motion", "stage2"]
     with pytest.raises(RecipeError, match="stages: the names listing are used more than once"):
         data = yaml.safe_load((RECIPES_DIR / "quickstart.yaml").read_text())
         data["stages"][3]["name"] = "listing"

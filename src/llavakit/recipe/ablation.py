@@ -130,15 +130,19 @@ SHARED_PATHS = (("world", "dir"), ("components", "cache"))
 
 
 def run_identity(recipe: dict[str, Any]) -> str:
-    """The recipe as it ran (results.json's ``recipe``) without the shared folders' paths, its
-    visual settings completed with their defaults (an ablation arm often writes a default out).
-    Elsewhere a value written out equal to its default makes another run: a run is run again
-    rather than taken for one it is not."""
+    """The recipe as it ran (results.json's ``recipe``) without what does not change a run: the
+    shared folders' paths, the description and the stages that were disabled (a baseline arm that
+    disables a new stage is the run made before the stage existed). Its visual settings are
+    completed with their defaults (an ablation arm often writes a default out). Elsewhere a value
+    written out equal to its default makes another run: a run is run again rather than taken for
+    one it is not."""
     from llavakit.config import VisualConfig
 
     data = json.loads(json.dumps(recipe))
     for section, key in SHARED_PATHS:
         data.get(section, {}).pop(key, None)
+    data.pop("description", None)
+    data["stages"] = [stage for stage in data.get("stages", []) if stage.get("enabled", True)]
     model = data.get("model", {})
     model["visual"] = VisualConfig.model_validate(model.get("visual", {})).model_dump(mode="json")
     return json.dumps(data, sort_keys=True)
