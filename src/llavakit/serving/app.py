@@ -101,11 +101,19 @@ def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = N
         loop = asyncio.get_running_loop()
         if engine.queued >= settings.engine.max_queued:  # before any decoding: the queue would refuse it
             raise queue_full(f"{engine.queued} requests are already waiting")
+        # asyncio.wait, not wait_for: before Python 3.12 wait_for returns the prepared request when the
+        # client leaves in the same loop step, and the request would then be generated for nobody.
+        preparing = asyncio.ensure_future(preparer(body))
         try:
-            prepared = await asyncio.wait_for(preparer(body), max(deadline - loop.time(), 0))
-        except TimeoutError:
+            await asyncio.wait({preparing}, timeout=max(deadline - loop.time(), 0))
+        finally:
+            if not preparing.done():  # the client left or the time is up; its error, if any, is nobody's
+                preparing.cancel()
+                preparing.add_done_callback(lambda task: task.cancelled() or task.exception())
+        if not preparing.done():
             raise APIError(504, "preparing the request's media did not finish within the server's time limit "
-                                "(--request-timeout)", "request_timeout") from None
+                                "(--request-timeout)", "request_timeout")
+        prepared = preparing.result()
         results = ResultQueue(loop, prepared.n)
         job = EngineRequest(prepared.inputs, prepared.settings, results, prepared.n, prepared.stop, prepared.ignore_eos)
         try:

@@ -27,6 +27,9 @@ class FinishEvent:
     token_ids: list[int]
 
 
+_DEADLINE = object()  # put on the queue when the answer's time is up
+
+
 class ResultQueue:
     """A JobListener whose events an async handler reads with :meth:`events`."""
 
@@ -56,21 +59,24 @@ class ResultQueue:
 
     async def events(self, deadline: float, cancel: Callable[[], None]) -> AsyncIterator[TextEvent | FinishEvent]:
         """Events until every choice has finished; a timeout or a failed batch raises APIError."""
-        while self._open:
-            left = deadline - self._loop.time()
-            try:
-                if left <= 0:
-                    raise asyncio.TimeoutError
-                event = await asyncio.wait_for(self._queue.get(), left)
-            except asyncio.TimeoutError:
-                cancel()
-                raise APIError(504, "the request did not finish within the server's time limit "
-                                    "(--request-timeout); try a smaller max_tokens", "request_timeout") from None
-            if isinstance(event, APIError):
-                raise event
-            if isinstance(event, Exception):
-                raise APIError(500, f"generation failed ({type(event).__name__}); the request was not answered",
-                               "generation_failed")
-            if isinstance(event, FinishEvent):
-                self._open -= 1
-            yield event
+        # The deadline is an event of the queue, not a timeout around each read: asyncio.wait_for before
+        # Python 3.12 returns the read event when its caller is cancelled in the same loop step, so the
+        # handler of a client that left kept reading, and the engine generated its answer to the end.
+        timer = self._loop.call_at(deadline, self._queue.put_nowait, _DEADLINE)
+        try:
+            while self._open:
+                event = _DEADLINE if self._loop.time() >= deadline else await self._queue.get()
+                if event is _DEADLINE:
+                    cancel()
+                    raise APIError(504, "the request did not finish within the server's time limit "
+                                        "(--request-timeout); try a smaller max_tokens", "request_timeout")
+                if isinstance(event, APIError):
+                    raise event
+                if isinstance(event, Exception):
+                    raise APIError(500, f"generation failed ({type(event).__name__}); the request was not answered",
+                                   "generation_failed")
+                if isinstance(event, FinishEvent):
+                    self._open -= 1
+                yield event
+        finally:
+            timer.cancel()
