@@ -101,8 +101,8 @@ def create_app(llava: Llava, settings: ServerSettings, engine: Engine | None = N
         loop = asyncio.get_running_loop()
         if engine.queued >= settings.engine.max_queued:  # before any decoding: the queue would refuse it
             raise queue_full(f"{engine.queued} requests are already waiting")
-        # asyncio.wait, not wait_for: before Python 3.12 wait_for returns the prepared request when the
-        # client leaves in the same loop step, and the request would then be generated for nobody.
+        # asyncio.wait, not wait_for: on the older Pythons this project supports, wait_for returns the
+        # prepared request when the client leaves in the same loop step, and it is then generated for nobody.
         preparing = asyncio.ensure_future(preparer(body))
         try:
             await asyncio.wait({preparing}, timeout=max(deadline - loop.time(), 0))

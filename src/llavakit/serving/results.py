@@ -59,9 +59,10 @@ class ResultQueue:
 
     async def events(self, deadline: float, cancel: Callable[[], None]) -> AsyncIterator[TextEvent | FinishEvent]:
         """Events until every choice has finished; a timeout or a failed batch raises APIError."""
-        # The deadline is an event of the queue, not a timeout around each read: asyncio.wait_for before
-        # Python 3.12 returns the read event when its caller is cancelled in the same loop step, so the
-        # handler of a client that left kept reading, and the engine generated its answer to the end.
+        # The deadline is an event of the queue, not a timeout around each read: on the older Pythons this
+        # project supports, asyncio.wait_for returns the read event when its caller is cancelled in the
+        # same loop step, so the handler of a client that left kept reading to the answer's end. The
+        # check before each read covers a deadline passed while events were still queued.
         timer = self._loop.call_at(deadline, self._queue.put_nowait, _DEADLINE)
         try:
             while self._open:
